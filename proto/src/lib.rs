@@ -1,0 +1,133 @@
+//! The mesh's gRPC contracts, generated from `proto/mesh/<service>/v1/*.proto`.
+//!
+//! Module map (mirrors the proto packages):
+//! - [`items::v1`], [`cache::v1`], [`tasks::v1`], [`counter::v1`]: messages, clients, servers;
+//! - [`FILE_DESCRIPTOR_SET`]: every file (with its imports) for server reflection;
+//! - [`json`] and [`time`]: hand-written conversions between proto well-known types
+//!   and the plain Rust types the services use, so domain code never sees prost.
+#![forbid(unsafe_code)]
+
+pub mod items {
+    pub mod v1 {
+        tonic::include_proto!("mesh.items.v1");
+    }
+}
+
+pub mod cache {
+    pub mod v1 {
+        tonic::include_proto!("mesh.cache.v1");
+    }
+}
+
+pub mod tasks {
+    pub mod v1 {
+        tonic::include_proto!("mesh.tasks.v1");
+    }
+}
+
+pub mod counter {
+    pub mod v1 {
+        tonic::include_proto!("mesh.counter.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every mesh proto and the well-known types it imports.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh_descriptor.bin"));
+
+pub mod json {
+    //! `google.protobuf.Value` <-> `serde_json::Value`.
+    use prost_types::{ListValue, Struct, Value, value::Kind};
+
+    /// Converts a JSON value into a protobuf `Value`.
+    ///
+    /// Integers become doubles, as protobuf's JSON mapping does.
+    pub fn to_proto(value: serde_json::Value) -> Value {
+        let kind = match value {
+            serde_json::Value::Null => Kind::NullValue(0),
+            serde_json::Value::Bool(b) => Kind::BoolValue(b),
+            serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+            serde_json::Value::String(s) => Kind::StringValue(s),
+            serde_json::Value::Array(items) => Kind::ListValue(ListValue {
+                values: items.into_iter().map(to_proto).collect(),
+            }),
+            serde_json::Value::Object(map) => Kind::StructValue(Struct {
+                fields: map.into_iter().map(|(k, v)| (k, to_proto(v))).collect(),
+            }),
+        };
+        Value { kind: Some(kind) }
+    }
+
+    /// Converts a protobuf `Value` into JSON. A missing kind is `null`; a
+    /// non-finite number (which JSON cannot hold) is `null` too.
+    pub fn from_proto(value: Value) -> serde_json::Value {
+        match value.kind {
+            None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+            Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
+            Some(Kind::NumberValue(n)) => number(n),
+            Some(Kind::StringValue(s)) => serde_json::Value::String(s),
+            Some(Kind::ListValue(list)) => {
+                serde_json::Value::Array(list.values.into_iter().map(from_proto).collect())
+            }
+            Some(Kind::StructValue(s)) => serde_json::Value::Object(
+                s.fields.into_iter().map(|(k, v)| (k, from_proto(v))).collect(),
+            ),
+        }
+    }
+
+    /// Whole numbers that fit an `i64` come back as integers, so `{"ms": 5}`
+    /// round-trips as `5`, not `5.0`.
+    fn number(n: f64) -> serde_json::Value {
+        const EXACT: f64 = 9_007_199_254_740_992.0; // 2^53: beyond it f64 skips integers
+        if n.fract() == 0.0 && n.abs() < EXACT {
+            serde_json::Value::from(n as i64)
+        } else {
+            serde_json::Number::from_f64(n)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null)
+        }
+    }
+}
+
+pub mod time {
+    //! `google.protobuf.Timestamp` <-> milliseconds since the Unix epoch.
+    use prost_types::Timestamp;
+
+    pub fn from_millis(ms: i64) -> Timestamp {
+        Timestamp {
+            seconds: ms.div_euclid(1000),
+            nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+        }
+    }
+
+    pub fn to_millis(ts: &Timestamp) -> i64 {
+        ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trips_through_proto_value() {
+        let v = serde_json::json!({"ms": 5, "x": [1.5, "a", null, true], "n": {"deep": -3}});
+        assert_eq!(json::from_proto(json::to_proto(v.clone())), v);
+    }
+
+    #[test]
+    fn timestamps_round_trip_including_before_epoch() {
+        for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
+            assert_eq!(time::to_millis(&time::from_millis(ms)), ms);
+        }
+    }
+
+    #[test]
+    fn descriptor_set_names_every_service() {
+        use prost::Message;
+        let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
+        let names: Vec<_> = fds.file.iter().map(|f| f.name().to_string()).collect();
+        for want in ["mesh/items/v1/items.proto", "google/protobuf/timestamp.proto"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! `mesh.cache.v1.CacheService`: proto <-> domain only.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use mesh_proto::cache::v1 as pb;
+use mesh_proto::cache::v1::cache_service_server::CacheService;
+use tonic::{Request, Response, Status};
+
+use crate::error::CacheError;
+use crate::store::CacheStore;
+
+#[derive(Clone)]
+pub struct CacheApi {
+    store: CacheStore,
+}
+
+impl CacheApi {
+    pub fn new(store: CacheStore) -> Self {
+        Self { store }
+    }
+}
+
+fn ttl_from_proto(ttl: Option<prost_types::Duration>) -> Result<Option<Duration>, CacheError> {
+    match ttl {
+        None => Ok(None),
+        Some(d) => Duration::try_from(d)
+            .map(Some)
+            .map_err(|_| CacheError::invalid("ttl", "must be a positive duration")),
+    }
+}
+
+#[tonic::async_trait]
+impl CacheService for CacheApi {
+    #[tracing::instrument(skip_all, fields(key = %request.get_ref().key))]
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let value = self.store.get(&request.get_ref().key).await?;
+        Ok(Response::new(match value {
+            Some(value) => pb::GetResponse {
+                found: true,
+                value: value.to_vec(),
+            },
+            None => pb::GetResponse::default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(key = %request.get_ref().key))]
+    async fn set(&self, request: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        let r = request.into_inner();
+        let ttl = ttl_from_proto(r.ttl)?;
+        self.store.set(&r.key, Bytes::from(r.value), ttl).await?;
+        Ok(Response::new(pb::SetResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(key = %request.get_ref().key))]
+    async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        let deleted = self.store.delete(&request.get_ref().key).await?;
+        Ok(Response::new(pb::DeleteResponse { deleted }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn stats(&self, _request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let s = self.store.stats().await?;
+        Ok(Response::new(pb::StatsResponse {
+            hits: s.hits,
+            misses: s.misses,
+            entries: s.entries,
+        }))
+    }
+}

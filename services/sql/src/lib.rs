@@ -1,0 +1,147 @@
+//! One SQL connection path for both backends a service can run on.
+//!
+//! Services write their queries once, against `sqlx::Any` with `$1`-style
+//! parameters (which both SQLite and PostgreSQL accept), and pick the backend
+//! at start-up from a URL:
+//! - no URL: an SQLite file in the data directory, in WAL mode so several
+//!   processes (replicas) can share it safely;
+//! - `postgres://...`: a bounded pool on a shared PostgreSQL database.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+
+pub use sqlx;
+
+/// Which database a pool talks to, for the few statements that must differ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Connection settings shared by every SQL-backed service (flattened into
+/// each service's clap config).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SqlConfig {
+    /// PostgreSQL URL (postgres://user@host/db). Unset: an SQLite file in --data-dir.
+    #[arg(long, env = "MESH_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Most connections this process opens.
+    #[arg(long, env = "MESH_DB_MAX_CONNECTIONS", default_value_t = 8)]
+    pub db_max_connections: u32,
+
+    /// How long a call waits for a free connection before failing UNAVAILABLE.
+    #[arg(long, env = "MESH_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("unsupported database URL {0:?}: expected postgres://... or sqlite://...")]
+    UnsupportedUrl(String),
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot connect to the database: {0}")]
+    Connect(#[source] sqlx::Error),
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+/// Opens the pool and applies the backend's migrations.
+///
+/// `file` names the SQLite file inside `data_dir` when no URL is given.
+pub async fn connect(
+    config: &SqlConfig,
+    data_dir: &Path,
+    file: &str,
+    sqlite_migrations: &Migrator,
+    postgres_migrations: &Migrator,
+) -> Result<(AnyPool, Backend), ConnectError> {
+    sqlx::any::install_default_drivers();
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => {
+            std::fs::create_dir_all(data_dir).map_err(|source| ConnectError::DataDir {
+                path: data_dir.display().to_string(),
+                source,
+            })?;
+            format!("sqlite://{}?mode=rwc", data_dir.join(file).display())
+        }
+    };
+    let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Backend::Postgres
+    } else if url.starts_with("sqlite:") {
+        Backend::Sqlite
+    } else {
+        return Err(ConnectError::UnsupportedUrl(url));
+    };
+    let options: AnyConnectOptions = url.parse().map_err(ConnectError::Connect)?;
+    let pool = AnyPoolOptions::new()
+        .max_connections(config.db_max_connections.max(1))
+        .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL lets readers and one writer work at once, across
+                    // processes; busy_timeout makes writers queue, not fail.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect_with(options)
+        .await
+        .map_err(ConnectError::Connect)?;
+    let migrator = match backend {
+        Backend::Sqlite => sqlite_migrations,
+        Backend::Postgres => postgres_migrations,
+    };
+    migrator.run(&pool).await.map_err(ConnectError::Migrate)?;
+    tracing::info!(?backend, "database ready");
+    Ok((pool, backend))
+}
+
+/// True when the database answers a trivial query within `timeout`.
+pub async fn ping(pool: &AnyPool, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, pool.execute("SELECT 1")).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Whether an error means "the database cannot be reached right now" (so the
+/// caller should answer UNAVAILABLE), as opposed to a bug or bad data.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    matches!(
+        err,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed
+    ) || matches!(err, sqlx::Error::Database(db) if is_busy(db.code().as_deref()))
+}
+
+/// SQLITE_BUSY / SQLITE_LOCKED, and PostgreSQL's admin shutdown / cannot-connect classes.
+fn is_busy(code: Option<&str>) -> bool {
+    matches!(code, Some("5" | "6" | "57P01" | "57P02" | "57P03")) || code.is_some_and(|c| c.starts_with("08"))
+}
+
+/// Milliseconds since the Unix epoch, the time unit every table stores.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
