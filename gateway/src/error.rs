@@ -1,0 +1,146 @@
+//! The gateway's one error type and its HTTP form:
+//! `{"error": {"code": "NOT_FOUND", "message": "..."}}`.
+//!
+//! gRPC codes map to HTTP by the standard table (google.rpc.Code). A 5xx body
+//! never carries an upstream's internal message; the details go to the log.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tonic::Code;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A service answered with a non-OK status.
+    #[error("{service} service: {status}")]
+    Upstream { service: &'static str, status: tonic::Status },
+    /// The request itself is malformed (bad JSON, a bad path or query value).
+    #[error("{message}")]
+    BadRequest { status: StatusCode, code: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    /// A plain-HTTP upstream failed or is not configured.
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl AppError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            status: StatusCode::BAD_REQUEST,
+            code: "INVALID_ARGUMENT",
+            message: message.into(),
+        }
+    }
+
+    pub fn upstream(service: &'static str) -> impl Fn(tonic::Status) -> Self {
+        move |status| Self::Upstream { service, status }
+    }
+}
+
+/// The HTTP status for a gRPC code. Exhaustive: a new code must choose.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::OK,
+        Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+        Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// `NOT_FOUND` for `Code::NotFound`, and so on.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+impl AppError {
+    /// (HTTP status, error code name, message safe to show the client).
+    pub fn parts(&self) -> (StatusCode, &'static str, String) {
+        match self {
+            AppError::Upstream { service, status } => {
+                let code = status.code();
+                let http = http_status(code);
+                let message = match code {
+                    Code::Unavailable => format!("the {service} service is unavailable; try again"),
+                    Code::DeadlineExceeded => format!("the {service} service did not answer in time"),
+                    Code::Cancelled => format!("the call to the {service} service was cancelled"),
+                    _ if http.is_server_error() => format!("the {service} service failed; see the gateway log"),
+                    _ => status.message().to_string(),
+                };
+                (http, code_name(code), message)
+            }
+            AppError::BadRequest { status, code, message } => (*status, code, message.clone()),
+            AppError::NotFound(m) => (StatusCode::NOT_FOUND, "NOT_FOUND", m.clone()),
+            AppError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE", m.clone()),
+            AppError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", m.clone()),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let (status, code, message) = self.parts();
+        if status.is_server_error() {
+            tracing::warn!(error = %self, http = status.as_u16(), "request failed");
+        }
+        let mut response = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for AppError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
+            _ => "INVALID_ARGUMENT",
+        };
+        Self::BadRequest {
+            status,
+            code,
+            message: rejection.body_text(),
+        }
+    }
+}
+
+impl From<QueryRejection> for AppError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::invalid(rejection.body_text())
+    }
+}

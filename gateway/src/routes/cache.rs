@@ -1,0 +1,91 @@
+//! `/cache/{key}`: the cache service as a small key/value HTTP API.
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use base64::Engine;
+use mesh_proto::cache::v1 as pb;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::AppError;
+use crate::extract::{Call, Json};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PutValue {
+    value: String,
+    /// Omitted: the entry lives until evicted.
+    ttl_seconds: Option<u64>,
+}
+
+/// UTF-8 values come back as `value`; anything else (written over gRPC) as
+/// `value_base64`, so no byte is ever altered.
+fn value_json(key: String, value: Vec<u8>) -> Value {
+    match String::from_utf8(value) {
+        Ok(text) => json!({"key": key, "value": text}),
+        Err(err) => json!({
+            "key": key,
+            "value_base64": base64::engine::general_purpose::STANDARD.encode(err.into_bytes()),
+        }),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(key = %key))]
+pub async fn get(State(state): State<AppState>, call: Call, Path(key): Path<String>) -> Result<axum::Json<Value>, AppError> {
+    let found = state
+        .cache
+        .clone()
+        .get(call.req(pb::GetRequest { key: key.clone() }))
+        .await
+        .map_err(AppError::upstream("cache"))?
+        .into_inner();
+    if !found.found {
+        return Err(AppError::NotFound(format!("key {key:?} is not in the cache")));
+    }
+    Ok(axum::Json(value_json(key, found.value)))
+}
+
+#[tracing::instrument(skip_all, fields(key = %key))]
+pub async fn put(
+    State(state): State<AppState>,
+    call: Call,
+    Path(key): Path<String>,
+    Json(body): Json<PutValue>,
+) -> Result<axum::Json<Value>, AppError> {
+    let ttl = match body.ttl_seconds {
+        None => None,
+        Some(0) => return Err(AppError::invalid("ttl_seconds: must be positive (omit it for no expiry)")),
+        Some(s) => prost_types::Duration::try_from(Duration::from_secs(s)).ok(),
+    };
+    state
+        .cache
+        .clone()
+        .set(call.req(pb::SetRequest {
+            key: key.clone(),
+            value: body.value.clone().into_bytes(),
+            ttl,
+        }))
+        .await
+        .map_err(AppError::upstream("cache"))?;
+    Ok(axum::Json(json!({"key": key, "value": body.value, "ttl_seconds": body.ttl_seconds})))
+}
+
+#[tracing::instrument(skip_all, fields(key = %key))]
+pub async fn delete(State(state): State<AppState>, call: Call, Path(key): Path<String>) -> Result<StatusCode, AppError> {
+    let deleted = state
+        .cache
+        .clone()
+        .delete(call.req(pb::DeleteRequest { key: key.clone() }))
+        .await
+        .map_err(AppError::upstream("cache"))?
+        .into_inner()
+        .deleted;
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AppError::NotFound(format!("key {key:?} is not in the cache")))
+    }
+}

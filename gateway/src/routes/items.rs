@@ -1,0 +1,236 @@
+//! `/items`: CRUD over the items service, with cache-aside reads.
+//!
+//! `GET /items/{id}` looks in the cache service first (`x-cache: hit`), falls
+//! back to the items service and fills the cache (`x-cache: miss`); if the
+//! cache service is down it still answers from the items service
+//! (`x-cache: bypass`). Updates and deletes invalidate the cached copy.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use mesh_proto::cache::v1 as cache_pb;
+use mesh_proto::items::v1 as pb;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+
+use super::rfc3339;
+use crate::error::AppError;
+use crate::extract::{Call, Json, Query, parse_id};
+use crate::state::AppState;
+
+#[derive(Serialize)]
+pub struct ItemJson {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub price_cents: i64,
+    pub tags: Vec<String>,
+    pub created_at: Option<String>,
+    pub updated_at: Option<String>,
+    pub version: i64,
+}
+
+impl From<pb::Item> for ItemJson {
+    fn from(i: pb::Item) -> Self {
+        Self {
+            id: i.id,
+            name: i.name,
+            description: i.description,
+            price_cents: i.price_cents,
+            tags: i.tags,
+            created_at: rfc3339(i.create_time),
+            updated_at: rfc3339(i.update_time),
+            version: i.version,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateItem {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    price_cents: i64,
+    #[serde(default)]
+    tags: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchItem {
+    name: Option<String>,
+    description: Option<String>,
+    price_cents: Option<i64>,
+    tags: Option<Vec<String>>,
+    /// When given, the update only applies to this version (else 409).
+    version: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    page_size: Option<i32>,
+    page_token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteParams {
+    version: Option<i64>,
+}
+
+pub fn cache_key(id: i64) -> String {
+    format!("item:{id}")
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn create(State(state): State<AppState>, call: Call, Json(body): Json<CreateItem>) -> Result<Response, AppError> {
+    let item = state
+        .items
+        .clone()
+        .create_item(call.req(pb::CreateItemRequest {
+            name: body.name,
+            description: body.description,
+            price_cents: body.price_cents,
+            tags: body.tags,
+        }))
+        .await
+        .map_err(AppError::upstream("items"))?
+        .into_inner();
+    let location = HeaderValue::from_str(&format!("/items/{}", item.id)).ok();
+    let mut response = (StatusCode::CREATED, axum::Json(ItemJson::from(item))).into_response();
+    if let Some(location) = location {
+        response.headers_mut().insert(axum::http::header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    State(state): State<AppState>,
+    call: Call,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<serde_json::Value>, AppError> {
+    let page = state
+        .items
+        .clone()
+        .list_items(call.req(pb::ListItemsRequest {
+            page_size: params.page_size.unwrap_or(0),
+            page_token: params.page_token.unwrap_or_default(),
+        }))
+        .await
+        .map_err(AppError::upstream("items"))?
+        .into_inner();
+    let items: Vec<ItemJson> = page.items.into_iter().map(ItemJson::from).collect();
+    Ok(axum::Json(serde_json::json!({
+        "items": items,
+        "next_page_token": page.next_page_token,
+    })))
+}
+
+#[tracing::instrument(skip_all, fields(id = %id))]
+pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<Response, AppError> {
+    let id = parse_id(&id, "id")?;
+    let key = cache_key(id);
+    let mut cache = state.cache.clone();
+    let cached = cache.get(call.req(cache_pb::GetRequest { key: key.clone() })).await;
+    let (item, how) = match cached {
+        Ok(found) if found.get_ref().found => match pb::Item::decode(found.into_inner().value.as_slice()) {
+            Ok(item) => (item, "hit"),
+            Err(err) => {
+                // Not ours (someone wrote the key by hand): treat it as a miss.
+                tracing::warn!(error = %err, key, "cached item does not decode; refetching");
+                (fetch_and_fill(&state, &call, id, key, true).await?, "miss")
+            }
+        },
+        Ok(_) => (fetch_and_fill(&state, &call, id, key, true).await?, "miss"),
+        Err(status) => {
+            tracing::warn!(error = %status, "cache unavailable; reading items directly");
+            (fetch_and_fill(&state, &call, id, key, false).await?, "bypass")
+        }
+    };
+    let mut response = axum::Json(ItemJson::from(item)).into_response();
+    response.headers_mut().insert("x-cache", HeaderValue::from_static(how));
+    Ok(response)
+}
+
+/// Reads the item from the items service and, if `fill`, stores it in the
+/// cache. A failed fill is logged, never returned: the read itself succeeded.
+async fn fetch_and_fill(state: &AppState, call: &Call, id: i64, key: String, fill: bool) -> Result<pb::Item, AppError> {
+    let item = state
+        .items
+        .clone()
+        .get_item(call.req(pb::GetItemRequest { id }))
+        .await
+        .map_err(AppError::upstream("items"))?
+        .into_inner();
+    if fill {
+        let set = cache_pb::SetRequest {
+            key,
+            value: item.encode_to_vec(),
+            ttl: prost_types::Duration::try_from(state.item_ttl).ok(),
+        };
+        if let Err(status) = state.cache.clone().set(call.req(set)).await {
+            tracing::warn!(error = %status, "cannot fill the cache");
+        }
+    }
+    Ok(item)
+}
+
+#[tracing::instrument(skip_all, fields(id = %id))]
+pub async fn patch(
+    State(state): State<AppState>,
+    call: Call,
+    Path(id): Path<String>,
+    Json(body): Json<PatchItem>,
+) -> Result<axum::Json<ItemJson>, AppError> {
+    let id = parse_id(&id, "id")?;
+    let item = state
+        .items
+        .clone()
+        .update_item(call.req(pb::UpdateItemRequest {
+            id,
+            name: body.name,
+            description: body.description,
+            price_cents: body.price_cents,
+            tags: body.tags.map(|values| pb::TagList { values }),
+            expected_version: body.version,
+        }))
+        .await
+        .map_err(AppError::upstream("items"))?
+        .into_inner();
+    invalidate(&state, &call, id).await;
+    Ok(axum::Json(ItemJson::from(item)))
+}
+
+#[tracing::instrument(skip_all, fields(id = %id))]
+pub async fn delete(
+    State(state): State<AppState>,
+    call: Call,
+    Path(id): Path<String>,
+    Query(params): Query<DeleteParams>,
+) -> Result<StatusCode, AppError> {
+    let id = parse_id(&id, "id")?;
+    state
+        .items
+        .clone()
+        .delete_item(call.req(pb::DeleteItemRequest {
+            id,
+            expected_version: params.version,
+        }))
+        .await
+        .map_err(AppError::upstream("items"))?;
+    invalidate(&state, &call, id).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Drops the cached copy after a write. If the cache is down the entry
+/// expires by its TTL; the write itself has succeeded either way.
+async fn invalidate(state: &AppState, call: &Call, id: i64) {
+    let key = cache_key(id);
+    if let Err(status) = state.cache.clone().delete(call.req(cache_pb::DeleteRequest { key })).await {
+        tracing::warn!(error = %status, id, "cannot invalidate the cached item; it expires by TTL");
+    }
+}

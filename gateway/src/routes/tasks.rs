@@ -1,0 +1,227 @@
+//! `/tasks`: submit, inspect, cancel and follow background tasks.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt};
+use mesh_proto::tasks::v1 as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::rfc3339;
+use crate::error::AppError;
+use crate::extract::{Call, Json, Query, parse_id};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    kind: String,
+    #[serde(default)]
+    payload: Value,
+    #[serde(default)]
+    priority: i32,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    page_size: Option<i32>,
+    page_token: Option<String>,
+    status: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct TaskJson {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub priority: i32,
+    pub status: &'static str,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+pub fn status_name(raw: i32) -> &'static str {
+    match pb::TaskStatus::try_from(raw) {
+        Ok(pb::TaskStatus::Queued) => "queued",
+        Ok(pb::TaskStatus::Running) => "running",
+        Ok(pb::TaskStatus::Succeeded) => "succeeded",
+        Ok(pb::TaskStatus::Failed) => "failed",
+        Ok(pb::TaskStatus::Cancelled) => "cancelled",
+        Ok(pb::TaskStatus::Unspecified) | Err(_) => "unknown",
+    }
+}
+
+fn parse_status(s: &str) -> Result<pb::TaskStatus, AppError> {
+    Ok(match s {
+        "queued" => pb::TaskStatus::Queued,
+        "running" => pb::TaskStatus::Running,
+        "succeeded" => pb::TaskStatus::Succeeded,
+        "failed" => pb::TaskStatus::Failed,
+        "cancelled" => pb::TaskStatus::Cancelled,
+        other => {
+            return Err(AppError::invalid(format!(
+                "status: {other:?} is not one of queued, running, succeeded, failed, cancelled"
+            )));
+        }
+    })
+}
+
+impl From<pb::Task> for TaskJson {
+    fn from(t: pb::Task) -> Self {
+        Self {
+            id: t.id,
+            kind: t.kind,
+            payload: t.payload.map(mesh_proto::json::from_proto).unwrap_or(Value::Null),
+            priority: t.priority,
+            status: status_name(t.status),
+            attempts: t.attempts,
+            result: t.result.map(mesh_proto::json::from_proto),
+            error: Some(t.error).filter(|e| !e.is_empty()),
+            created_at: rfc3339(t.create_time),
+            started_at: rfc3339(t.start_time),
+            finished_at: rfc3339(t.finish_time),
+        }
+    }
+}
+
+/// Queues a task; answers 202 with its id and where to follow it.
+#[tracing::instrument(skip_all)]
+pub async fn submit(State(state): State<AppState>, call: Call, Json(body): Json<SubmitBody>) -> Result<Response, AppError> {
+    let task = submit_task(&state, &call, body.kind, body.payload, body.priority).await?;
+    let mut response = (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"task_id": task.id, "status": status_name(task.status)})),
+    )
+        .into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/tasks/{}", task.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+pub async fn submit_task(state: &AppState, call: &Call, kind: String, payload: Value, priority: i32) -> Result<pb::Task, AppError> {
+    Ok(state
+        .tasks
+        .clone()
+        .submit_task(call.req(pb::SubmitTaskRequest {
+            kind,
+            payload: Some(mesh_proto::json::to_proto(payload)),
+            priority,
+        }))
+        .await
+        .map_err(AppError::upstream("tasks"))?
+        .into_inner())
+}
+
+#[tracing::instrument(skip_all, fields(id = %id))]
+pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<axum::Json<TaskJson>, AppError> {
+    let id = parse_id(&id, "id")?;
+    let task = state
+        .tasks
+        .clone()
+        .get_task(call.req(pb::GetTaskRequest { id }))
+        .await
+        .map_err(AppError::upstream("tasks"))?
+        .into_inner();
+    Ok(axum::Json(task.into()))
+}
+
+#[tracing::instrument(skip_all, fields(id = %id))]
+pub async fn cancel(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<axum::Json<TaskJson>, AppError> {
+    let id = parse_id(&id, "id")?;
+    let task = state
+        .tasks
+        .clone()
+        .cancel_task(call.req(pb::CancelTaskRequest { id }))
+        .await
+        .map_err(AppError::upstream("tasks"))?
+        .into_inner();
+    Ok(axum::Json(task.into()))
+}
+
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    State(state): State<AppState>,
+    call: Call,
+    Query(params): Query<ListParams>,
+) -> Result<axum::Json<Value>, AppError> {
+    let status = params.status.as_deref().map(parse_status).transpose()?;
+    let page = state
+        .tasks
+        .clone()
+        .list_tasks(call.req(pb::ListTasksRequest {
+            page_size: params.page_size.unwrap_or(0),
+            page_token: params.page_token.unwrap_or_default(),
+            status: status.unwrap_or(pb::TaskStatus::Unspecified) as i32,
+        }))
+        .await
+        .map_err(AppError::upstream("tasks"))?
+        .into_inner();
+    let tasks: Vec<TaskJson> = page.tasks.into_iter().map(TaskJson::from).collect();
+    Ok(axum::Json(serde_json::json!({"tasks": tasks, "next_page_token": page.next_page_token})))
+}
+
+/// The longest an events stream stays open.
+const WATCH_LIMIT: Duration = Duration::from_secs(3600);
+
+/// Server-sent events: one `task` event per state change, fed by `WatchTask`,
+/// until the task ends. A failure mid-stream becomes an `error` event.
+#[tracing::instrument(skip_all, fields(id = %id))]
+pub async fn events(
+    State(state): State<AppState>,
+    call: Call,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
+    let id = parse_id(&id, "id")?;
+    let stream = state
+        .tasks
+        .clone()
+        .watch_task(call.req_with_timeout(pb::WatchTaskRequest { id }, WATCH_LIMIT))
+        .await
+        .map_err(AppError::upstream("tasks"))?
+        .into_inner();
+    let events = stream.map(|item| {
+        Ok(match item {
+            Ok(task) => Event::default()
+                .event("task")
+                .json_data(TaskJson::from(task))
+                .unwrap_or_else(|_| Event::default().event("error").data("cannot encode task")),
+            Err(status) => {
+                let (_, code, message) = AppError::Upstream { service: "tasks", status }.parts();
+                Event::default()
+                    .event("error")
+                    .json_data(serde_json::json!({"error": {"code": code, "message": message}}))
+                    .unwrap_or_else(|_| Event::default().event("error"))
+            }
+        })
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}
+
+/// Waits for a task to end through `WatchTask`, returning its last state.
+pub async fn wait_for(state: &AppState, call: &Call, id: i64, limit: Duration) -> Result<pb::Task, AppError> {
+    let mut stream = state
+        .tasks
+        .clone()
+        .watch_task(call.req_with_timeout(pb::WatchTaskRequest { id }, limit))
+        .await
+        .map_err(AppError::upstream("tasks"))?
+        .into_inner();
+    let mut last = None;
+    while let Some(task) = stream.next().await {
+        last = Some(task.map_err(AppError::upstream("tasks"))?);
+    }
+    last.ok_or_else(|| AppError::Unavailable("the tasks service ended the watch without an answer".into()))
+}

@@ -1,0 +1,264 @@
+//! `mesh` with no subcommand: bring the whole mesh up and keep it up.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const SERVICES: [(&str, u16); 4] = [("items", 50051), ("cache", 50052), ("tasks", 50053), ("counter", 50054)];
+/// Replica n of a service listens on its base port + 10 n (items: 50051, 50061, ...).
+const REPLICA_PORT_STEP: u16 = 10;
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Replicas per service, e.g. `items=2,tasks=3` (default 1 each).
+    #[arg(long, env = "MESH_REPLICAS", value_parser = parse_replicas, default_value = "")]
+    replicas: BTreeMap<String, u16>,
+
+    /// Data directory for the embedded SQLite databases.
+    #[arg(long, env = "MESH_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+
+    /// Shared backends with local defaults: `postgres`, `redis`, or both (`postgres,redis`).
+    #[arg(long, env = "MESH_BACKEND", value_delimiter = ',')]
+    backend: Vec<String>,
+
+    /// PostgreSQL URL for items and tasks (overrides --backend postgres's default).
+    #[arg(long, env = "MESH_DATABASE_URL")]
+    database_url: Option<String>,
+
+    /// Redis URL for cache and counter (overrides --backend redis's default).
+    #[arg(long, env = "MESH_REDIS_URL")]
+    redis_url: Option<String>,
+
+    /// Address of the HTTP gateway.
+    #[arg(long, env = "MESH_GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    gateway_listen: SocketAddr,
+
+    /// Interface the services listen on.
+    #[arg(long, env = "MESH_HOST", default_value = "127.0.0.1")]
+    host: IpAddr,
+
+    /// Plain-HTTP upstream for the gateway's /call-another-service.
+    #[arg(long, env = "MESH_UPSTREAM")]
+    upstream: Option<String>,
+}
+
+fn parse_replicas(s: &str) -> Result<BTreeMap<String, u16>, String> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (name, n) = part
+            .split_once('=')
+            .ok_or_else(|| format!("{part:?}: expected SERVICE=N, e.g. items=2"))?;
+        if !SERVICES.iter().any(|(s, _)| *s == name) {
+            return Err(format!("{name:?} is not a service (items, cache, tasks, counter)"));
+        }
+        let n: u16 = n.parse().map_err(|_| format!("{part:?}: N must be a whole number"))?;
+        if !(1..=9).contains(&n) {
+            return Err(format!("{part:?}: between 1 and 9 replicas"));
+        }
+        out.insert(name.to_string(), n);
+    }
+    Ok(out)
+}
+
+struct Proc {
+    name: String,
+    addr: SocketAddr,
+    child: Child,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    mesh_common::telemetry::init();
+    let database_url = args.database_url.clone().or_else(|| {
+        args.backend
+            .iter()
+            .any(|b| b == "postgres")
+            .then(|| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+    });
+    let redis_url = args.redis_url.clone().or_else(|| {
+        args.backend
+            .iter()
+            .any(|b| b == "redis")
+            .then(|| "redis://127.0.0.1:6379".to_string())
+    });
+    for b in &args.backend {
+        if b != "postgres" && b != "redis" {
+            bail!("--backend {b:?}: expected postgres, redis or both");
+        }
+    }
+    for stateful in ["cache", "counter"] {
+        let n = args.replicas.get(stateful).copied().unwrap_or(1);
+        if n > 1 && redis_url.is_none() {
+            bail!(
+                "{n} {stateful} replicas on the in-process backend would each keep their own state and \
+                 give different answers; share Redis instead: --backend redis (or --redis-url URL)"
+            );
+        }
+    }
+
+    let exe = std::env::current_exe().context("cannot find the mesh executable")?;
+    let mut procs: Vec<Proc> = Vec::new();
+    let mut endpoints: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let started = async {
+        for (service, base) in SERVICES {
+            for replica in 0..args.replicas.get(service).copied().unwrap_or(1) {
+                let port = base + REPLICA_PORT_STEP * replica;
+                let listen = SocketAddr::new(args.host, port);
+                let mut cmd = Command::new(&exe);
+                cmd.arg(service).arg("--listen").arg(listen.to_string());
+                match service {
+                    "items" | "tasks" => {
+                        cmd.arg("--data-dir").arg(&args.data_dir);
+                        if let Some(url) = &database_url {
+                            cmd.arg("--database-url").arg(url);
+                        }
+                    }
+                    _ => {
+                        if let Some(url) = &redis_url {
+                            cmd.arg("--redis-url").arg(url);
+                        }
+                    }
+                }
+                let name = format!("{service}-{}", replica + 1);
+                // One at a time: replicas on one SQLite file must not race
+                // each other through the first migration.
+                let proc = spawn(name, cmd).await?;
+                wait_serving(&proc).await?;
+                endpoints.entry(service).or_default().push(format!("http://{}", proc.addr));
+                procs.push(proc);
+            }
+        }
+        let mut cmd = Command::new(&exe);
+        cmd.arg("gateway").arg("--listen").arg(args.gateway_listen.to_string());
+        for (service, list) in &endpoints {
+            cmd.arg(format!("--{service}")).arg(list.join(","));
+        }
+        if let Some(upstream) = &args.upstream {
+            cmd.arg("--upstream").arg(upstream);
+        }
+        procs.push(spawn("gateway".into(), cmd).await?);
+        anyhow::Ok(())
+    };
+    let outcome = tokio::select! {
+        r = started => r,
+        () = mesh_common::shutdown::signal() => Err(anyhow::anyhow!("interrupted while starting")),
+    };
+    if let Err(err) = outcome {
+        stop_all(&mut procs).await;
+        return Err(err);
+    }
+
+    println!("\nmesh is up (Ctrl-C stops everything):");
+    for p in &procs {
+        println!("  {:<10} {}", p.name, p.addr);
+    }
+    let gateway = procs.last().map(|p| p.addr).unwrap_or(args.gateway_listen);
+    println!(
+        "\ntry:\n  curl http://{gateway}/test\n  curl -X POST http://{gateway}/items -H 'content-type: application/json' -d '{{\"name\":\"pen\",\"price_cents\":150}}'\n  grpcurl -plaintext {} list\n",
+        procs.first().map(|p| p.addr).unwrap_or(gateway)
+    );
+
+    let died = tokio::select! {
+        () = mesh_common::shutdown::signal() => None,
+        name = any_exit(&mut procs) => Some(name),
+    };
+    if let Some(name) = &died {
+        tracing::error!(process = %name, "a process exited; stopping the mesh");
+    }
+    stop_all(&mut procs).await;
+    match died {
+        Some(name) => bail!("{name} exited unexpectedly"),
+        None => Ok(()),
+    }
+}
+
+/// Starts one child, forwards its logs with a name prefix, and reads the
+/// address it announces on stdout.
+async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
+    if let Some(stderr) = child.stderr.take() {
+        let prefix = name.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("{prefix:>10} | {line}");
+            }
+        });
+    }
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(READY_TIMEOUT, lines.next_line())
+        .await
+        .with_context(|| format!("{name} did not start in time"))??
+        .with_context(|| format!("{name} exited during start-up (see its log above)"))?;
+    let addr: SocketAddr = line
+        .rsplit(' ')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .with_context(|| format!("{name} announced {line:?}, not an address"))?;
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Proc { name, addr, child })
+}
+
+/// Polls `grpc.health.v1` until the server reports SERVING.
+async fn wait_serving(proc: &Proc) -> anyhow::Result<()> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proc.addr))?.connect_lazy();
+    let mut client = HealthClient::new(channel);
+    let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+    loop {
+        let status = client.check(HealthCheckRequest { service: String::new() }).await;
+        if matches!(status, Ok(ref r) if r.get_ref().status == ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{} did not report SERVING within {READY_TIMEOUT:?}", proc.name);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Resolves with the name of the first child that exits.
+async fn any_exit(procs: &mut [Proc]) -> String {
+    let waits = procs.iter_mut().map(|p| {
+        Box::pin(async move {
+            let _ = p.child.wait().await;
+            p.name.clone()
+        })
+    });
+    futures::future::select_all(waits).await.0
+}
+
+/// SIGTERM to every child (gateway first, so it stops sending calls), then
+/// wait; whatever is still running after the timeout is killed.
+async fn stop_all(procs: &mut [Proc]) {
+    for p in procs.iter().rev() {
+        if let Some(pid) = p.child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+    for p in procs.iter_mut().rev() {
+        match tokio::time::timeout(STOP_TIMEOUT, p.child.wait()).await {
+            Ok(Ok(status)) => tracing::info!(process = %p.name, %status, "stopped"),
+            Ok(Err(err)) => tracing::warn!(process = %p.name, error = %err, "cannot wait for process"),
+            Err(_) => {
+                tracing::warn!(process = %p.name, "did not stop in time; killing it");
+                let _ = p.child.kill().await;
+            }
+        }
+    }
+}
