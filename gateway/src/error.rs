@@ -15,10 +15,17 @@ use tonic::Code;
 pub enum AppError {
     /// A service answered with a non-OK status.
     #[error("{service} service: {status}")]
-    Upstream { service: &'static str, status: tonic::Status },
+    Upstream {
+        service: &'static str,
+        status: tonic::Status,
+    },
     /// The request itself is malformed (bad JSON, a bad path or query value).
     #[error("{message}")]
-    BadRequest { status: StatusCode, code: &'static str, message: String },
+    BadRequest {
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     NotFound(String),
     /// A plain-HTTP upstream failed or is not configured.
@@ -48,7 +55,9 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::Ok => StatusCode::OK,
         Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
@@ -92,14 +101,22 @@ impl AppError {
                 let http = http_status(code);
                 let message = match code {
                     Code::Unavailable => format!("the {service} service is unavailable; try again"),
-                    Code::DeadlineExceeded => format!("the {service} service did not answer in time"),
+                    Code::DeadlineExceeded => {
+                        format!("the {service} service did not answer in time")
+                    }
                     Code::Cancelled => format!("the call to the {service} service was cancelled"),
-                    _ if http.is_server_error() => format!("the {service} service failed; see the gateway log"),
+                    _ if http.is_server_error() => {
+                        format!("the {service} service failed; see the gateway log")
+                    }
                     _ => status.message().to_string(),
                 };
                 (http, code_name(code), message)
             }
-            AppError::BadRequest { status, code, message } => (*status, code, message.clone()),
+            AppError::BadRequest {
+                status,
+                code,
+                message,
+            } => (*status, code, message.clone()),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "NOT_FOUND", m.clone()),
             AppError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE", m.clone()),
             AppError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", m.clone()),
@@ -113,7 +130,11 @@ impl IntoResponse for AppError {
         if status.is_server_error() {
             tracing::warn!(error = %self, http = status.as_u16(), "request failed");
         }
-        let mut response = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        let mut response = (
+            status,
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

@@ -41,9 +41,18 @@ where
             .headers()
             .get(axum::http::header::CONTENT_LENGTH)
             .is_some_and(|v| v == "0")
-            || (req.headers().get(axum::http::header::CONTENT_TYPE).is_none()
-                && req.headers().get(axum::http::header::TRANSFER_ENCODING).is_none()
-                && req.headers().get(axum::http::header::CONTENT_LENGTH).is_none());
+            || (req
+                .headers()
+                .get(axum::http::header::CONTENT_TYPE)
+                .is_none()
+                && req
+                    .headers()
+                    .get(axum::http::header::TRANSFER_ENCODING)
+                    .is_none()
+                && req
+                    .headers()
+                    .get(axum::http::header::CONTENT_LENGTH)
+                    .is_none());
         if empty {
             return Ok(OptionalJson(T::default()));
         }
@@ -63,7 +72,8 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        let axum::extract::Query(value) =
+            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Query(value))
     }
 }
@@ -95,7 +105,10 @@ impl Call {
 impl FromRequestParts<AppState> for Call {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         Ok(Call {
             request_id: parts
                 .headers
@@ -109,8 +122,7 @@ impl FromRequestParts<AppState> for Call {
 
 /// Parses a path segment that must be a positive id, naming it in the error.
 pub fn parse_id(raw: &str, what: &str) -> Result<i64, AppError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| AppError::invalid(format!("{what}: must be a positive integer, got {raw:?}")))
+    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        AppError::invalid(format!("{what}: must be a positive integer, got {raw:?}"))
+    })
 }

@@ -50,7 +50,11 @@ pub struct Config {
     pub tasks: String,
 
     /// Counter service endpoints, comma separated.
-    #[arg(long, env = "GATEWAY_COUNTER", default_value = "http://127.0.0.1:50054")]
+    #[arg(
+        long,
+        env = "GATEWAY_COUNTER",
+        default_value = "http://127.0.0.1:50054"
+    )]
     pub counter: String,
 
     /// Plain-HTTP upstream that `GET /call-another-service` calls.
@@ -91,7 +95,9 @@ impl Config {
             items: mesh_proto::items::v1::item_service_client::ItemServiceClient::new(items),
             cache: mesh_proto::cache::v1::cache_service_client::CacheServiceClient::new(cache),
             tasks: mesh_proto::tasks::v1::task_service_client::TaskServiceClient::new(tasks),
-            counter: mesh_proto::counter::v1::counter_service_client::CounterServiceClient::new(counter),
+            counter: mesh_proto::counter::v1::counter_service_client::CounterServiceClient::new(
+                counter,
+            ),
             http: reqwest::Client::builder()
                 .connect_timeout(connect)
                 .pool_idle_timeout(Duration::from_secs(60))
@@ -151,10 +157,16 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
 }
 
 /// Serves the gateway on `listener` until `shutdown`, then finishes in-flight requests.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let state = config.state()?;
     let app = app(state, config.max_body_bytes);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
     tracing::info!("gateway stopped; in-flight requests finished");
     Ok(())
 }

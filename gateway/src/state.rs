@@ -32,12 +32,20 @@ pub enum EndpointError {
     #[error("--{flag}: no endpoint given")]
     Empty { flag: &'static str },
     #[error("--{flag}: {url:?} is not a valid endpoint URL (expected http://HOST:PORT): {reason}")]
-    Invalid { flag: &'static str, url: String, reason: String },
+    Invalid {
+        flag: &'static str,
+        url: String,
+        reason: String,
+    },
 }
 
 /// One channel over every endpoint in `list` (comma separated). Connections
 /// are made lazily, so the gateway starts even while a service is down.
-pub fn channel(flag: &'static str, list: &str, connect_timeout: Duration) -> Result<Channel, EndpointError> {
+pub fn channel(
+    flag: &'static str,
+    list: &str,
+    connect_timeout: Duration,
+) -> Result<Channel, EndpointError> {
     let endpoints = list
         .split(',')
         .map(str::trim)

@@ -15,7 +15,12 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const SERVICES: [(&str, u16); 4] = [("items", 50051), ("cache", 50052), ("tasks", 50053), ("counter", 50054)];
+const SERVICES: [(&str, u16); 4] = [
+    ("items", 50051),
+    ("cache", 50052),
+    ("tasks", 50053),
+    ("counter", 50054),
+];
 /// Replica n of a service listens on its base port + 10 n (items: 50051, 50061, ...).
 const REPLICA_PORT_STEP: u16 = 10;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -51,6 +56,10 @@ pub struct UpArgs {
     #[arg(long, env = "MESH_HOST", default_value = "127.0.0.1")]
     host: IpAddr,
 
+    /// Let every service pick a free port (printed once up) instead of the defaults.
+    #[arg(long, env = "MESH_EPHEMERAL_PORTS")]
+    ephemeral_ports: bool,
+
     /// Plain-HTTP upstream for the gateway's /call-another-service.
     #[arg(long, env = "MESH_UPSTREAM")]
     upstream: Option<String>,
@@ -63,9 +72,13 @@ fn parse_replicas(s: &str) -> Result<BTreeMap<String, u16>, String> {
             .split_once('=')
             .ok_or_else(|| format!("{part:?}: expected SERVICE=N, e.g. items=2"))?;
         if !SERVICES.iter().any(|(s, _)| *s == name) {
-            return Err(format!("{name:?} is not a service (items, cache, tasks, counter)"));
+            return Err(format!(
+                "{name:?} is not a service (items, cache, tasks, counter)"
+            ));
         }
-        let n: u16 = n.parse().map_err(|_| format!("{part:?}: N must be a whole number"))?;
+        let n: u16 = n
+            .parse()
+            .map_err(|_| format!("{part:?}: N must be a whole number"))?;
         if !(1..=9).contains(&n) {
             return Err(format!("{part:?}: between 1 and 9 replicas"));
         }
@@ -82,6 +95,8 @@ struct Proc {
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     mesh_common::telemetry::init();
+    // Installed now, so a signal at any point stops the children we started.
+    let mut shutdown = Box::pin(mesh_common::shutdown::signal());
     let database_url = args.database_url.clone().or_else(|| {
         args.backend
             .iter()
@@ -115,7 +130,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let started = async {
         for (service, base) in SERVICES {
             for replica in 0..args.replicas.get(service).copied().unwrap_or(1) {
-                let port = base + REPLICA_PORT_STEP * replica;
+                let port = if args.ephemeral_ports {
+                    0
+                } else {
+                    base + REPLICA_PORT_STEP * replica
+                };
                 let listen = SocketAddr::new(args.host, port);
                 let mut cmd = Command::new(&exe);
                 cmd.arg(service).arg("--listen").arg(listen.to_string());
@@ -137,12 +156,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 // each other through the first migration.
                 let proc = spawn(name, cmd).await?;
                 wait_serving(&proc).await?;
-                endpoints.entry(service).or_default().push(format!("http://{}", proc.addr));
+                endpoints
+                    .entry(service)
+                    .or_default()
+                    .push(format!("http://{}", proc.addr));
                 procs.push(proc);
             }
         }
         let mut cmd = Command::new(&exe);
-        cmd.arg("gateway").arg("--listen").arg(args.gateway_listen.to_string());
+        cmd.arg("gateway")
+            .arg("--listen")
+            .arg(args.gateway_listen.to_string());
         for (service, list) in &endpoints {
             cmd.arg(format!("--{service}")).arg(list.join(","));
         }
@@ -154,7 +178,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     };
     let outcome = tokio::select! {
         r = started => r,
-        () = mesh_common::shutdown::signal() => Err(anyhow::anyhow!("interrupted while starting")),
+        () = &mut shutdown => Err(anyhow::anyhow!("interrupted while starting")),
     };
     if let Err(err) = outcome {
         stop_all(&mut procs).await;
@@ -172,7 +196,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
 
     let died = tokio::select! {
-        () = mesh_common::shutdown::signal() => None,
+        () = &mut shutdown => None,
         name = any_exit(&mut procs) => Some(name),
     };
     if let Some(name) = &died {
@@ -188,8 +212,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 /// Starts one child, forwards its logs with a name prefix, and reads the
 /// address it announces on stdout.
 async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
-    let mut child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {name}"))?;
     if let Some(stderr) = child.stderr.take() {
         let prefix = name.clone();
         tokio::spawn(async move {
@@ -217,16 +246,24 @@ async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
 
 /// Polls `grpc.health.v1` until the server reports SERVING.
 async fn wait_serving(proc: &Proc) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proc.addr))?.connect_lazy();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{}", proc.addr))?.connect_lazy();
     let mut client = HealthClient::new(channel);
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
-        let status = client.check(HealthCheckRequest { service: String::new() }).await;
+        let status = client
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await;
         if matches!(status, Ok(ref r) if r.get_ref().status == ServingStatus::Serving as i32) {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("{} did not report SERVING within {READY_TIMEOUT:?}", proc.name);
+            bail!(
+                "{} did not report SERVING within {READY_TIMEOUT:?}",
+                proc.name
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -254,7 +291,9 @@ async fn stop_all(procs: &mut [Proc]) {
     for p in procs.iter_mut().rev() {
         match tokio::time::timeout(STOP_TIMEOUT, p.child.wait()).await {
             Ok(Ok(status)) => tracing::info!(process = %p.name, %status, "stopped"),
-            Ok(Err(err)) => tracing::warn!(process = %p.name, error = %err, "cannot wait for process"),
+            Ok(Err(err)) => {
+                tracing::warn!(process = %p.name, error = %err, "cannot wait for process")
+            }
             Err(_) => {
                 tracing::warn!(process = %p.name, "did not stop in time; killing it");
                 let _ = p.child.kill().await;

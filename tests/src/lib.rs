@@ -1,1 +1,252 @@
-//! Integration tests live in `tests/tests/`; this library is empty.
+//! Fixtures for the integration tests: real server processes on free ports.
+//!
+//! Every server is started with `--listen 127.0.0.1:0` and announces the port
+//! it bound on stdout, so tests never guess ports and never race for them.
+//! A [`Server`] is killed when dropped, also when a test fails, and keeps its
+//! log so a test can assert on it (or print it when something goes wrong).
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+pub use mesh_proto as proto;
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Where cargo put the workspace's binaries: the test executable lives in
+/// `target/<profile>/deps/`, the binaries one level up.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps layout");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` so that cargo builds every binary",
+        path.display()
+    );
+    path
+}
+
+/// A running server process.
+pub struct Server {
+    pub name: String,
+    pub addr: SocketAddr,
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts binary `name` with `args` plus `--listen 127.0.0.1:0` and
+    /// waits for the address it announces.
+    pub async fn start(name: &str, args: &[String]) -> Server {
+        Self::start_on(name, args, "127.0.0.1:0").await
+    }
+
+    /// Like [`Server::start`], on a given address (for restarting a server
+    /// where its clients expect it).
+    pub async fn start_on(name: &str, args: &[String], listen: &str) -> Server {
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args)
+            .arg("--listen")
+            .arg(listen)
+            .env("MESH_LOG_ANSI", "0")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let line = match tokio::time::timeout(START_TIMEOUT, stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                panic!(
+                    "{name} did not announce its address ({other:?}); log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        let addr = line
+            .rsplit(' ')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("{name} announced {line:?}"));
+        Server {
+            name: name.to_string(),
+            addr,
+            child,
+            log,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A lazily connecting channel to this server.
+    pub fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(self.url())
+            .expect("valid url")
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy()
+    }
+
+    /// Waits until `grpc.health.v1` reports SERVING for the whole server.
+    pub async fn wait_serving(&self) {
+        let mut client = HealthClient::new(self.channel());
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let r = client
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if matches!(&r, Ok(r) if r.get_ref().status == 1) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never reported SERVING: {r:?}\n{}",
+                self.name,
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.child.id() {
+            kill(Pid::from_raw(pid as i32), signal).expect("send signal");
+        }
+    }
+
+    /// SIGTERM, then the exit status (panics if it takes over 30 s).
+    pub async fn terminate(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        self.wait().await
+    }
+
+    pub async fn wait(&mut self) -> ExitStatus {
+        tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within 30 s", self.name))
+            .expect("wait for child")
+    }
+
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The four services and a gateway in front of them, on embedded backends
+/// in a temporary data directory.
+pub struct Mesh {
+    pub items: Server,
+    pub cache: Server,
+    pub tasks: Server,
+    pub counter: Server,
+    pub gateway: Server,
+    pub http: reqwest::Client,
+    pub data: tempfile::TempDir,
+}
+
+#[derive(Default, Clone)]
+pub struct MeshOptions {
+    /// Extra flags for the tasks service (e.g. `--workers 1`).
+    pub tasks_args: Vec<String>,
+    /// Extra flags for the gateway.
+    pub gateway_args: Vec<String>,
+}
+
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+impl Mesh {
+    pub async fn start() -> Mesh {
+        Self::start_with(MeshOptions::default()).await
+    }
+
+    pub async fn start_with(options: MeshOptions) -> Mesh {
+        let data = tempfile::tempdir().expect("temp dir");
+        let dir = data.path().display().to_string();
+        let items_args = args(&["--data-dir", &dir]);
+        let tasks_args = [args(&["--data-dir", &dir]), options.tasks_args].concat();
+        let (items, cache, tasks, counter) = tokio::join!(
+            Server::start("items-service", &items_args),
+            Server::start("cache-service", &[]),
+            Server::start("tasks-service", &tasks_args),
+            Server::start("counter-service", &[]),
+        );
+        let mut gw_args = args(&[
+            "--items",
+            &items.url(),
+            "--cache",
+            &cache.url(),
+            "--tasks",
+            &tasks.url(),
+            "--counter",
+            &counter.url(),
+        ]);
+        gw_args.extend(options.gateway_args);
+        let gateway = Server::start("gateway", &gw_args).await;
+        for s in [&items, &cache, &tasks, &counter] {
+            s.wait_serving().await;
+        }
+        Mesh {
+            items,
+            cache,
+            tasks,
+            counter,
+            gateway,
+            http: reqwest::Client::new(),
+            data,
+        }
+    }
+
+    /// `http://<gateway><path>`.
+    pub fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.url())
+    }
+}
+
+/// Whether backend-dependent tests must fail rather than skip (CI sets `CI=true`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}

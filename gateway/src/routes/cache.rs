@@ -34,7 +34,11 @@ fn value_json(key: String, value: Vec<u8>) -> Value {
 }
 
 #[tracing::instrument(skip_all, fields(key = %key))]
-pub async fn get(State(state): State<AppState>, call: Call, Path(key): Path<String>) -> Result<axum::Json<Value>, AppError> {
+pub async fn get(
+    State(state): State<AppState>,
+    call: Call,
+    Path(key): Path<String>,
+) -> Result<axum::Json<Value>, AppError> {
     let found = state
         .cache
         .clone()
@@ -43,7 +47,9 @@ pub async fn get(State(state): State<AppState>, call: Call, Path(key): Path<Stri
         .map_err(AppError::upstream("cache"))?
         .into_inner();
     if !found.found {
-        return Err(AppError::NotFound(format!("key {key:?} is not in the cache")));
+        return Err(AppError::NotFound(format!(
+            "key {key:?} is not in the cache"
+        )));
     }
     Ok(axum::Json(value_json(key, found.value)))
 }
@@ -57,7 +63,11 @@ pub async fn put(
 ) -> Result<axum::Json<Value>, AppError> {
     let ttl = match body.ttl_seconds {
         None => None,
-        Some(0) => return Err(AppError::invalid("ttl_seconds: must be positive (omit it for no expiry)")),
+        Some(0) => {
+            return Err(AppError::invalid(
+                "ttl_seconds: must be positive (omit it for no expiry)",
+            ));
+        }
         Some(s) => prost_types::Duration::try_from(Duration::from_secs(s)).ok(),
     };
     state
@@ -70,11 +80,17 @@ pub async fn put(
         }))
         .await
         .map_err(AppError::upstream("cache"))?;
-    Ok(axum::Json(json!({"key": key, "value": body.value, "ttl_seconds": body.ttl_seconds})))
+    Ok(axum::Json(
+        json!({"key": key, "value": body.value, "ttl_seconds": body.ttl_seconds}),
+    ))
 }
 
 #[tracing::instrument(skip_all, fields(key = %key))]
-pub async fn delete(State(state): State<AppState>, call: Call, Path(key): Path<String>) -> Result<StatusCode, AppError> {
+pub async fn delete(
+    State(state): State<AppState>,
+    call: Call,
+    Path(key): Path<String>,
+) -> Result<StatusCode, AppError> {
     let deleted = state
         .cache
         .clone()
@@ -86,6 +102,8 @@ pub async fn delete(State(state): State<AppState>, call: Call, Path(key): Path<S
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(AppError::NotFound(format!("key {key:?} is not in the cache")))
+        Err(AppError::NotFound(format!(
+            "key {key:?} is not in the cache"
+        )))
     }
 }

@@ -35,7 +35,10 @@ pub struct CounterJson {
 
 impl From<pb::CounterValue> for CounterJson {
     fn from(v: pb::CounterValue) -> Self {
-        Self { name: v.name, value: v.value }
+        Self {
+            name: v.name,
+            value: v.value,
+        }
     }
 }
 
@@ -72,7 +75,11 @@ pub async fn increment(
 }
 
 #[tracing::instrument(skip_all, fields(name = %name))]
-pub async fn get(State(state): State<AppState>, call: Call, Path(name): Path<String>) -> Result<axum::Json<CounterJson>, AppError> {
+pub async fn get(
+    State(state): State<AppState>,
+    call: Call,
+    Path(name): Path<String>,
+) -> Result<axum::Json<CounterJson>, AppError> {
     let value = state
         .counter
         .clone()
@@ -85,7 +92,11 @@ pub async fn get(State(state): State<AppState>, call: Call, Path(name): Path<Str
 
 /// Resets to 0 and returns the value the counter had.
 #[tracing::instrument(skip_all, fields(name = %name))]
-pub async fn reset(State(state): State<AppState>, call: Call, Path(name): Path<String>) -> Result<axum::Json<CounterJson>, AppError> {
+pub async fn reset(
+    State(state): State<AppState>,
+    call: Call,
+    Path(name): Path<String>,
+) -> Result<axum::Json<CounterJson>, AppError> {
     let value = state
         .counter
         .clone()

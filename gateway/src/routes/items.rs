@@ -86,7 +86,11 @@ pub fn cache_key(id: i64) -> String {
 }
 
 #[tracing::instrument(skip_all)]
-pub async fn create(State(state): State<AppState>, call: Call, Json(body): Json<CreateItem>) -> Result<Response, AppError> {
+pub async fn create(
+    State(state): State<AppState>,
+    call: Call,
+    Json(body): Json<CreateItem>,
+) -> Result<Response, AppError> {
     let item = state
         .items
         .clone()
@@ -102,7 +106,9 @@ pub async fn create(State(state): State<AppState>, call: Call, Json(body): Json<
     let location = HeaderValue::from_str(&format!("/items/{}", item.id)).ok();
     let mut response = (StatusCode::CREATED, axum::Json(ItemJson::from(item))).into_response();
     if let Some(location) = location {
-        response.headers_mut().insert(axum::http::header::LOCATION, location);
+        response
+            .headers_mut()
+            .insert(axum::http::header::LOCATION, location);
     }
     Ok(response)
 }
@@ -131,34 +137,53 @@ pub async fn list(
 }
 
 #[tracing::instrument(skip_all, fields(id = %id))]
-pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<Response, AppError> {
+pub async fn get(
+    State(state): State<AppState>,
+    call: Call,
+    Path(id): Path<String>,
+) -> Result<Response, AppError> {
     let id = parse_id(&id, "id")?;
     let key = cache_key(id);
     let mut cache = state.cache.clone();
-    let cached = cache.get(call.req(cache_pb::GetRequest { key: key.clone() })).await;
+    let cached = cache
+        .get(call.req(cache_pb::GetRequest { key: key.clone() }))
+        .await;
     let (item, how) = match cached {
-        Ok(found) if found.get_ref().found => match pb::Item::decode(found.into_inner().value.as_slice()) {
-            Ok(item) => (item, "hit"),
-            Err(err) => {
-                // Not ours (someone wrote the key by hand): treat it as a miss.
-                tracing::warn!(error = %err, key, "cached item does not decode; refetching");
-                (fetch_and_fill(&state, &call, id, key, true).await?, "miss")
+        Ok(found) if found.get_ref().found => {
+            match pb::Item::decode(found.into_inner().value.as_slice()) {
+                Ok(item) => (item, "hit"),
+                Err(err) => {
+                    // Not ours (someone wrote the key by hand): treat it as a miss.
+                    tracing::warn!(error = %err, key, "cached item does not decode; refetching");
+                    (fetch_and_fill(&state, &call, id, key, true).await?, "miss")
+                }
             }
-        },
+        }
         Ok(_) => (fetch_and_fill(&state, &call, id, key, true).await?, "miss"),
         Err(status) => {
             tracing::warn!(error = %status, "cache unavailable; reading items directly");
-            (fetch_and_fill(&state, &call, id, key, false).await?, "bypass")
+            (
+                fetch_and_fill(&state, &call, id, key, false).await?,
+                "bypass",
+            )
         }
     };
     let mut response = axum::Json(ItemJson::from(item)).into_response();
-    response.headers_mut().insert("x-cache", HeaderValue::from_static(how));
+    response
+        .headers_mut()
+        .insert("x-cache", HeaderValue::from_static(how));
     Ok(response)
 }
 
 /// Reads the item from the items service and, if `fill`, stores it in the
 /// cache. A failed fill is logged, never returned: the read itself succeeded.
-async fn fetch_and_fill(state: &AppState, call: &Call, id: i64, key: String, fill: bool) -> Result<pb::Item, AppError> {
+async fn fetch_and_fill(
+    state: &AppState,
+    call: &Call,
+    id: i64,
+    key: String,
+    fill: bool,
+) -> Result<pb::Item, AppError> {
     let item = state
         .items
         .clone()
@@ -230,7 +255,12 @@ pub async fn delete(
 /// expires by its TTL; the write itself has succeeded either way.
 async fn invalidate(state: &AppState, call: &Call, id: i64) {
     let key = cache_key(id);
-    if let Err(status) = state.cache.clone().delete(call.req(cache_pb::DeleteRequest { key })).await {
+    if let Err(status) = state
+        .cache
+        .clone()
+        .delete(call.req(cache_pb::DeleteRequest { key }))
+        .await
+    {
         tracing::warn!(error = %status, id, "cannot invalidate the cached item; it expires by TTL");
     }
 }

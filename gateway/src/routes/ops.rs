@@ -31,7 +31,9 @@ async fn upstream_health(state: &AppState) -> Vec<(&'static str, String)> {
     let checks = state.health.iter().map(|(name, client)| {
         let mut client = client.clone();
         async move {
-            let mut req = tonic::Request::new(HealthCheckRequest { service: String::new() });
+            let mut req = tonic::Request::new(HealthCheckRequest {
+                service: String::new(),
+            });
             req.set_timeout(PROBE_TIMEOUT);
             let status = match tokio::time::timeout(PROBE_TIMEOUT, client.check(req)).await {
                 Ok(Ok(r)) => match ServingStatus::try_from(r.into_inner().status) {
@@ -39,7 +41,9 @@ async fn upstream_health(state: &AppState) -> Vec<(&'static str, String)> {
                     Ok(other) => other.as_str_name().to_string(),
                     Err(_) => "UNKNOWN".to_string(),
                 },
-                Ok(Err(status)) => format!("UNREACHABLE ({})", crate::error::code_name(status.code())),
+                Ok(Err(status)) => {
+                    format!("UNREACHABLE ({})", crate::error::code_name(status.code()))
+                }
                 Err(_) => "UNREACHABLE (timeout)".to_string(),
             };
             (*name, status)
@@ -53,10 +57,19 @@ async fn upstream_health(state: &AppState) -> Vec<(&'static str, String)> {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
     let results = upstream_health(&state).await;
     let ready = results.iter().all(|(_, s)| s == "SERVING");
-    let services: serde_json::Map<String, Value> =
-        results.into_iter().map(|(n, s)| (n.to_string(), Value::String(s))).collect();
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, axum::Json(json!({"ready": ready, "services": services})))
+    let services: serde_json::Map<String, Value> = results
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), Value::String(s)))
+        .collect();
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(json!({"ready": ready, "services": services})),
+    )
 }
 
 fn part<T: serde::Serialize>(result: Result<T, AppError>) -> Value {
@@ -77,7 +90,10 @@ pub async fn overview(State(state): State<AppState>, call: Call) -> axum::Json<V
         let page = state
             .items
             .clone()
-            .list_items(call.req(items_pb::ListItemsRequest { page_size: 5, page_token: String::new() }))
+            .list_items(call.req(items_pb::ListItemsRequest {
+                page_size: 5,
+                page_token: String::new(),
+            }))
             .await
             .map_err(AppError::upstream("items"))?
             .into_inner();
@@ -100,25 +116,35 @@ pub async fn overview(State(state): State<AppState>, call: Call) -> axum::Json<V
         let page = state
             .tasks
             .clone()
-            .list_tasks(call.req(tasks_pb::ListTasksRequest { page_size: 5, ..Default::default() }))
+            .list_tasks(call.req(tasks_pb::ListTasksRequest {
+                page_size: 5,
+                ..Default::default()
+            }))
             .await
             .map_err(AppError::upstream("tasks"))?
             .into_inner();
-        Ok::<_, AppError>(json!({"recent": page.tasks.into_iter().map(TaskJson::from).collect::<Vec<_>>()}))
+        Ok::<_, AppError>(
+            json!({"recent": page.tasks.into_iter().map(TaskJson::from).collect::<Vec<_>>()}),
+        )
     };
     let counter = async {
         let v = state
             .counter
             .clone()
-            .get(call.req(counter_pb::GetRequest { name: SHARED_COUNTER.into() }))
+            .get(call.req(counter_pb::GetRequest {
+                name: SHARED_COUNTER.into(),
+            }))
             .await
             .map_err(AppError::upstream("counter"))?
             .into_inner();
         Ok::<_, AppError>(json!({ SHARED_COUNTER: v.value }))
     };
-    let (items, cache, tasks, counter, health) = tokio::join!(items, cache, tasks, counter, upstream_health(&state));
-    let health: serde_json::Map<String, Value> =
-        health.into_iter().map(|(n, s)| (n.to_string(), Value::String(s))).collect();
+    let (items, cache, tasks, counter, health) =
+        tokio::join!(items, cache, tasks, counter, upstream_health(&state));
+    let health: serde_json::Map<String, Value> = health
+        .into_iter()
+        .map(|(n, s)| (n.to_string(), Value::String(s)))
+        .collect();
     axum::Json(json!({
         "items": part(items),
         "cache": part(cache),

@@ -30,7 +30,11 @@ pub struct KeyParam {
 /// `GET /cached-data?key=K`: `{"data": V}`, or the seed's
 /// `{"error": "Data not found in cache."}` (with 200, as the seed answers).
 #[tracing::instrument(skip_all)]
-pub async fn cached_data(State(state): State<AppState>, call: Call, Query(p): Query<KeyParam>) -> Result<axum::Json<Value>, AppError> {
+pub async fn cached_data(
+    State(state): State<AppState>,
+    call: Call,
+    Query(p): Query<KeyParam>,
+) -> Result<axum::Json<Value>, AppError> {
     let found = state
         .cache
         .clone()
@@ -48,7 +52,10 @@ pub async fn cached_data(State(state): State<AppState>, call: Call, Query(p): Qu
 /// `GET /increment`: the seed's locked counter, now one counter for every
 /// gateway and every counter replica.
 #[tracing::instrument(skip_all)]
-pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
+pub async fn increment(
+    State(state): State<AppState>,
+    call: Call,
+) -> Result<axum::Json<Value>, AppError> {
     let value = state
         .counter
         .clone()
@@ -66,7 +73,10 @@ pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum
 
 /// `GET /start-task`: the seed's `long_running_task.apply_async()`.
 #[tracing::instrument(skip_all)]
-pub async fn start_task(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
+pub async fn start_task(
+    State(state): State<AppState>,
+    call: Call,
+) -> Result<axum::Json<Value>, AppError> {
     let task = submit_task(&state, &call, "echo".into(), json!("Task complete!"), 0).await?;
     Ok(axum::Json(json!({"task_id": task.id})))
 }
@@ -111,11 +121,15 @@ pub async fn run_blocking_task(
 /// `GET /call-another-service`: one call to the configured plain-HTTP
 /// upstream over the shared `reqwest` client.
 #[tracing::instrument(skip_all)]
-pub async fn call_another_service(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
-    let url = state
-        .upstream
-        .as_deref()
-        .ok_or_else(|| AppError::Unavailable("no upstream is configured (start the gateway with --upstream URL)".into()))?;
+pub async fn call_another_service(
+    State(state): State<AppState>,
+    call: Call,
+) -> Result<axum::Json<Value>, AppError> {
+    let url = state.upstream.as_deref().ok_or_else(|| {
+        AppError::Unavailable(
+            "no upstream is configured (start the gateway with --upstream URL)".into(),
+        )
+    })?;
     let mut request = state.http.get(url).timeout(state.call_timeout);
     if let Some(id) = &call.request_id {
         request = request.header("x-request-id", id);
@@ -130,7 +144,10 @@ pub async fn call_another_service(State(state): State<AppState>, call: Call) -> 
         AppError::BadGateway("the upstream service's answer was cut off".into())
     })?;
     if !status.is_success() {
-        return Err(AppError::BadGateway(format!("the upstream service answered HTTP {}", status.as_u16())));
+        return Err(AppError::BadGateway(format!(
+            "the upstream service answered HTTP {}",
+            status.as_u16()
+        )));
     }
     let parsed = serde_json::from_slice::<Value>(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));

@@ -83,7 +83,10 @@ impl From<pb::Task> for TaskJson {
         Self {
             id: t.id,
             kind: t.kind,
-            payload: t.payload.map(mesh_proto::json::from_proto).unwrap_or(Value::Null),
+            payload: t
+                .payload
+                .map(mesh_proto::json::from_proto)
+                .unwrap_or(Value::Null),
             priority: t.priority,
             status: status_name(t.status),
             attempts: t.attempts,
@@ -98,7 +101,11 @@ impl From<pb::Task> for TaskJson {
 
 /// Queues a task; answers 202 with its id and where to follow it.
 #[tracing::instrument(skip_all)]
-pub async fn submit(State(state): State<AppState>, call: Call, Json(body): Json<SubmitBody>) -> Result<Response, AppError> {
+pub async fn submit(
+    State(state): State<AppState>,
+    call: Call,
+    Json(body): Json<SubmitBody>,
+) -> Result<Response, AppError> {
     let task = submit_task(&state, &call, body.kind, body.payload, body.priority).await?;
     let mut response = (
         StatusCode::ACCEPTED,
@@ -111,7 +118,13 @@ pub async fn submit(State(state): State<AppState>, call: Call, Json(body): Json<
     Ok(response)
 }
 
-pub async fn submit_task(state: &AppState, call: &Call, kind: String, payload: Value, priority: i32) -> Result<pb::Task, AppError> {
+pub async fn submit_task(
+    state: &AppState,
+    call: &Call,
+    kind: String,
+    payload: Value,
+    priority: i32,
+) -> Result<pb::Task, AppError> {
     Ok(state
         .tasks
         .clone()
@@ -126,7 +139,11 @@ pub async fn submit_task(state: &AppState, call: &Call, kind: String, payload: V
 }
 
 #[tracing::instrument(skip_all, fields(id = %id))]
-pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<axum::Json<TaskJson>, AppError> {
+pub async fn get(
+    State(state): State<AppState>,
+    call: Call,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TaskJson>, AppError> {
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
@@ -139,7 +156,11 @@ pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<Strin
 }
 
 #[tracing::instrument(skip_all, fields(id = %id))]
-pub async fn cancel(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<axum::Json<TaskJson>, AppError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    call: Call,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TaskJson>, AppError> {
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
@@ -170,7 +191,9 @@ pub async fn list(
         .map_err(AppError::upstream("tasks"))?
         .into_inner();
     let tasks: Vec<TaskJson> = page.tasks.into_iter().map(TaskJson::from).collect();
-    Ok(axum::Json(serde_json::json!({"tasks": tasks, "next_page_token": page.next_page_token})))
+    Ok(axum::Json(
+        serde_json::json!({"tasks": tasks, "next_page_token": page.next_page_token}),
+    ))
 }
 
 /// The longest an events stream stays open.
@@ -199,7 +222,11 @@ pub async fn events(
                 .json_data(TaskJson::from(task))
                 .unwrap_or_else(|_| Event::default().event("error").data("cannot encode task")),
             Err(status) => {
-                let (_, code, message) = AppError::Upstream { service: "tasks", status }.parts();
+                let (_, code, message) = AppError::Upstream {
+                    service: "tasks",
+                    status,
+                }
+                .parts();
                 Event::default()
                     .event("error")
                     .json_data(serde_json::json!({"error": {"code": code, "message": message}}))
@@ -211,7 +238,12 @@ pub async fn events(
 }
 
 /// Waits for a task to end through `WatchTask`, returning its last state.
-pub async fn wait_for(state: &AppState, call: &Call, id: i64, limit: Duration) -> Result<pb::Task, AppError> {
+pub async fn wait_for(
+    state: &AppState,
+    call: &Call,
+    id: i64,
+    limit: Duration,
+) -> Result<pb::Task, AppError> {
     let mut stream = state
         .tasks
         .clone()
@@ -223,5 +255,7 @@ pub async fn wait_for(state: &AppState, call: &Call, id: i64, limit: Duration) -
     while let Some(task) = stream.next().await {
         last = Some(task.map_err(AppError::upstream("tasks"))?);
     }
-    last.ok_or_else(|| AppError::Unavailable("the tasks service ended the watch without an answer".into()))
+    last.ok_or_else(|| {
+        AppError::Unavailable("the tasks service ended the watch without an answer".into())
+    })
 }

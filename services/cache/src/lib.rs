@@ -45,11 +45,18 @@ pub struct Config {
     pub max_bytes: u64,
 }
 
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let backend: Arc<dyn CacheBackend> = match &config.redis_url {
         Some(url) => {
             tracing::info!(prefix = %config.redis_prefix, "cache backend: redis");
-            Arc::new(RedisBackend::new(mesh_redis::connect(url)?, config.redis_prefix.clone()))
+            Arc::new(RedisBackend::new(
+                mesh_redis::connect(url)?,
+                config.redis_prefix.clone(),
+            ))
         }
         None => {
             tracing::info!(max_bytes = config.max_bytes, "cache backend: in-process");

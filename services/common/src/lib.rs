@@ -35,11 +35,14 @@ where
 {
     use anyhow::Context;
     telemetry::init();
+    // Before anything slow (binding, connecting to a database): from here on
+    // SIGTERM means a graceful stop.
+    let shutdown = Box::pin(shutdown::signal());
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "{name} starting");
     announce(name, addr);
-    run(listener, Box::pin(shutdown::signal())).await
+    run(listener, shutdown).await
 }

@@ -46,12 +46,20 @@ pub struct Config {
     pub idempotency_window_secs: u64,
 }
 
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let window = Duration::from_secs(config.idempotency_window_secs.max(1));
     let backend: Arc<dyn CounterBackend> = match &config.redis_url {
         Some(url) => {
             tracing::info!(prefix = %config.redis_prefix, "counter backend: redis");
-            Arc::new(RedisBackend::new(mesh_redis::connect(url)?, config.redis_prefix.clone(), window))
+            Arc::new(RedisBackend::new(
+                mesh_redis::connect(url)?,
+                config.redis_prefix.clone(),
+                window,
+            ))
         }
         None => {
             tracing::info!("counter backend: in-process");

@@ -18,15 +18,18 @@ impl CounterStore {
         Self { backend }
     }
 
-    pub async fn increment(&self, name: &str, delta: i64, idempotency_key: Option<&str>) -> Result<i64, CounterError> {
+    pub async fn increment(
+        &self,
+        name: &str,
+        delta: i64,
+        idempotency_key: Option<&str>,
+    ) -> Result<i64, CounterError> {
         validate_name(name)?;
-        if let Some(k) = idempotency_key {
-            if k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES {
-                return Err(CounterError::invalid(
-                    "idempotency_key",
-                    format!("must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
-                ));
-            }
+        if idempotency_key.is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES) {
+            return Err(CounterError::invalid(
+                "idempotency_key",
+                format!("must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes"),
+            ));
         }
         self.backend.increment(name, delta, idempotency_key).await
     }

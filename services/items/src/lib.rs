@@ -38,7 +38,11 @@ pub struct Config {
 }
 
 /// Connects to the database, applies migrations and serves until `shutdown`.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let (pool, backend) = mesh_sql::connect(
         &config.sql,
         &config.data_dir,

@@ -97,7 +97,10 @@ impl ItemStore {
     pub async fn get(&self, id: i64) -> Result<Item, ItemError> {
         validate_id(id)?;
         let sql = format!("SELECT {COLUMNS} FROM items WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         match row {
             Some(row) => item_from_row(&row),
             None => Err(ItemError::NotFound(id)),
@@ -115,7 +118,10 @@ impl ItemStore {
             .bind(i64::from(size) + 1)
             .fetch_all(&self.pool)
             .await?;
-        let mut items = rows.iter().map(item_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut items = rows
+            .iter()
+            .map(item_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let next_token = if items.len() > size as usize {
             items.truncate(size as usize);
             items.last().map(|last| encode_token(last.id))
@@ -142,11 +148,13 @@ impl ItemStore {
         if let Some(p) = patch.price_cents {
             validate_price(p)?;
         }
-        let tags = patch.tags.map(validate_tags).transpose()?.map(|t| tags_json(&t));
-        if let Some(v) = expected_version {
-            if v < 1 {
-                return Err(ItemError::invalid("expected_version", "must be at least 1"));
-            }
+        let tags = patch
+            .tags
+            .map(validate_tags)
+            .transpose()?
+            .map(|t| tags_json(&t));
+        if expected_version.is_some_and(|v| v < 1) {
+            return Err(ItemError::invalid("expected_version", "must be at least 1"));
         }
         let sql = format!(
             "UPDATE items SET \
@@ -199,7 +207,11 @@ impl ItemStore {
             .await;
         match (current, expected) {
             (Ok(Some(row)), Some(expected)) => match row.try_get::<i64, _>(0) {
-                Ok(actual) => ItemError::VersionConflict { id, expected, actual },
+                Ok(actual) => ItemError::VersionConflict {
+                    id,
+                    expected,
+                    actual,
+                },
                 Err(err) => err.into(),
             },
             // The row exists and no version was asked for: it was re-created
@@ -236,7 +248,10 @@ fn tags_json(tags: &[String]) -> String {
 
 fn validate_id(id: i64) -> Result<(), ItemError> {
     if id < 1 {
-        return Err(ItemError::invalid("id", format!("must be a positive integer, got {id}")));
+        return Err(ItemError::invalid(
+            "id",
+            format!("must be a positive integer, got {id}"),
+        ));
     }
     Ok(())
 }
@@ -247,7 +262,10 @@ fn validate_name(name: &str) -> Result<&str, ItemError> {
         return Err(ItemError::invalid("name", "must not be empty"));
     }
     if trimmed.chars().count() > MAX_NAME {
-        return Err(ItemError::invalid("name", format!("must be at most {MAX_NAME} characters")));
+        return Err(ItemError::invalid(
+            "name",
+            format!("must be at most {MAX_NAME} characters"),
+        ));
     }
     Ok(trimmed)
 }
@@ -264,7 +282,10 @@ fn validate_description(d: &str) -> Result<(), ItemError> {
 
 fn validate_price(p: i64) -> Result<(), ItemError> {
     if p < 0 {
-        return Err(ItemError::invalid("price_cents", format!("must not be negative, got {p}")));
+        return Err(ItemError::invalid(
+            "price_cents",
+            format!("must not be negative, got {p}"),
+        ));
     }
     Ok(())
 }
@@ -278,14 +299,20 @@ fn validate_tags(tags: Vec<String>) -> Result<Vec<String>, ItemError> {
             return Err(ItemError::invalid("tags", "a tag must not be empty"));
         }
         if tag.chars().count() > MAX_TAG {
-            return Err(ItemError::invalid("tags", format!("a tag must be at most {MAX_TAG} characters")));
+            return Err(ItemError::invalid(
+                "tags",
+                format!("a tag must be at most {MAX_TAG} characters"),
+            ));
         }
         if !out.iter().any(|t| t == tag) {
             out.push(tag.to_string());
         }
     }
     if out.len() > MAX_TAGS {
-        return Err(ItemError::invalid("tags", format!("at most {MAX_TAGS} tags")));
+        return Err(ItemError::invalid(
+            "tags",
+            format!("at most {MAX_TAGS} tags"),
+        ));
     }
     Ok(out)
 }
@@ -326,8 +353,22 @@ mod tests {
     fn tokens_round_trip_and_foreign_tokens_are_rejected() {
         assert_eq!(decode_token(&encode_token(42)).unwrap(), 42);
         assert_eq!(decode_token("").unwrap(), 0);
-        for bad in ["!!", "aXRlbXM6", "Zm9vOjE", &URL_SAFE_NO_PAD.encode("items:-3")] {
-            assert!(matches!(decode_token(bad), Err(ItemError::InvalidArgument { field: "page_token", .. })), "{bad}");
+        for bad in [
+            "!!",
+            "aXRlbXM6",
+            "Zm9vOjE",
+            &URL_SAFE_NO_PAD.encode("items:-3"),
+        ] {
+            assert!(
+                matches!(
+                    decode_token(bad),
+                    Err(ItemError::InvalidArgument {
+                        field: "page_token",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
         }
     }
 

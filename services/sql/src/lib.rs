@@ -136,7 +136,8 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
 
 /// SQLITE_BUSY / SQLITE_LOCKED, and PostgreSQL's admin shutdown / cannot-connect classes.
 fn is_busy(code: Option<&str>) -> bool {
-    matches!(code, Some("5" | "6" | "57P01" | "57P02" | "57P03")) || code.is_some_and(|c| c.starts_with("08"))
+    matches!(code, Some("5" | "6" | "57P01" | "57P02" | "57P03"))
+        || code.is_some_and(|c| c.starts_with("08"))
 }
 
 /// Milliseconds since the Unix epoch, the time unit every table stores.

@@ -85,7 +85,10 @@ fn hash_args(payload: &Value) -> Result<(String, u64), String> {
     };
     let rounds = match payload.get("rounds") {
         None => 1,
-        Some(v) => v.as_u64().filter(|r| *r >= 1).ok_or("payload.rounds: must be a whole number >= 1")?,
+        Some(v) => v
+            .as_u64()
+            .filter(|r| *r >= 1)
+            .ok_or("payload.rounds: must be a whole number >= 1")?,
     };
     if rounds > MAX_HASH_ROUNDS {
         return Err(format!("payload.rounds: at most {MAX_HASH_ROUNDS}"));
@@ -150,7 +153,10 @@ mod tests {
     #[tokio::test]
     async fn hash_is_repeated_sha256() {
         let out = Hash.run(json!({"data": "abc", "rounds": 1})).await.unwrap();
-        assert_eq!(out["sha256"], "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            out["sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         let two = Hash.run(json!({"data": "abc", "rounds": 2})).await.unwrap();
         assert_ne!(out["sha256"], two["sha256"]);
     }
@@ -158,9 +164,22 @@ mod tests {
     #[test]
     fn payloads_are_validated_with_named_fields() {
         assert!(Sleep.validate(&json!({"ms": 5})).is_ok());
-        assert!(Sleep.validate(&json!({})).unwrap_err().contains("payload.ms"));
+        assert!(
+            Sleep
+                .validate(&json!({}))
+                .unwrap_err()
+                .contains("payload.ms")
+        );
         assert!(Sleep.validate(&json!({"ms": -1})).is_err());
-        assert!(Hash.validate(&json!({"data": 3})).unwrap_err().contains("payload.data"));
-        assert!(Hash.validate(&json!({"rounds": 0})).unwrap_err().contains("payload.rounds"));
+        assert!(
+            Hash.validate(&json!({"data": 3}))
+                .unwrap_err()
+                .contains("payload.data")
+        );
+        assert!(
+            Hash.validate(&json!({"rounds": 0}))
+                .unwrap_err()
+                .contains("payload.rounds")
+        );
     }
 }

@@ -61,7 +61,11 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
 }
 
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let (pool, backend) = mesh_sql::connect(
         &config.sql,
         &config.data_dir,

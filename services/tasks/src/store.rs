@@ -51,7 +51,11 @@ impl Status {
             "succeeded" => Status::Succeeded,
             "failed" => Status::Failed,
             "cancelled" => Status::Cancelled,
-            other => return Err(TaskError::Internal(format!("unknown stored status {other:?}"))),
+            other => {
+                return Err(TaskError::Internal(format!(
+                    "unknown stored status {other:?}"
+                )));
+            }
         })
     }
 
@@ -133,7 +137,12 @@ impl TaskStore {
     }
 
     /// Validates and queues a task. `kind` must already be known to be valid.
-    pub async fn submit(&self, kind: &str, payload: Value, priority: i32) -> Result<Task, TaskError> {
+    pub async fn submit(
+        &self,
+        kind: &str,
+        payload: Value,
+        priority: i32,
+    ) -> Result<Task, TaskError> {
         if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&priority) {
             return Err(TaskError::invalid(
                 "priority",
@@ -144,7 +153,10 @@ impl TaskStore {
         if payload_text.len() > MAX_PAYLOAD_BYTES {
             return Err(TaskError::invalid(
                 "payload",
-                format!("is {} bytes of JSON; at most {MAX_PAYLOAD_BYTES}", payload_text.len()),
+                format!(
+                    "is {} bytes of JSON; at most {MAX_PAYLOAD_BYTES}",
+                    payload_text.len()
+                ),
             ));
         }
         let now = now_ms();
@@ -168,24 +180,38 @@ impl TaskStore {
 
     pub async fn get(&self, id: i64) -> Result<Task, TaskError> {
         if id < 1 {
-            return Err(TaskError::invalid("id", format!("must be a positive integer, got {id}")));
+            return Err(TaskError::invalid(
+                "id",
+                format!("must be a positive integer, got {id}"),
+            ));
         }
         let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = $1");
-        match sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? {
+        match sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+        {
             Some(row) => task_from_row(&row),
             None => Err(TaskError::NotFound(id)),
         }
     }
 
     /// Newest first; optionally only one status.
-    pub async fn list(&self, page_size: i32, token: &str, status: Option<Status>) -> Result<Page, TaskError> {
+    pub async fn list(
+        &self,
+        page_size: i32,
+        token: &str,
+        status: Option<Status>,
+    ) -> Result<Page, TaskError> {
         let size = match page_size {
             0 => DEFAULT_PAGE,
             1.. if page_size as u32 <= MAX_PAGE => page_size as u32,
             _ => {
                 return Err(TaskError::invalid(
                     "page_size",
-                    format!("must be between 1 and {MAX_PAGE} (or 0 for {DEFAULT_PAGE}), got {page_size}"),
+                    format!(
+                        "must be between 1 and {MAX_PAGE} (or 0 for {DEFAULT_PAGE}), got {page_size}"
+                    ),
                 ));
             }
         };
@@ -200,7 +226,10 @@ impl TaskStore {
             .bind(i64::from(size) + 1)
             .fetch_all(&self.pool)
             .await?;
-        let mut tasks = rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut tasks = rows
+            .iter()
+            .map(task_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         let next_token = if tasks.len() > size as usize {
             tasks.truncate(size as usize);
             tasks.last().map(|t| encode_token(t.id))
@@ -217,7 +246,12 @@ impl TaskStore {
             "UPDATE tasks SET status = 'cancelled', finished_ms = $2, updated_ms = $2 \
              WHERE id = $1 AND status = 'queued' RETURNING {COLUMNS}"
         );
-        if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
+        if let Some(row) = sqlx::query(&sql)
+            .bind(id)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await?
+        {
             self.changed(id);
             return task_from_row(&row);
         }

@@ -53,7 +53,11 @@ impl Pool {
             workers.spawn(w.run());
         }
         let reaper = tokio::spawn(reap(store.clone(), config.lease, stop_rx));
-        tracing::info!(workers = config.workers, lease_ms = config.lease.as_millis() as u64, "worker pool started");
+        tracing::info!(
+            workers = config.workers,
+            lease_ms = config.lease.as_millis() as u64,
+            "worker pool started"
+        );
         Self {
             workers,
             reaper,
@@ -79,7 +83,9 @@ impl Pool {
             match self.store.release(&self.worker_id).await {
                 Ok(0) => {}
                 Ok(released) => tracing::warn!(released, "put unfinished tasks back in the queue"),
-                Err(err) => tracing::error!(error = %err, "cannot put unfinished tasks back; their leases will expire"),
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot put unfinished tasks back; their leases will expire")
+                }
             }
         }
         tracing::info!("worker pool stopped");
@@ -148,8 +154,12 @@ impl Worker {
         let ok = matches!(outcome, Outcome::Succeeded(_));
         match self.store.finish(task.id, &self.id, outcome).await {
             Ok(true) => tracing::info!(succeeded = ok, "task finished"),
-            Ok(false) => tracing::warn!("task finished, but its lease had been lost; result dropped"),
-            Err(err) => tracing::error!(error = %err, "cannot record the task's end; its lease will expire and it will run again"),
+            Ok(false) => {
+                tracing::warn!("task finished, but its lease had been lost; result dropped")
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot record the task's end; its lease will expire and it will run again")
+            }
         }
     }
 }
