@@ -250,3 +250,162 @@ impl Mesh {
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
+
+/// Shared backends for the scale-out tests.
+///
+/// `MESH_TEST_POSTGRES_URL` / `MESH_TEST_REDIS_URL` name the servers. When a
+/// variable is set (CI sets both) the server must answer, or the test fails.
+/// When it is unset, the local default is tried, and if nothing answers the
+/// test prints why it is skipped and passes.
+pub mod backends {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Duration;
+
+    const DEFAULT_POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+    const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379";
+
+    async fn reachable(url: &str) -> bool {
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            return false;
+        };
+        let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
+        let port = parsed.port().unwrap_or(if parsed.scheme() == "redis" {
+            6379
+        } else {
+            5432
+        });
+        matches!(
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                tokio::net::TcpStream::connect((host.as_str(), port))
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    async fn backend(var: &str, default: &str, test: &str) -> Option<String> {
+        match std::env::var(var) {
+            Ok(url) => {
+                assert!(
+                    reachable(&url).await,
+                    "{var}={url} is set but nothing answers there ({test} must not skip)"
+                );
+                Some(url)
+            }
+            Err(_) if reachable(default).await => Some(default.to_string()),
+            Err(_) => {
+                assert!(
+                    !super::in_ci(),
+                    "{var} is not set and {default} does not answer; CI must run {test}"
+                );
+                eprintln!("SKIPPED {test}: no server at {default} (set {var} to run it)");
+                None
+            }
+        }
+    }
+
+    /// A PostgreSQL URL, or `None` (the test should return) when there is none here.
+    pub async fn postgres(test: &str) -> Option<String> {
+        backend("MESH_TEST_POSTGRES_URL", DEFAULT_POSTGRES, test).await
+    }
+
+    /// A Redis URL, or `None` (the test should return) when there is none here.
+    pub async fn redis(test: &str) -> Option<String> {
+        backend("MESH_TEST_REDIS_URL", DEFAULT_REDIS, test).await
+    }
+
+    /// A name no other test run uses: schemas and key prefixes are made from
+    /// it, so runs sharing one server never see each other's data.
+    pub fn unique(tag: &str) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!(
+            "t_{tag}_{}_{}_{nanos}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Drops a test's schema (and its tables).
+    pub async fn drop_schema(url: &str, schema: &str) {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::PgConnection::connect(url)
+            .await
+            .expect("connect to drop schema");
+        conn.execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
+            .await
+            .expect("drop schema");
+    }
+
+    /// Deletes every Redis key under a test's prefix.
+    pub async fn drop_keys(url: &str, prefix: &str) {
+        let client = redis::Client::open(url).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .expect("keys");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .expect("del");
+        }
+    }
+}
+
+/// A TCP forwarder a test can cut and restore, to take a shared server
+/// (PostgreSQL) "down" for one service without touching the server itself.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    target: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        Self::start_on("127.0.0.1:0".parse().expect("addr"), target).await
+    }
+
+    /// Listens on `listen` (give the old address to restore a cut proxy).
+    pub async fn start_on(listen: SocketAddr, target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let task = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) aborts every
+            // connection, so a cut is immediate for open connections too.
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                connections.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, target, task }
+    }
+
+    /// Closes the listener and every forwarded connection.
+    pub async fn cut(mut self) -> (SocketAddr, SocketAddr) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        (self.addr, self.target)
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -46,7 +46,7 @@ pub async fn run(
     let (pool, backend) = mesh_sql::connect(
         &config.sql,
         &config.data_dir,
-        "items.db",
+        "items",
         &SQLITE_MIGRATIONS,
         &POSTGRES_MIGRATIONS,
     )

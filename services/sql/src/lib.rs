@@ -39,6 +39,27 @@ pub struct SqlConfig {
     /// How long a call waits for a free connection before failing UNAVAILABLE.
     #[arg(long, env = "MESH_DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000)]
     pub db_acquire_timeout_ms: u64,
+
+    /// Prefix of this service's PostgreSQL schema, which is `<prefix><service>`
+    /// (e.g. `items`, or `staging_items` with prefix `staging_`) and is created
+    /// if missing. Each service owns its schema, so services, deployments and
+    /// test runs can share one database without touching each other's tables.
+    #[arg(long, env = "MESH_DB_SCHEMA_PREFIX", default_value = "", value_parser = parse_schema_prefix)]
+    pub db_schema_prefix: String,
+}
+
+/// The schema name goes into SQL text (`SET search_path`), so only plain
+/// identifier characters are accepted.
+fn parse_schema_prefix(s: &str) -> Result<String, String> {
+    let ok = s.len() <= 48
+        && !s.starts_with(|c: char| c.is_ascii_digit())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err("at most 48 characters of a-z, 0-9 and _, not starting with a digit".into())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +79,12 @@ pub enum ConnectError {
 
 /// Opens the pool and applies the backend's migrations.
 ///
-/// `file` names the SQLite file inside `data_dir` when no URL is given.
+/// `service` names the SQLite file (`<service>.db` in `data_dir`) when no URL
+/// is given, and the PostgreSQL schema (after the prefix) when one is.
 pub async fn connect(
     config: &SqlConfig,
     data_dir: &Path,
-    file: &str,
+    service: &str,
     sqlite_migrations: &Migrator,
     postgres_migrations: &Migrator,
 ) -> Result<(AnyPool, Backend), ConnectError> {
@@ -74,7 +96,10 @@ pub async fn connect(
                 path: data_dir.display().to_string(),
                 source,
             })?;
-            format!("sqlite://{}?mode=rwc", data_dir.join(file).display())
+            format!(
+                "sqlite://{}?mode=rwc",
+                data_dir.join(format!("{service}.db")).display()
+            )
         }
     };
     let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -85,11 +110,26 @@ pub async fn connect(
         return Err(ConnectError::UnsupportedUrl(url));
     };
     let options: AnyConnectOptions = url.parse().map_err(ConnectError::Connect)?;
-    let pool = AnyPoolOptions::new()
+    let schema = match backend {
+        Backend::Postgres => Some(format!("{}{service}", config.db_schema_prefix)),
+        Backend::Sqlite => None,
+    };
+    if let Some(schema) = &schema {
+        create_schema(&options, schema).await?;
+    }
+    let pool_options = AnyPoolOptions::new()
         .max_connections(config.db_max_connections.max(1))
-        .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms))
+        .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms));
+    let search_path = schema
+        .as_ref()
+        .map(|s| format!("SET search_path TO \"{s}\""));
+    let pool = pool_options
         .after_connect(move |conn, _meta| {
+            let search_path = search_path.clone();
             Box::pin(async move {
+                if let Some(set) = search_path {
+                    conn.execute(set.as_str()).await?;
+                }
                 if backend == Backend::Sqlite {
                     // WAL lets readers and one writer work at once, across
                     // processes; busy_timeout makes writers queue, not fail.
@@ -109,8 +149,28 @@ pub async fn connect(
         Backend::Postgres => postgres_migrations,
     };
     migrator.run(&pool).await.map_err(ConnectError::Migrate)?;
-    tracing::info!(?backend, "database ready");
+    tracing::info!(
+        ?backend,
+        schema = schema.as_deref().unwrap_or("-"),
+        "database ready"
+    );
     Ok((pool, backend))
+}
+
+/// `CREATE SCHEMA IF NOT EXISTS`, tolerating a replica that creates it at
+/// the same moment (PostgreSQL reports that race as a unique violation).
+async fn create_schema(options: &AnyConnectOptions, schema: &str) -> Result<(), ConnectError> {
+    use sqlx::{ConnectOptions, Connection};
+    let mut conn = options.connect().await.map_err(ConnectError::Connect)?;
+    let created = conn
+        .execute(format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\"").as_str())
+        .await;
+    let _ = conn.close().await;
+    match created {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") => Ok(()),
+        Err(err) => Err(ConnectError::Connect(err)),
+    }
 }
 
 /// True when the database answers a trivial query within `timeout`.

@@ -69,7 +69,7 @@ pub async fn run(
     let (pool, backend) = mesh_sql::connect(
         &config.sql,
         &config.data_dir,
-        "tasks.db",
+        "tasks",
         &SQLITE_MIGRATIONS,
         &POSTGRES_MIGRATIONS,
     )

@@ -1,0 +1,218 @@
+//! Redis stops and comes back under traffic: the cache and counter services
+//! fail fast with UNAVAILABLE while it is down, item reads bypass the cache,
+//! and everything recovers by itself. Uses a redis-server of its own on a
+//! spare port; the shared one is never touched.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use mesh_tests::proto::cache::v1::cache_service_client::CacheServiceClient;
+use mesh_tests::{Server, args, in_ci};
+use serde_json::json;
+use tokio::process::{Child, Command};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+/// While Redis is down, each failing call must answer within this.
+const FAIL_FAST: Duration = Duration::from_millis(2500);
+/// Health must notice an outage (or a recovery) within this.
+const NOTICE: Duration = Duration::from_secs(10);
+
+async fn start_redis(port: u16) -> Child {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server");
+    let started = Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "redis-server did not start on {port}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child
+}
+
+async fn health(server: &Server) -> i32 {
+    let mut c = HealthClient::new(server.channel());
+    match c
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner().status,
+        Err(_) => -1,
+    }
+}
+
+async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn services_fail_fast_while_redis_is_down_and_recover_without_restart() {
+    if std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !in_ci(),
+            "redis-server is not installed; CI must run the Redis outage test"
+        );
+        eprintln!("SKIPPED redis outage test: no redis-server binary");
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = start_redis(port).await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().display().to_string();
+    let cache = Server::start("cache-service", &args(&["--redis-url", &url])).await;
+    let counter = Server::start("counter-service", &args(&["--redis-url", &url])).await;
+    let items = Server::start("items-service", &args(&["--data-dir", &data])).await;
+    let tasks = Server::start("tasks-service", &args(&["--data-dir", &data])).await;
+    let gateway = Server::start(
+        "gateway",
+        &args(&[
+            "--items",
+            &items.url(),
+            "--cache",
+            &cache.url(),
+            "--tasks",
+            &tasks.url(),
+            "--counter",
+            &counter.url(),
+        ]),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let at = |p: &str| format!("{}{p}", gateway.url());
+    let r = http
+        .post(at("/items"))
+        .json(&json!({"name": "survivor"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        http.get(at("/items/1")).send().await.unwrap().headers()["x-cache"],
+        "miss"
+    );
+    assert_eq!(
+        http.get(at("/items/1")).send().await.unwrap().headers()["x-cache"],
+        "hit"
+    );
+    assert_eq!(
+        http.post(at("/counters/c/increment"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Redis goes away.
+    redis.kill().await.unwrap();
+    redis.wait().await.unwrap();
+    for (what, request) in [
+        ("cache read", http.get(at("/cache/k"))),
+        (
+            "cache write",
+            http.put(at("/cache/k")).json(&json!({"value": "v"})),
+        ),
+        ("counter", http.post(at("/counters/c/increment"))),
+    ] {
+        let started = Instant::now();
+        let r = request.send().await.unwrap();
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503, "{what}");
+        assert!(took < FAIL_FAST, "{what} took {took:?} to fail");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "UNAVAILABLE", "{what}: {body}");
+    }
+    let started = Instant::now();
+    let r = http.get(at("/items/1")).send().await.unwrap();
+    assert!(
+        started.elapsed() < FAIL_FAST,
+        "a cache outage must not stall item reads"
+    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "bypass");
+    eventually("cache-service reports NOT_SERVING", NOTICE, async || {
+        health(&cache).await == 2
+    })
+    .await;
+    eventually("counter-service reports NOT_SERVING", NOTICE, async || {
+        health(&counter).await == 2
+    })
+    .await;
+
+    // Redis comes back on the same port: everything recovers, no restarts.
+    let _redis = start_redis(port).await;
+    eventually("cache-service reports SERVING again", NOTICE, async || {
+        health(&cache).await == 1
+    })
+    .await;
+    eventually(
+        "counter-service reports SERVING again",
+        NOTICE,
+        async || health(&counter).await == 1,
+    )
+    .await;
+    eventually("cache writes work again", NOTICE, async || {
+        http.put(at("/cache/k"))
+            .json(&json!({"value": "v"}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let r = http.post(at("/counters/c/increment")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        v["value"], 1,
+        "the restarted Redis kept nothing, and the counter starts over from it"
+    );
+    assert_eq!(
+        http.get(at("/items/1")).send().await.unwrap().headers()["x-cache"],
+        "miss"
+    );
+    assert_eq!(
+        http.get(at("/items/1")).send().await.unwrap().headers()["x-cache"],
+        "hit"
+    );
+    let mut direct = CacheServiceClient::new(cache.channel());
+    let stats = direct
+        .stats(mesh_tests::proto::cache::v1::StatsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(stats.entries >= 2, "{stats:?}");
+}
