@@ -32,6 +32,9 @@ pub struct Config {
     #[arg(long, env = "CACHE_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
 
+    #[command(flatten)]
+    pub serve: mesh_common::grpc::ServeArgs,
+
     /// Redis URL (redis://host:port/db). Unset: an in-process cache private to this replica.
     #[arg(long, env = "CACHE_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -69,6 +72,7 @@ pub async fn run(
             let backend = backend.clone();
             async move { backend.ping().await }
         })
+        .with_args(&config.serve)
         .serve(listener, shutdown)
         .await
 }

@@ -2,9 +2,15 @@
 //!
 //! A service hands its own routes to [`GrpcServer`], which adds the standard
 //! ones: `grpc.health.v1.Health` and server reflection in both `v1` and
-//! `v1alpha` (grpcurl 1.8 speaks only `v1alpha`), over the mesh's descriptor set.
-//! Health follows the service's backend when a probe is given, and turns
-//! `NOT_SERVING` as soon as shutdown starts.
+//! `v1alpha` (grpcurl 1.8 speaks only `v1alpha`), over the mesh's descriptor
+//! set, and runs every call behind [`crate::rpc::RpcLayer`].
+//!
+//! Health is `SERVING` only while all of these hold: the backend probe (if
+//! any) succeeds, no operator has put the replica in maintenance (SIGUSR1 in,
+//! SIGUSR2 out), and shutdown has not begun. On SIGTERM the replica first
+//! reports `NOT_SERVING` and keeps serving for `--drain-ms`, so health-checking
+//! clients (the gateway) move new calls elsewhere; then it stops accepting and
+//! finishes the calls in flight.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,6 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -19,15 +27,39 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::rpc::RpcLayer;
+
 type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
 
 /// How often a backend probe runs.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// Serving settings every server binary shares (flattened into its config).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeArgs {
+    /// On SIGTERM, how long to keep serving while reporting NOT_SERVING, so
+    /// load balancers move traffic away before the listener closes, in ms.
+    #[arg(long, env = "MESH_DRAIN_MS", default_value_t = 1500)]
+    pub drain_ms: u64,
+
+    /// Test only: delay every call by this many ms (a deliberately slow replica).
+    #[arg(long, env = "MESH_DEBUG_DELAY_MS", hide = true)]
+    pub debug_delay_ms: Option<u64>,
+}
+
 pub struct GrpcServer {
     routes: Routes,
     service_name: &'static str,
     probe: Option<Probe>,
+    args: Option<ServeArgs>,
+}
+
+/// What health is computed from.
+#[derive(Clone, Copy, Debug)]
+enum HealthEvent {
+    Backend(bool),
+    Maintenance(bool),
+    Draining,
 }
 
 impl GrpcServer {
@@ -47,11 +79,12 @@ impl GrpcServer {
             routes: Routes::new(service),
             service_name: S::NAME,
             probe: None,
+            args: None,
         }
     }
 
     /// Checks the backend every second; while `probe` answers false, health is
-    /// `NOT_SERVING` (callers should also get `UNAVAILABLE` from the calls themselves).
+    /// `NOT_SERVING` (callers also get `UNAVAILABLE` from the calls themselves).
     pub fn with_probe<F, Fut>(mut self, probe: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
@@ -61,18 +94,29 @@ impl GrpcServer {
         self
     }
 
-    /// Serves on `listener` until `shutdown` resolves, then reports
-    /// `NOT_SERVING`, stops accepting and lets in-flight calls finish.
+    pub fn with_args(mut self, args: &ServeArgs) -> Self {
+        self.args = Some(args.clone());
+        self
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, drains, then stops
+    /// accepting and lets in-flight calls finish.
     pub async fn serve<F>(self, listener: TcpListener, shutdown: F) -> anyhow::Result<()>
     where
         F: Future<Output = ()> + Send,
     {
+        let args = self.args.unwrap_or(ServeArgs {
+            drain_ms: 0,
+            debug_delay_ms: None,
+        });
         let (health, health_service) = tonic_health::server::health_reporter();
         set_all(&health, self.service_name, ServingStatus::Serving).await;
-        let prober = self.probe.map(|probe| {
-            let health = health.clone();
-            tokio::spawn(watch(probe, health, self.service_name))
-        });
+        let (events, events_rx) = mpsc::channel(16);
+        let health_task = tokio::spawn(track_health(health, self.service_name, events_rx));
+        let prober = self
+            .probe
+            .map(|probe| tokio::spawn(watch_backend(probe, events.clone())));
+        let maintenance = tokio::spawn(watch_maintenance_signals(events.clone()));
 
         // Advertise only what this server serves: the descriptor set holds
         // every mesh service, but `grpcurl list` must not show the others.
@@ -89,28 +133,38 @@ impl GrpcServer {
                 .with_service_name("grpc.reflection.v1.ServerReflection")
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection")
         };
-        let reflection_v1 = reflection().build_v1()?;
-        let reflection_v1alpha = reflection().build_v1alpha()?;
         let routes = self
             .routes
             .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        let name = self.service_name;
+        let drain = Duration::from_millis(args.drain_ms);
         Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(RpcLayer {
+                debug_delay: args.debug_delay_ms.map(Duration::from_millis),
+            })
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 shutdown.await;
                 if let Some(prober) = prober {
                     prober.abort();
                 }
-                set_all(&health, name, ServingStatus::NotServing).await;
+                maintenance.abort();
+                let _ = events.send(HealthEvent::Draining).await;
+                if !drain.is_zero() {
+                    tracing::info!(
+                        drain_ms = drain.as_millis() as u64,
+                        "NOT_SERVING; draining before the listener closes"
+                    );
+                    tokio::time::sleep(drain).await;
+                }
             })
             .await?;
+        health_task.abort();
         tracing::info!("server stopped; in-flight calls finished");
         Ok(())
     }
@@ -122,7 +176,42 @@ async fn set_all(health: &HealthReporter, name: &str, status: ServingStatus) {
     health.set_service_status(name, status).await;
 }
 
-async fn watch(probe: Probe, health: HealthReporter, name: &'static str) {
+/// Owns the health state; every change arrives as an event.
+async fn track_health(
+    health: HealthReporter,
+    name: &'static str,
+    mut events: mpsc::Receiver<HealthEvent>,
+) {
+    let (mut backend_up, mut maintenance, mut draining) = (true, false, false);
+    let mut serving = true;
+    while let Some(event) = events.recv().await {
+        match event {
+            HealthEvent::Backend(up) => backend_up = up,
+            HealthEvent::Maintenance(on) => maintenance = on,
+            HealthEvent::Draining => draining = true,
+        }
+        let now = backend_up && !maintenance && !draining;
+        if now != serving {
+            serving = now;
+            let status = if now {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            tracing::info!(
+                service = name,
+                ?status,
+                backend_up,
+                maintenance,
+                draining,
+                "health changed"
+            );
+            set_all(&health, name, status).await;
+        }
+    }
+}
+
+async fn watch_backend(probe: Probe, events: mpsc::Sender<HealthEvent>) {
     let mut up = true;
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -132,12 +221,35 @@ async fn watch(probe: Probe, health: HealthReporter, name: &'static str) {
         if now_up != up {
             up = now_up;
             if up {
-                tracing::info!(service = name, "backend reachable again: SERVING");
-                set_all(&health, name, ServingStatus::Serving).await;
+                tracing::info!("backend reachable again");
             } else {
-                tracing::warn!(service = name, "backend unreachable: NOT_SERVING");
-                set_all(&health, name, ServingStatus::NotServing).await;
+                tracing::warn!("backend unreachable");
             }
+            if events.send(HealthEvent::Backend(up)).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// SIGUSR1 takes the replica out of rotation (NOT_SERVING) without stopping
+/// it; SIGUSR2 puts it back.
+async fn watch_maintenance_signals(events: mpsc::Sender<HealthEvent>) {
+    let (Ok(mut enter), Ok(mut leave)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    ) else {
+        tracing::warn!("cannot listen for SIGUSR1/SIGUSR2; maintenance mode unavailable");
+        return;
+    };
+    loop {
+        let on = tokio::select! {
+            _ = enter.recv() => true,
+            _ = leave.recv() => false,
+        };
+        tracing::info!(maintenance = on, "maintenance signal received");
+        if events.send(HealthEvent::Maintenance(on)).await.is_err() {
+            return;
         }
     }
 }

@@ -4,10 +4,12 @@
 //! - [`shutdown`]: the SIGINT/SIGTERM future handed to every `run(listener, shutdown)`;
 //! - [`grpc`]: the tonic server every service runs, with `grpc.health.v1` and server
 //!   reflection (`v1` and `v1alpha`) mounted beside the service's own routes;
+//! - [`rpc`]: the per-call layer: request-id spans, call logs, abandoned-work logs;
 //! - [`announce`]: the one stdout line that tells launchers and tests the bound address.
 #![forbid(unsafe_code)]
 
 pub mod grpc;
+pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;
 

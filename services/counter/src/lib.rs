@@ -33,6 +33,9 @@ pub struct Config {
     #[arg(long, env = "COUNTER_LISTEN", default_value = "127.0.0.1:50054")]
     pub listen: SocketAddr,
 
+    #[command(flatten)]
+    pub serve: mesh_common::grpc::ServeArgs,
+
     /// Redis URL (redis://host:port/db). Unset: in-process counters private to this replica.
     #[arg(long, env = "COUNTER_REDIS_URL")]
     pub redis_url: Option<String>,
@@ -72,6 +75,7 @@ pub async fn run(
             let backend = backend.clone();
             async move { backend.ping().await }
         })
+        .with_args(&config.serve)
         .serve(listener, shutdown)
         .await
 }

@@ -29,6 +29,9 @@ pub struct Config {
     #[arg(long, env = "ITEMS_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
 
+    #[command(flatten)]
+    pub serve: mesh_common::grpc::ServeArgs,
+
     /// Directory for the embedded SQLite database (items.db).
     #[arg(long, env = "ITEMS_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -57,6 +60,7 @@ pub async fn run(
             let pool = pool.clone();
             async move { mesh_sql::ping(&pool, Duration::from_secs(1)).await }
         })
+        .with_args(&config.serve)
         .serve(listener, shutdown)
         .await
 }

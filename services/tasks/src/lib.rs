@@ -35,6 +35,9 @@ pub struct Config {
     #[arg(long, env = "TASKS_LISTEN", default_value = "127.0.0.1:50053")]
     pub listen: SocketAddr,
 
+    #[command(flatten)]
+    pub serve: mesh_common::grpc::ServeArgs,
+
     /// Directory for the embedded SQLite queue (tasks.db).
     #[arg(long, env = "TASKS_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -93,6 +96,7 @@ pub async fn run(
             let pool = pool.clone();
             async move { mesh_sql::ping(&pool, Duration::from_secs(1)).await }
         })
+        .with_args(&config.serve)
         .serve(listener, async move {
             shutdown.await;
             let _ = stop_tx.send(true);
