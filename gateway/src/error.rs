@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tonic::Code;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum AppError {
     /// A service answered with a non-OK status.
     #[error("{service} service: {status}")]
@@ -33,6 +33,12 @@ pub enum AppError {
     BadGateway(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The request's deadline passed before the service answered.
+    #[error("the {0} service did not answer before the deadline")]
+    DeadlineExceeded(&'static str),
+    /// The gateway refused the call: the service's in-flight cap is reached.
+    #[error("the {service} service is at its limit of {limit} calls in flight")]
+    Overloaded { service: &'static str, limit: usize },
 }
 
 impl AppError {
@@ -120,6 +126,16 @@ impl AppError {
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "NOT_FOUND", m.clone()),
             AppError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE", m.clone()),
             AppError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", m.clone()),
+            AppError::DeadlineExceeded(_) => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "DEADLINE_EXCEEDED",
+                self.to_string(),
+            ),
+            AppError::Overloaded { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UNAVAILABLE",
+                format!("{self}; retry shortly"),
+            ),
         }
     }
 }
@@ -127,7 +143,9 @@ impl AppError {
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
-        if status.is_server_error() {
+        // Shedding is the gateway working as designed, and logging every
+        // refused call would add load exactly when there is too much.
+        if status.is_server_error() && !matches!(self, AppError::Overloaded { .. }) {
             tracing::warn!(error = %self, http = status.as_u16(), "request failed");
         }
         let mut response = (

@@ -78,27 +78,37 @@ where
     }
 }
 
-/// Per-request call settings: the deadline every gRPC call carries and the
-/// request id it forwards, so a service's logs can be tied to the HTTP request.
+/// Per-request call settings: the deadline every service call of the request
+/// shares (sent to services as `grpc-timeout`, so they stop working when the
+/// caller has stopped waiting), and the request id each call forwards.
 #[derive(Clone, Debug)]
 pub struct Call {
     pub request_id: Option<String>,
-    pub timeout: Duration,
+    pub deadline: tokio::time::Instant,
 }
 
 impl Call {
-    /// Wraps a message for a gRPC call: sets `grpc-timeout` and `x-request-id`.
+    /// Wraps a message for a gRPC call: `grpc-timeout` is the time left
+    /// until the deadline, and `x-request-id` the request's id.
     pub fn req<T>(&self, message: T) -> tonic::Request<T> {
-        self.req_with_timeout(message, self.timeout)
-    }
-
-    pub fn req_with_timeout<T>(&self, message: T, timeout: Duration) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        request.set_timeout(timeout);
+        let left = self
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        request.set_timeout(left.max(Duration::from_millis(1)));
         if let Some(id) = self.request_id.as_deref().and_then(|id| id.parse().ok()) {
             request.metadata_mut().insert("x-request-id", id);
         }
         request
+    }
+
+    /// The same call settings with a later deadline (for routes that wait on
+    /// long work on purpose).
+    pub fn with_timeout(&self, timeout: Duration) -> Call {
+        Call {
+            request_id: self.request_id.clone(),
+            deadline: tokio::time::Instant::now() + timeout,
+        }
     }
 }
 
@@ -115,7 +125,7 @@ impl FromRequestParts<AppState> for Call {
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
-            timeout: state.call_timeout,
+            deadline: tokio::time::Instant::now() + state.route_timeout,
         })
     }
 }

@@ -10,26 +10,38 @@
 pub mod error;
 pub mod extract;
 pub mod routes;
+pub mod singleflight;
 pub mod state;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderName, Request};
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::HeaderName;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
+use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
+use mesh_proto::items::v1::item_service_client::ItemServiceClient;
+use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
 use tokio::net::TcpListener;
-use tonic_health::pb::health_client::HealthClient;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
 use crate::error::AppError;
 use crate::routes::{cache, counter, items, ops, seed, tasks};
 use crate::state::AppState;
+use crate::upstream::{HedgeSettings, Settings, Spec, Upstream};
 
 /// gateway: the mesh's HTTP/JSON front door.
+///
+/// Each service flag takes a comma-separated list of `http://HOST:PORT`
+/// (HOST re-resolved at run time, so a DNS name can list several replicas)
+/// and `@FILE` entries (a file of endpoints, one per line, re-read at run time).
 #[derive(clap::Parser, Clone, Debug)]
 #[command(name = "gateway", version)]
 pub struct Config {
@@ -37,19 +49,19 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Items service endpoints, comma separated.
+    /// Items service endpoints.
     #[arg(long, env = "GATEWAY_ITEMS", default_value = "http://127.0.0.1:50051")]
     pub items: String,
 
-    /// Cache service endpoints, comma separated.
+    /// Cache service endpoints.
     #[arg(long, env = "GATEWAY_CACHE", default_value = "http://127.0.0.1:50052")]
     pub cache: String,
 
-    /// Tasks service endpoints, comma separated.
+    /// Tasks service endpoints.
     #[arg(long, env = "GATEWAY_TASKS", default_value = "http://127.0.0.1:50053")]
     pub tasks: String,
 
-    /// Counter service endpoints, comma separated.
+    /// Counter service endpoints.
     #[arg(
         long,
         env = "GATEWAY_COUNTER",
@@ -61,9 +73,10 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_UPSTREAM")]
     pub upstream: Option<String>,
 
-    /// Deadline of each service call, in ms (sent as grpc-timeout).
-    #[arg(long, env = "GATEWAY_CALL_TIMEOUT_MS", default_value_t = 5000)]
-    pub call_timeout_ms: u64,
+    /// Deadline of every route, in ms: all its service calls share it, each
+    /// is sent the time left as `grpc-timeout`, and past it the answer is 504.
+    #[arg(long, env = "GATEWAY_ROUTE_TIMEOUT_MS", default_value_t = 5000)]
+    pub route_timeout_ms: u64,
 
     /// How long `GET /items/{id}` keeps an item in the cache, in seconds.
     #[arg(long, env = "GATEWAY_ITEM_TTL_SECS", default_value_t = 60)]
@@ -72,45 +85,97 @@ pub struct Config {
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 2 * 1024 * 1024)]
     pub max_body_bytes: usize,
+
+    /// Largest total size of request headers accepted, in bytes.
+    #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Calls in flight per service before the gateway refuses more (503).
+    #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+
+    /// How often each replica's grpc.health.v1 status is checked, in ms.
+    #[arg(long, env = "GATEWAY_HEALTH_INTERVAL_MS", default_value_t = 500)]
+    pub health_interval_ms: u64,
+
+    /// How often endpoint lists are resolved again (DNS, files), in ms.
+    #[arg(long, env = "GATEWAY_RESOLVE_INTERVAL_MS", default_value_t = 5000)]
+    pub resolve_interval_ms: u64,
+
+    /// Consecutive failed calls (connection errors, UNAVAILABLE) that eject a replica.
+    #[arg(long, env = "GATEWAY_EJECT_AFTER", default_value_t = 3)]
+    pub eject_after: u32,
+
+    /// First ejection's length in ms; it doubles with each repeat, up to 30 s.
+    #[arg(long, env = "GATEWAY_EJECT_BASE_MS", default_value_t = 2000)]
+    pub eject_base_ms: u64,
+
+    /// Retries may add this fraction of calls (plus 10 a second).
+    #[arg(long, env = "GATEWAY_RETRY_RATIO", default_value_t = 0.2)]
+    pub retry_ratio: f32,
+
+    /// Hedge reads still outstanding past this latency percentile (e.g. 95). Off when unset.
+    #[arg(long, env = "GATEWAY_HEDGE_PERCENTILE")]
+    pub hedge_percentile: Option<f64>,
+
+    /// Hedges may add at most this fraction of reads.
+    #[arg(long, env = "GATEWAY_HEDGE_RATIO", default_value_t = 0.1)]
+    pub hedge_ratio: f32,
 }
 
 impl Config {
-    /// Builds the shared client pool. Connections open lazily.
-    pub fn state(&self) -> anyhow::Result<AppState> {
-        let connect = Duration::from_millis(1000);
-        let items = state::channel("items", &self.items, connect)?;
-        let cache = state::channel("cache", &self.cache, connect)?;
-        let tasks = state::channel("tasks", &self.tasks, connect)?;
-        let counter = state::channel("counter", &self.counter, connect)?;
+    fn settings(&self) -> Settings {
+        Settings {
+            connect_timeout: Duration::from_millis(1000),
+            health_interval: Duration::from_millis(self.health_interval_ms.max(50)),
+            resolve_interval: Duration::from_millis(self.resolve_interval_ms.max(100)),
+            eject_after: self.eject_after,
+            eject_base: Duration::from_millis(self.eject_base_ms),
+            eject_max: Duration::from_secs(30),
+            max_in_flight: self.max_in_flight,
+            retry_ratio: self.retry_ratio.clamp(0.0, 10.0),
+            retry_min_per_sec: 10,
+            hedge: self.hedge_percentile.map(|p| HedgeSettings {
+                percentile: p.clamp(1.0, 99.9),
+                ratio: self.hedge_ratio.clamp(0.0, 1.0),
+            }),
+        }
+    }
+
+    /// Builds the shared client pool. Connections open lazily; endpoint
+    /// specs are resolved once here and then kept up to date.
+    pub async fn state(&self) -> anyhow::Result<AppState> {
+        let specs = [
+            Spec::parse("items", &self.items)?,
+            Spec::parse("cache", &self.cache)?,
+            Spec::parse("tasks", &self.tasks)?,
+            Spec::parse("counter", &self.counter)?,
+        ];
         if let Some(url) = &self.upstream {
             reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--upstream {url:?}: {e}"))?;
         }
+        let settings = self.settings();
+        let [items, cache, tasks, counter] = specs;
         Ok(AppState {
-            health: vec![
-                ("items", HealthClient::new(items.clone())),
-                ("cache", HealthClient::new(cache.clone())),
-                ("tasks", HealthClient::new(tasks.clone())),
-                ("counter", HealthClient::new(counter.clone())),
-            ],
-            items: mesh_proto::items::v1::item_service_client::ItemServiceClient::new(items),
-            cache: mesh_proto::cache::v1::cache_service_client::CacheServiceClient::new(cache),
-            tasks: mesh_proto::tasks::v1::task_service_client::TaskServiceClient::new(tasks),
-            counter: mesh_proto::counter::v1::counter_service_client::CounterServiceClient::new(
-                counter,
-            ),
+            items: Upstream::start("items", items, &settings, ItemServiceClient::new).await,
+            cache: Upstream::start("cache", cache, &settings, CacheServiceClient::new).await,
+            tasks: Upstream::start("tasks", tasks, &settings, TaskServiceClient::new).await,
+            counter: Upstream::start("counter", counter, &settings, CounterServiceClient::new)
+                .await,
             http: reqwest::Client::builder()
-                .connect_timeout(connect)
+                .connect_timeout(settings.connect_timeout)
                 .pool_idle_timeout(Duration::from_secs(60))
                 .build()?,
             upstream: self.upstream.clone(),
-            call_timeout: Duration::from_millis(self.call_timeout_ms.max(1)),
+            route_timeout: Duration::from_millis(self.route_timeout_ms.max(1)),
             item_ttl: Duration::from_secs(self.item_ttl_secs.max(1)),
+            item_reads: Default::default(),
         })
     }
 }
 
 /// The gateway's router, over a ready client pool.
-pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/items", post(items::create).get(items::list))
@@ -136,12 +201,33 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
         // Outermost last: the request id is set first, so the trace span and
         // every service call carry it, and it is echoed on the response.
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
+            limit_headers(req, next, max_header_bytes)
+        }))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
         }))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// Refuses requests whose headers add up to more than `max` bytes (431).
+async fn limit_headers(req: Request, next: Next, max: usize) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum();
+    if size > max {
+        return AppError::BadRequest {
+            status: axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            code: "INVALID_ARGUMENT",
+            message: format!("request headers are {size} bytes; at most {max}"),
+        }
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn not_found(uri: axum::http::Uri) -> AppError {
@@ -162,8 +248,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = config.state()?;
-    let app = app(state, config.max_body_bytes);
+    let state = config.state().await?;
+    let app = app(state, config.max_body_bytes, config.max_header_bytes);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::error::AppError;
 use crate::extract::{Call, Json};
 use crate::state::AppState;
+use crate::upstream::Kind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,13 +40,14 @@ pub async fn get(
     call: Call,
     Path(key): Path<String>,
 ) -> Result<axum::Json<Value>, AppError> {
+    let message = pb::GetRequest { key: key.clone() };
     let found = state
         .cache
-        .clone()
-        .get(call.req(pb::GetRequest { key: key.clone() }))
-        .await
-        .map_err(AppError::upstream("cache"))?
-        .into_inner();
+        .call(&call, Kind::Read, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.get(r).await }
+        })
+        .await?;
     if !found.found {
         return Err(AppError::NotFound(format!(
             "key {key:?} is not in the cache"
@@ -70,16 +72,19 @@ pub async fn put(
         }
         Some(s) => prost_types::Duration::try_from(Duration::from_secs(s)).ok(),
     };
+    let message = pb::SetRequest {
+        key: key.clone(),
+        value: body.value.clone().into_bytes(),
+        ttl,
+    };
+    // Setting a key to one value twice is harmless: safe to retry.
     state
         .cache
-        .clone()
-        .set(call.req(pb::SetRequest {
-            key: key.clone(),
-            value: body.value.clone().into_bytes(),
-            ttl,
-        }))
-        .await
-        .map_err(AppError::upstream("cache"))?;
+        .call(&call, Kind::IdempotentWrite, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.set(r).await }
+        })
+        .await?;
     Ok(axum::Json(
         json!({"key": key, "value": body.value, "ttl_seconds": body.ttl_seconds}),
     ))
@@ -91,13 +96,15 @@ pub async fn delete(
     call: Call,
     Path(key): Path<String>,
 ) -> Result<StatusCode, AppError> {
+    let message = pb::DeleteRequest { key: key.clone() };
+    // Not retried: a retry of a delete that did happen would answer 404.
     let deleted = state
         .cache
-        .clone()
-        .delete(call.req(pb::DeleteRequest { key: key.clone() }))
-        .await
-        .map_err(AppError::upstream("cache"))?
-        .into_inner()
+        .call(&call, Kind::Write, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.delete(r).await }
+        })
+        .await?
         .deleted;
     if deleted {
         Ok(StatusCode::NO_CONTENT)

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::AppError;
 use crate::extract::{Call, OptionalJson};
 use crate::state::AppState;
+use crate::upstream::Kind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,17 +61,25 @@ pub async fn increment(
     headers: HeaderMap,
     OptionalJson(body): OptionalJson<IncrementBody>,
 ) -> Result<axum::Json<CounterJson>, AppError> {
+    let message = pb::IncrementRequest {
+        name,
+        delta: Some(body.by),
+        idempotency_key: idempotency_key(&headers)?,
+    };
+    // Only an increment with a key is safe to repeat: without one a retry
+    // after a lost answer would count twice.
+    let kind = if message.idempotency_key.is_empty() {
+        Kind::Write
+    } else {
+        Kind::IdempotentWrite
+    };
     let value = state
         .counter
-        .clone()
-        .increment(call.req(pb::IncrementRequest {
-            name,
-            delta: Some(body.by),
-            idempotency_key: idempotency_key(&headers)?,
-        }))
-        .await
-        .map_err(AppError::upstream("counter"))?
-        .into_inner();
+        .call(&call, kind, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.increment(r).await }
+        })
+        .await?;
     Ok(axum::Json(value.into()))
 }
 
@@ -80,13 +89,14 @@ pub async fn get(
     call: Call,
     Path(name): Path<String>,
 ) -> Result<axum::Json<CounterJson>, AppError> {
+    let message = pb::GetRequest { name };
     let value = state
         .counter
-        .clone()
-        .get(call.req(pb::GetRequest { name }))
-        .await
-        .map_err(AppError::upstream("counter"))?
-        .into_inner();
+        .call(&call, Kind::Read, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.get(r).await }
+        })
+        .await?;
     Ok(axum::Json(value.into()))
 }
 
@@ -97,12 +107,13 @@ pub async fn reset(
     call: Call,
     Path(name): Path<String>,
 ) -> Result<axum::Json<CounterJson>, AppError> {
+    let message = pb::ResetRequest { name };
     let value = state
         .counter
-        .clone()
-        .reset(call.req(pb::ResetRequest { name }))
-        .await
-        .map_err(AppError::upstream("counter"))?
-        .into_inner();
+        .call(&call, Kind::Write, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.reset(r).await }
+        })
+        .await?;
     Ok(axum::Json(value.into()))
 }

@@ -17,6 +17,7 @@ use super::rfc3339;
 use crate::error::AppError;
 use crate::extract::{Call, Json, Query, parse_id};
 use crate::state::AppState;
+use crate::upstream::Kind;
 
 #[derive(Serialize)]
 pub struct ItemJson {
@@ -91,18 +92,19 @@ pub async fn create(
     call: Call,
     Json(body): Json<CreateItem>,
 ) -> Result<Response, AppError> {
+    let message = pb::CreateItemRequest {
+        name: body.name,
+        description: body.description,
+        price_cents: body.price_cents,
+        tags: body.tags,
+    };
     let item = state
         .items
-        .clone()
-        .create_item(call.req(pb::CreateItemRequest {
-            name: body.name,
-            description: body.description,
-            price_cents: body.price_cents,
-            tags: body.tags,
-        }))
-        .await
-        .map_err(AppError::upstream("items"))?
-        .into_inner();
+        .call(&call, Kind::Write, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.create_item(r).await }
+        })
+        .await?;
     let location = HeaderValue::from_str(&format!("/items/{}", item.id)).ok();
     let mut response = (StatusCode::CREATED, axum::Json(ItemJson::from(item))).into_response();
     if let Some(location) = location {
@@ -119,16 +121,17 @@ pub async fn list(
     call: Call,
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<serde_json::Value>, AppError> {
+    let message = pb::ListItemsRequest {
+        page_size: params.page_size.unwrap_or(0),
+        page_token: params.page_token.unwrap_or_default(),
+    };
     let page = state
         .items
-        .clone()
-        .list_items(call.req(pb::ListItemsRequest {
-            page_size: params.page_size.unwrap_or(0),
-            page_token: params.page_token.unwrap_or_default(),
-        }))
-        .await
-        .map_err(AppError::upstream("items"))?
-        .into_inner();
+        .call(&call, Kind::Read, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.list_items(r).await }
+        })
+        .await?;
     let items: Vec<ItemJson> = page.items.into_iter().map(ItemJson::from).collect();
     Ok(axum::Json(serde_json::json!({
         "items": items,
@@ -143,36 +146,57 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Response, AppError> {
     let id = parse_id(&id, "id")?;
-    let key = cache_key(id);
-    let mut cache = state.cache.clone();
-    let cached = cache
-        .get(call.req(cache_pb::GetRequest { key: key.clone() }))
-        .await;
-    let (item, how) = match cached {
-        Ok(found) if found.get_ref().found => {
-            match pb::Item::decode(found.into_inner().value.as_slice()) {
-                Ok(item) => (item, "hit"),
-                Err(err) => {
-                    // Not ours (someone wrote the key by hand): treat it as a miss.
-                    tracing::warn!(error = %err, key, "cached item does not decode; refetching");
-                    (fetch_and_fill(&state, &call, id, key, true).await?, "miss")
-                }
-            }
-        }
-        Ok(_) => (fetch_and_fill(&state, &call, id, key, true).await?, "miss"),
-        Err(status) => {
-            tracing::warn!(error = %status, "cache unavailable; reading items directly");
-            (
-                fetch_and_fill(&state, &call, id, key, false).await?,
-                "bypass",
-            )
-        }
-    };
+    // Concurrent reads of one id share one read path (cache, then items), so
+    // a hot key expiring sends one call to the database, not hundreds.
+    let read: futures::future::BoxFuture<'static, _> =
+        Box::pin(read_through(state.clone(), call.clone(), id));
+    let lost = Err(AppError::Unavailable(
+        "the item read was interrupted; try again".into(),
+    ));
+    let (item, how) = state.item_reads.run(id, read, lost).await?;
     let mut response = axum::Json(ItemJson::from(item)).into_response();
     response
         .headers_mut()
         .insert("x-cache", HeaderValue::from_static(how));
     Ok(response)
+}
+
+/// Cache-aside: the cache first (`hit`); on a miss the items service, then
+/// fill the cache (`miss`); with the cache down, the items service alone
+/// (`bypass`).
+async fn read_through(
+    state: AppState,
+    call: Call,
+    id: i64,
+) -> Result<(pb::Item, &'static str), AppError> {
+    let key = cache_key(id);
+    let get = cache_pb::GetRequest { key: key.clone() };
+    let cached = state
+        .cache
+        .call(&call, Kind::Read, |mut c| {
+            let r = call.req(get.clone());
+            async move { c.get(r).await }
+        })
+        .await;
+    match cached {
+        Ok(found) if found.found => match pb::Item::decode(found.value.as_slice()) {
+            Ok(item) => Ok((item, "hit")),
+            Err(err) => {
+                // Not ours (someone wrote the key by hand): treat it as a miss.
+                tracing::warn!(error = %err, key, "cached item does not decode; refetching");
+                Ok((fetch_and_fill(&state, &call, id, key, true).await?, "miss"))
+            }
+        },
+        Ok(_) => Ok((fetch_and_fill(&state, &call, id, key, true).await?, "miss")),
+        Err(err @ AppError::DeadlineExceeded(_)) => Err(err),
+        Err(err) => {
+            tracing::warn!(error = %err, "cache unavailable; reading items directly");
+            Ok((
+                fetch_and_fill(&state, &call, id, key, false).await?,
+                "bypass",
+            ))
+        }
+    }
 }
 
 /// Reads the item from the items service and, if `fill`, stores it in the
@@ -186,19 +210,27 @@ async fn fetch_and_fill(
 ) -> Result<pb::Item, AppError> {
     let item = state
         .items
-        .clone()
-        .get_item(call.req(pb::GetItemRequest { id }))
-        .await
-        .map_err(AppError::upstream("items"))?
-        .into_inner();
+        .call(call, Kind::Read, |mut c| {
+            let r = call.req(pb::GetItemRequest { id });
+            async move { c.get_item(r).await }
+        })
+        .await?;
     if fill {
         let set = cache_pb::SetRequest {
             key,
             value: item.encode_to_vec(),
             ttl: prost_types::Duration::try_from(state.item_ttl).ok(),
         };
-        if let Err(status) = state.cache.clone().set(call.req(set)).await {
-            tracing::warn!(error = %status, "cannot fill the cache");
+        // Setting a key to the same value twice is harmless: safe to retry.
+        let filled = state
+            .cache
+            .call(call, Kind::IdempotentWrite, |mut c| {
+                let r = call.req(set.clone());
+                async move { c.set(r).await }
+            })
+            .await;
+        if let Err(err) = filled {
+            tracing::warn!(error = %err, "cannot fill the cache");
         }
     }
     Ok(item)
@@ -212,20 +244,21 @@ pub async fn patch(
     Json(body): Json<PatchItem>,
 ) -> Result<axum::Json<ItemJson>, AppError> {
     let id = parse_id(&id, "id")?;
+    let message = pb::UpdateItemRequest {
+        id,
+        name: body.name,
+        description: body.description,
+        price_cents: body.price_cents,
+        tags: body.tags.map(|values| pb::TagList { values }),
+        expected_version: body.version,
+    };
     let item = state
         .items
-        .clone()
-        .update_item(call.req(pb::UpdateItemRequest {
-            id,
-            name: body.name,
-            description: body.description,
-            price_cents: body.price_cents,
-            tags: body.tags.map(|values| pb::TagList { values }),
-            expected_version: body.version,
-        }))
-        .await
-        .map_err(AppError::upstream("items"))?
-        .into_inner();
+        .call(&call, Kind::Write, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.update_item(r).await }
+        })
+        .await?;
     invalidate(&state, &call, id).await;
     Ok(axum::Json(ItemJson::from(item)))
 }
@@ -238,15 +271,17 @@ pub async fn delete(
     Query(params): Query<DeleteParams>,
 ) -> Result<StatusCode, AppError> {
     let id = parse_id(&id, "id")?;
+    let message = pb::DeleteItemRequest {
+        id,
+        expected_version: params.version,
+    };
     state
         .items
-        .clone()
-        .delete_item(call.req(pb::DeleteItemRequest {
-            id,
-            expected_version: params.version,
-        }))
-        .await
-        .map_err(AppError::upstream("items"))?;
+        .call(&call, Kind::Write, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.delete_item(r).await }
+        })
+        .await?;
     invalidate(&state, &call, id).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -254,13 +289,16 @@ pub async fn delete(
 /// Drops the cached copy after a write. If the cache is down the entry
 /// expires by its TTL; the write itself has succeeded either way.
 async fn invalidate(state: &AppState, call: &Call, id: i64) {
-    let key = cache_key(id);
-    if let Err(status) = state
+    let delete = cache_pb::DeleteRequest { key: cache_key(id) };
+    // Deleting twice is harmless: safe to retry.
+    let deleted = state
         .cache
-        .clone()
-        .delete(call.req(cache_pb::DeleteRequest { key }))
-        .await
-    {
-        tracing::warn!(error = %status, id, "cannot invalidate the cached item; it expires by TTL");
+        .call(call, Kind::IdempotentWrite, |mut c| {
+            let r = call.req(delete.clone());
+            async move { c.delete(r).await }
+        })
+        .await;
+    if let Err(err) = deleted {
+        tracing::warn!(error = %err, id, "cannot invalidate the cached item; it expires by TTL");
     }
 }

@@ -13,6 +13,7 @@ use super::tasks::{status_name, submit_task, wait_for};
 use crate::error::AppError;
 use crate::extract::{Call, Query};
 use crate::state::AppState;
+use crate::upstream::Kind;
 
 /// The counter behind `/increment` (the seed's `shared_resource`).
 pub const SHARED_COUNTER: &str = "shared_resource";
@@ -35,13 +36,16 @@ pub async fn cached_data(
     call: Call,
     Query(p): Query<KeyParam>,
 ) -> Result<axum::Json<Value>, AppError> {
-    let found = state
-        .cache
-        .clone()
-        .get(call.req(cache_pb::GetRequest { key: p.key }))
-        .await
-        .map_err(AppError::upstream("cache"))?
-        .into_inner();
+    let found = {
+        let message = cache_pb::GetRequest { key: p.key };
+        state
+            .cache
+            .call(&call, Kind::Read, |mut c| {
+                let r = call.req(message.clone());
+                async move { c.get(r).await }
+            })
+            .await?
+    };
     Ok(axum::Json(if found.found {
         json!({"data": String::from_utf8_lossy(&found.value)})
     } else {
@@ -58,15 +62,15 @@ pub async fn increment(
 ) -> Result<axum::Json<Value>, AppError> {
     let value = state
         .counter
-        .clone()
-        .increment(call.req(counter_pb::IncrementRequest {
-            name: SHARED_COUNTER.into(),
-            delta: Some(1),
-            idempotency_key: String::new(),
-        }))
-        .await
-        .map_err(AppError::upstream("counter"))?
-        .into_inner()
+        .call(&call, Kind::Write, |mut c| {
+            let r = call.req(counter_pb::IncrementRequest {
+                name: SHARED_COUNTER.into(),
+                delta: Some(1),
+                idempotency_key: String::new(),
+            });
+            async move { c.increment(r).await }
+        })
+        .await?
         .value;
     Ok(axum::Json(json!({"shared_resource": value})))
 }
@@ -103,7 +107,7 @@ pub async fn run_blocking_task(
 ) -> Result<axum::Json<Value>, AppError> {
     let task = submit_task(&state, &call, "sleep".into(), json!({"ms": p.ms}), 9).await?;
     // Queueing and running may take a while; allow the sleep plus a margin.
-    let limit = Duration::from_millis(p.ms) + state.call_timeout * 2;
+    let limit = Duration::from_millis(p.ms) + state.route_timeout * 2;
     let done = wait_for(&state, &call, task.id, limit).await?;
     let result = done.result.map(mesh_proto::json::from_proto);
     match (status_name(done.status), result) {
@@ -130,7 +134,10 @@ pub async fn call_another_service(
             "no upstream is configured (start the gateway with --upstream URL)".into(),
         )
     })?;
-    let mut request = state.http.get(url).timeout(state.call_timeout);
+    let left = call
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now());
+    let mut request = state.http.get(url).timeout(left);
     if let Some(id) = &call.request_id {
         request = request.header("x-request-id", id);
     }

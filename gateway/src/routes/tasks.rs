@@ -16,6 +16,7 @@ use super::rfc3339;
 use crate::error::AppError;
 use crate::extract::{Call, Json, Query, parse_id};
 use crate::state::AppState;
+use crate::upstream::Kind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,17 +126,21 @@ pub async fn submit_task(
     payload: Value,
     priority: i32,
 ) -> Result<pb::Task, AppError> {
-    Ok(state
-        .tasks
-        .clone()
-        .submit_task(call.req(pb::SubmitTaskRequest {
+    Ok({
+        let message = pb::SubmitTaskRequest {
             kind,
             payload: Some(mesh_proto::json::to_proto(payload)),
             priority,
-        }))
-        .await
-        .map_err(AppError::upstream("tasks"))?
-        .into_inner())
+        };
+        // Not retried: a submit whose answer was lost may have queued the task.
+        state
+            .tasks
+            .call(call, Kind::Write, |mut c| {
+                let r = call.req(message.clone());
+                async move { c.submit_task(r).await }
+            })
+            .await?
+    })
 }
 
 #[tracing::instrument(skip_all, fields(id = %id))]
@@ -147,11 +152,11 @@ pub async fn get(
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
-        .clone()
-        .get_task(call.req(pb::GetTaskRequest { id }))
-        .await
-        .map_err(AppError::upstream("tasks"))?
-        .into_inner();
+        .call(&call, Kind::Read, |mut c| {
+            let r = call.req(pb::GetTaskRequest { id });
+            async move { c.get_task(r).await }
+        })
+        .await?;
     Ok(axum::Json(task.into()))
 }
 
@@ -164,11 +169,11 @@ pub async fn cancel(
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
-        .clone()
-        .cancel_task(call.req(pb::CancelTaskRequest { id }))
-        .await
-        .map_err(AppError::upstream("tasks"))?
-        .into_inner();
+        .call(&call, Kind::Write, |mut c| {
+            let r = call.req(pb::CancelTaskRequest { id });
+            async move { c.cancel_task(r).await }
+        })
+        .await?;
     Ok(axum::Json(task.into()))
 }
 
@@ -179,17 +184,20 @@ pub async fn list(
     Query(params): Query<ListParams>,
 ) -> Result<axum::Json<Value>, AppError> {
     let status = params.status.as_deref().map(parse_status).transpose()?;
-    let page = state
-        .tasks
-        .clone()
-        .list_tasks(call.req(pb::ListTasksRequest {
+    let page = {
+        let message = pb::ListTasksRequest {
             page_size: params.page_size.unwrap_or(0),
             page_token: params.page_token.unwrap_or_default(),
             status: status.unwrap_or(pb::TaskStatus::Unspecified) as i32,
-        }))
-        .await
-        .map_err(AppError::upstream("tasks"))?
-        .into_inner();
+        };
+        state
+            .tasks
+            .call(&call, Kind::Read, |mut c| {
+                let r = call.req(message.clone());
+                async move { c.list_tasks(r).await }
+            })
+            .await?
+    };
     let tasks: Vec<TaskJson> = page.tasks.into_iter().map(TaskJson::from).collect();
     Ok(axum::Json(
         serde_json::json!({"tasks": tasks, "next_page_token": page.next_page_token}),
@@ -208,13 +216,7 @@ pub async fn events(
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let id = parse_id(&id, "id")?;
-    let stream = state
-        .tasks
-        .clone()
-        .watch_task(call.req_with_timeout(pb::WatchTaskRequest { id }, WATCH_LIMIT))
-        .await
-        .map_err(AppError::upstream("tasks"))?
-        .into_inner();
+    let stream = watch(&state, &call.with_timeout(WATCH_LIMIT), id).await?;
     let events = stream.map(|item| {
         Ok(match item {
             Ok(task) => Event::default()
@@ -237,6 +239,21 @@ pub async fn events(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
+/// Opens a `WatchTask` stream that lasts until `call`'s deadline.
+async fn watch(
+    state: &AppState,
+    call: &Call,
+    id: i64,
+) -> Result<tonic::Streaming<pb::Task>, AppError> {
+    state
+        .tasks
+        .call(call, Kind::Read, |mut c| {
+            let r = call.req(pb::WatchTaskRequest { id });
+            async move { c.watch_task(r).await }
+        })
+        .await
+}
+
 /// Waits for a task to end through `WatchTask`, returning its last state.
 pub async fn wait_for(
     state: &AppState,
@@ -244,13 +261,7 @@ pub async fn wait_for(
     id: i64,
     limit: Duration,
 ) -> Result<pb::Task, AppError> {
-    let mut stream = state
-        .tasks
-        .clone()
-        .watch_task(call.req_with_timeout(pb::WatchTaskRequest { id }, limit))
-        .await
-        .map_err(AppError::upstream("tasks"))?
-        .into_inner();
+    let mut stream = watch(state, &call.with_timeout(limit), id).await?;
     let mut last = None;
     while let Some(task) = stream.next().await {
         last = Some(task.map_err(AppError::upstream("tasks"))?);

@@ -1,0 +1,89 @@
+//! Passive outlier detection, per replica: a tower layer that watches each
+//! call's result and, after `threshold` consecutive failures (the connection
+//! failed, or the replica answered `UNAVAILABLE`), asks discovery to eject
+//! the replica for a while, as Envoy's outlier detection does.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc;
+
+use super::discovery::Event;
+
+/// `grpc-status` 14: the replica itself says it cannot serve.
+const UNAVAILABLE: &[u8] = b"14";
+
+#[derive(Clone)]
+pub struct Outlier<S> {
+    inner: S,
+    key: Arc<str>,
+    failures: Arc<AtomicU32>,
+    threshold: u32,
+    events: mpsc::Sender<Event>,
+}
+
+impl<S> Outlier<S> {
+    pub fn new(
+        inner: S,
+        key: Arc<str>,
+        failures: Arc<AtomicU32>,
+        threshold: u32,
+        events: mpsc::Sender<Event>,
+    ) -> Self {
+        Self {
+            inner,
+            key,
+            failures,
+            threshold: threshold.max(1),
+            events,
+        }
+    }
+}
+
+impl<S, Req, B> tower::Service<Req> for Outlier<S>
+where
+    S: tower::Service<Req, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let call = self.inner.call(request);
+        let (key, failures, threshold, events) = (
+            self.key.clone(),
+            self.failures.clone(),
+            self.threshold,
+            self.events.clone(),
+        );
+        Box::pin(async move {
+            let result = call.await;
+            let failed = match &result {
+                Err(_) => true,
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|s| s.as_bytes() == UNAVAILABLE),
+            };
+            if !failed {
+                failures.store(0, Ordering::Relaxed);
+            } else if failures.fetch_add(1, Ordering::Relaxed) + 1 == threshold {
+                // Exactly one ejection request per streak; the channel is
+                // bounded, and a full one means discovery is already busy
+                // with this replica's events.
+                let _ = events.try_send(Event::Eject(key));
+            }
+            result
+        })
+    }
+}
