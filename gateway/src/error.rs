@@ -61,9 +61,7 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::Ok => StatusCode::OK,
         Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
-            StatusCode::BAD_REQUEST
-        }
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
@@ -118,19 +116,11 @@ impl AppError {
                 };
                 (http, code_name(code), message)
             }
-            AppError::BadRequest {
-                status,
-                code,
-                message,
-            } => (*status, code, message.clone()),
+            AppError::BadRequest { status, code, message } => (*status, code, message.clone()),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "NOT_FOUND", m.clone()),
             AppError::BadGateway(m) => (StatusCode::BAD_GATEWAY, "UNAVAILABLE", m.clone()),
             AppError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE", m.clone()),
-            AppError::DeadlineExceeded(_) => (
-                StatusCode::GATEWAY_TIMEOUT,
-                "DEADLINE_EXCEEDED",
-                self.to_string(),
-            ),
+            AppError::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, "DEADLINE_EXCEEDED", self.to_string()),
             AppError::Overloaded { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "UNAVAILABLE",
@@ -148,11 +138,7 @@ impl IntoResponse for AppError {
         if status.is_server_error() && !matches!(self, AppError::Overloaded { .. }) {
             tracing::warn!(error = %self, http = status.as_u16(), "request failed");
         }
-        let mut response = (
-            status,
-            Json(json!({"error": {"code": code, "message": message}})),
-        )
-            .into_response();
+        let mut response = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()

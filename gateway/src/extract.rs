@@ -41,18 +41,9 @@ where
             .headers()
             .get(axum::http::header::CONTENT_LENGTH)
             .is_some_and(|v| v == "0")
-            || (req
-                .headers()
-                .get(axum::http::header::CONTENT_TYPE)
-                .is_none()
-                && req
-                    .headers()
-                    .get(axum::http::header::TRANSFER_ENCODING)
-                    .is_none()
-                && req
-                    .headers()
-                    .get(axum::http::header::CONTENT_LENGTH)
-                    .is_none());
+            || (req.headers().get(axum::http::header::CONTENT_TYPE).is_none()
+                && req.headers().get(axum::http::header::TRANSFER_ENCODING).is_none()
+                && req.headers().get(axum::http::header::CONTENT_LENGTH).is_none());
         if empty {
             return Ok(OptionalJson(T::default()));
         }
@@ -72,8 +63,7 @@ where
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Query(value) =
-            axum::extract::Query::<T>::from_request_parts(parts, state).await?;
+        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
         Ok(Query(value))
     }
 }
@@ -92,9 +82,7 @@ impl Call {
     /// until the deadline, and `x-request-id` the request's id.
     pub fn req<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
-        let left = self
-            .deadline
-            .saturating_duration_since(tokio::time::Instant::now());
+        let left = self.deadline.saturating_duration_since(tokio::time::Instant::now());
         request.set_timeout(left.max(Duration::from_millis(1)));
         if let Some(id) = self.request_id.as_deref().and_then(|id| id.parse().ok()) {
             request.metadata_mut().insert("x-request-id", id);
@@ -115,10 +103,7 @@ impl Call {
 impl FromRequestParts<AppState> for Call {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         Ok(Call {
             request_id: parts
                 .headers
@@ -132,7 +117,8 @@ impl FromRequestParts<AppState> for Call {
 
 /// Parses a path segment that must be a positive id, naming it in the error.
 pub fn parse_id(raw: &str, what: &str) -> Result<i64, AppError> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        AppError::invalid(format!("{what}: must be a positive integer, got {raw:?}"))
-    })
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| AppError::invalid(format!("{what}: must be a positive integer, got {raw:?}")))
 }

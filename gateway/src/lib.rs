@@ -62,11 +62,7 @@ pub struct Config {
     pub tasks: String,
 
     /// Counter service endpoints.
-    #[arg(
-        long,
-        env = "GATEWAY_COUNTER",
-        default_value = "http://127.0.0.1:50054"
-    )]
+    #[arg(long, env = "GATEWAY_COUNTER", default_value = "http://127.0.0.1:50054")]
     pub counter: String,
 
     /// Plain-HTTP upstream that `GET /call-another-service` calls.
@@ -160,8 +156,7 @@ impl Config {
             items: Upstream::start("items", items, &settings, ItemServiceClient::new).await,
             cache: Upstream::start("cache", cache, &settings, CacheServiceClient::new).await,
             tasks: Upstream::start("tasks", tasks, &settings, TaskServiceClient::new).await,
-            counter: Upstream::start("counter", counter, &settings, CounterServiceClient::new)
-                .await,
+            counter: Upstream::start("counter", counter, &settings, CounterServiceClient::new).await,
             http: reqwest::Client::builder()
                 .connect_timeout(settings.connect_timeout)
                 .pool_idle_timeout(Duration::from_secs(60))
@@ -204,21 +199,25 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
         .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
             limit_headers(req, next, max_header_bytes)
         }))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-            let id = req.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO))
+                .make_span_with(|req: &Request<_>| {
+                    let id = req
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                }),
+        )
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
 /// Refuses requests whose headers add up to more than `max` bytes (431).
 async fn limit_headers(req: Request, next: Next, max: usize) -> Response {
-    let size: usize = req
-        .headers()
-        .iter()
-        .map(|(k, v)| k.as_str().len() + v.len() + 4)
-        .sum();
+    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     if size > max {
         return AppError::BadRequest {
             status: axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -250,9 +249,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = config.state().await?;
     let app = app(state, config.max_body_bytes, config.max_header_bytes);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
     tracing::info!("gateway stopped; in-flight requests finished");
     Ok(())
 }

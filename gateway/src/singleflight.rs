@@ -57,10 +57,7 @@ where
                         // Leave before answering: a request arriving after
                         // this point starts a fresh run (which sees the cache
                         // this run filled) rather than joining a finished one.
-                        flights_ref
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&key_ref);
+                        flights_ref.lock().unwrap_or_else(|p| p.into_inner()).remove(&key_ref);
                         value
                     });
                     let flight = async move { task.await.unwrap_or(lost) }.boxed().shared();

@@ -47,22 +47,16 @@ async fn main() -> anyhow::Result<()> {
     match cli.server {
         None => up::run(cli.up).await,
         Some(Server::Items(c)) => {
-            mesh_common::serve_main("items-service", c.listen, |l, s| mesh_items::run(l, c, s))
-                .await
+            mesh_common::serve_main("items-service", c.listen, |l, s| mesh_items::run(l, c, s)).await
         }
         Some(Server::Cache(c)) => {
-            mesh_common::serve_main("cache-service", c.listen, |l, s| mesh_cache::run(l, c, s))
-                .await
+            mesh_common::serve_main("cache-service", c.listen, |l, s| mesh_cache::run(l, c, s)).await
         }
         Some(Server::Tasks(c)) => {
-            mesh_common::serve_main("tasks-service", c.listen, |l, s| mesh_tasks::run(l, c, s))
-                .await
+            mesh_common::serve_main("tasks-service", c.listen, |l, s| mesh_tasks::run(l, c, s)).await
         }
         Some(Server::Counter(c)) => {
-            mesh_common::serve_main("counter-service", c.listen, |l, s| {
-                mesh_counter::run(l, c, s)
-            })
-            .await
+            mesh_common::serve_main("counter-service", c.listen, |l, s| mesh_counter::run(l, c, s)).await
         }
         Some(Server::Gateway(c)) => {
             mesh_common::serve_main("gateway", c.listen, |l, s| mesh_gateway::run(l, c, s)).await

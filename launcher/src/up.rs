@@ -15,12 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const SERVICES: [(&str, u16); 4] = [
-    ("items", 50051),
-    ("cache", 50052),
-    ("tasks", 50053),
-    ("counter", 50054),
-];
+const SERVICES: [(&str, u16); 4] = [("items", 50051), ("cache", 50052), ("tasks", 50053), ("counter", 50054)];
 /// Replica n of a service listens on its base port + 10 n (items: 50051, 50061, ...).
 const REPLICA_PORT_STEP: u16 = 10;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -72,13 +67,9 @@ fn parse_replicas(s: &str) -> Result<BTreeMap<String, u16>, String> {
             .split_once('=')
             .ok_or_else(|| format!("{part:?}: expected SERVICE=N, e.g. items=2"))?;
         if !SERVICES.iter().any(|(s, _)| *s == name) {
-            return Err(format!(
-                "{name:?} is not a service (items, cache, tasks, counter)"
-            ));
+            return Err(format!("{name:?} is not a service (items, cache, tasks, counter)"));
         }
-        let n: u16 = n
-            .parse()
-            .map_err(|_| format!("{part:?}: N must be a whole number"))?;
+        let n: u16 = n.parse().map_err(|_| format!("{part:?}: N must be a whole number"))?;
         if !(1..=9).contains(&n) {
             return Err(format!("{part:?}: between 1 and 9 replicas"));
         }
@@ -164,9 +155,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         }
         let mut cmd = Command::new(&exe);
-        cmd.arg("gateway")
-            .arg("--listen")
-            .arg(args.gateway_listen.to_string());
+        cmd.arg("gateway").arg("--listen").arg(args.gateway_listen.to_string());
         for (service, list) in &endpoints {
             cmd.arg(format!("--{service}")).arg(list.join(","));
         }
@@ -216,9 +205,7 @@ async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
         .stderr(Stdio::piped())
         .stdin(Stdio::null())
         .kill_on_drop(true);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start {name}"))?;
+    let mut child = cmd.spawn().with_context(|| format!("cannot start {name}"))?;
     if let Some(stderr) = child.stderr.take() {
         let prefix = name.clone();
         tokio::spawn(async move {
@@ -246,24 +233,16 @@ async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
 
 /// Polls `grpc.health.v1` until the server reports SERVING.
 async fn wait_serving(proc: &Proc) -> anyhow::Result<()> {
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", proc.addr))?.connect_lazy();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proc.addr))?.connect_lazy();
     let mut client = HealthClient::new(channel);
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {
-        let status = client
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await;
+        let status = client.check(HealthCheckRequest { service: String::new() }).await;
         if matches!(status, Ok(ref r) if r.get_ref().status == ServingStatus::Serving as i32) {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
-            bail!(
-                "{} did not report SERVING within {READY_TIMEOUT:?}",
-                proc.name
-            );
+            bail!("{} did not report SERVING within {READY_TIMEOUT:?}", proc.name);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -76,9 +76,6 @@ fn starts_everything_with_replicas_and_stops_cleanly() {
 }
 
 fn nix_kill(pid: u32) {
-    let out = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
+    let out = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
     assert!(out.success());
 }

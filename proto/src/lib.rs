@@ -32,8 +32,7 @@ pub mod counter {
 }
 
 /// Encoded `FileDescriptorSet` of every mesh proto and the well-known types it imports.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/mesh_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesh_descriptor.bin"));
 
 pub mod json {
     //! `google.protobuf.Value` <-> `serde_json::Value`.
@@ -66,15 +65,10 @@ pub mod json {
             Some(Kind::BoolValue(b)) => serde_json::Value::Bool(b),
             Some(Kind::NumberValue(n)) => number(n),
             Some(Kind::StringValue(s)) => serde_json::Value::String(s),
-            Some(Kind::ListValue(list)) => {
-                serde_json::Value::Array(list.values.into_iter().map(from_proto).collect())
+            Some(Kind::ListValue(list)) => serde_json::Value::Array(list.values.into_iter().map(from_proto).collect()),
+            Some(Kind::StructValue(s)) => {
+                serde_json::Value::Object(s.fields.into_iter().map(|(k, v)| (k, from_proto(v))).collect())
             }
-            Some(Kind::StructValue(s)) => serde_json::Value::Object(
-                s.fields
-                    .into_iter()
-                    .map(|(k, v)| (k, from_proto(v)))
-                    .collect(),
-            ),
         }
     }
 
@@ -130,14 +124,8 @@ mod tests {
         use prost::Message;
         let fds = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).unwrap();
         let names: Vec<_> = fds.file.iter().map(|f| f.name().to_string()).collect();
-        for want in [
-            "mesh/items/v1/items.proto",
-            "google/protobuf/timestamp.proto",
-        ] {
-            assert!(
-                names.iter().any(|n| n == want),
-                "{want} missing from {names:?}"
-            );
+        for want in ["mesh/items/v1/items.proto", "google/protobuf/timestamp.proto"] {
+            assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");
         }
     }
 }

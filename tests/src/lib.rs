@@ -64,17 +64,12 @@ impl Server {
             .arg("--listen")
             .arg(listen)
             .env("MESH_LOG_ANSI", "0")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = log.clone();
@@ -128,11 +123,7 @@ impl Server {
         let mut client = HealthClient::new(self.channel());
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            let r = client
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await;
+            let r = client.check(HealthCheckRequest { service: String::new() }).await;
             if matches!(&r, Ok(r) if r.get_ref().status == 1) {
                 return;
             }
@@ -269,11 +260,9 @@ pub mod backends {
             return false;
         };
         let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
-        let port = parsed.port().unwrap_or(if parsed.scheme() == "redis" {
-            6379
-        } else {
-            5432
-        });
+        let port = parsed
+            .port()
+            .unwrap_or(if parsed.scheme() == "redis" { 6379 } else { 5432 });
         matches!(
             tokio::time::timeout(
                 Duration::from_secs(2),
@@ -332,9 +321,7 @@ pub mod backends {
     /// Drops a test's schema (and its tables).
     pub async fn drop_schema(url: &str, schema: &str) {
         use sqlx::{Connection, Executor};
-        let mut conn = sqlx::PgConnection::connect(url)
-            .await
-            .expect("connect to drop schema");
+        let mut conn = sqlx::PgConnection::connect(url).await.expect("connect to drop schema");
         conn.execute(format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE").as_str())
             .await
             .expect("drop schema");
@@ -343,21 +330,14 @@ pub mod backends {
     /// Deletes every Redis key under a test's prefix.
     pub async fn drop_keys(url: &str, prefix: &str) {
         let client = redis::Client::open(url).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis");
+        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg(format!("{prefix}*"))
             .query_async(&mut conn)
             .await
             .expect("keys");
         if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .expect("del");
+            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.expect("del");
         }
     }
 }
@@ -377,9 +357,7 @@ impl TcpProxy {
 
     /// Listens on `listen` (give the old address to restore a cut proxy).
     pub async fn start_on(listen: SocketAddr, target: SocketAddr) -> TcpProxy {
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
-            .expect("bind proxy");
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr");
         let task = tokio::spawn(async move {
             // Dropping the set (when this task is aborted) aborts every

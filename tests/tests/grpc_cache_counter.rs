@@ -13,11 +13,7 @@ use tonic::Code;
 async fn cache_set_get_delete_stats_and_ttl() {
     let server = Server::start("cache-service", &[]).await;
     let mut c = CacheServiceClient::new(server.channel());
-    let miss = c
-        .get(GetRequest { key: "k".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let miss = c.get(GetRequest { key: "k".into() }).await.unwrap().into_inner();
     assert!(!miss.found);
     c.set(SetRequest {
         key: "k".into(),
@@ -26,11 +22,7 @@ async fn cache_set_get_delete_stats_and_ttl() {
     })
     .await
     .unwrap();
-    let hit = c
-        .get(GetRequest { key: "k".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let hit = c.get(GetRequest { key: "k".into() }).await.unwrap().into_inner();
     assert!(hit.found);
     assert_eq!(hit.value, b"v\x00\xff", "bytes come back unaltered");
 
@@ -46,23 +38,19 @@ async fn cache_set_get_delete_stats_and_ttl() {
     .await
     .unwrap();
     assert!(
-        c.get(GetRequest {
-            key: "short".into()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .found
+        c.get(GetRequest { key: "short".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .found
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(
-        !c.get(GetRequest {
-            key: "short".into()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .found,
+        !c.get(GetRequest { key: "short".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .found,
         "expired"
     );
 
@@ -118,10 +106,7 @@ async fn cache_refuses_bad_input_by_field() {
             SetRequest {
                 key: "k".into(),
                 value: vec![],
-                ttl: Some(prost_types::Duration {
-                    seconds: 0,
-                    nanos: 0,
-                }),
+                ttl: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
             },
             "ttl",
         ),
@@ -129,10 +114,7 @@ async fn cache_refuses_bad_input_by_field() {
             SetRequest {
                 key: "k".into(),
                 value: vec![],
-                ttl: Some(prost_types::Duration {
-                    seconds: -5,
-                    nanos: 0,
-                }),
+                ttl: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
             },
             "ttl",
         ),
@@ -177,28 +159,18 @@ async fn counter_increment_get_reset_idempotency_and_errors() {
             })
             .await
             .unwrap();
-        assert_eq!(
-            v.into_inner().value,
-            8,
-            "a repeated key returns the first answer"
-        );
+        assert_eq!(v.into_inner().value, 8, "a repeated key returns the first answer");
     }
     assert_eq!(
-        c.get(CounterGet { name: "n".into() })
+        c.get(CounterGet { name: "n".into() }).await.unwrap().into_inner().value,
+        8
+    );
+    assert_eq!(
+        c.get(CounterGet { name: "never".into() })
             .await
             .unwrap()
             .into_inner()
             .value,
-        8
-    );
-    assert_eq!(
-        c.get(CounterGet {
-            name: "never".into()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .value,
         0
     );
 
@@ -212,11 +184,7 @@ async fn counter_increment_get_reset_idempotency_and_errors() {
         .unwrap_err();
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     assert_eq!(
-        c.get(CounterGet { name: "n".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .value,
+        c.get(CounterGet { name: "n".into() }).await.unwrap().into_inner().value,
         8,
         "an overflow changes nothing"
     );
@@ -242,11 +210,7 @@ async fn counter_increment_get_reset_idempotency_and_errors() {
         "reset returns the old value"
     );
     assert_eq!(
-        c.get(CounterGet { name: "n".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .value,
+        c.get(CounterGet { name: "n".into() }).await.unwrap().into_inner().value,
         0
     );
 }

@@ -29,18 +29,10 @@ fn new_item(name: &str, price: i64) -> CreateItemRequest {
 #[tokio::test]
 async fn create_get_update_delete_round_trip() {
     let (_server, mut c, _dir) = items().await;
-    let created = c
-        .create_item(new_item("  pen  ", 150))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = c.create_item(new_item("  pen  ", 150)).await.unwrap().into_inner();
     assert!(created.id > 0);
     assert_eq!(created.name, "pen", "names are trimmed");
-    assert_eq!(
-        created.tags,
-        vec!["t1", "t2"],
-        "tags are trimmed and deduplicated"
-    );
+    assert_eq!(created.tags, vec!["t1", "t2"], "tags are trimmed and deduplicated");
     assert_eq!(created.version, 1);
     assert!(created.create_time.is_some() && created.update_time.is_some());
 
@@ -66,10 +58,7 @@ async fn create_get_update_delete_round_trip() {
         (updated.price_cents, updated.version, updated.name.as_str()),
         (200, 2, "pen")
     );
-    assert!(
-        updated.tags.is_empty(),
-        "a set, empty tag list clears the tags"
-    );
+    assert!(updated.tags.is_empty(), "a set, empty tag list clears the tags");
 
     let unconditional = c
         .update_item(UpdateItemRequest {
@@ -80,10 +69,7 @@ async fn create_get_update_delete_round_trip() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        (unconditional.description.as_str(), unconditional.version),
-        ("new", 3)
-    );
+    assert_eq!((unconditional.description.as_str(), unconditional.version), ("new", 3));
 
     c.delete_item(DeleteItemRequest {
         id: created.id,
@@ -91,10 +77,7 @@ async fn create_get_update_delete_round_trip() {
     })
     .await
     .unwrap();
-    let gone = c
-        .get_item(GetItemRequest { id: created.id })
-        .await
-        .unwrap_err();
+    let gone = c.get_item(GetItemRequest { id: created.id }).await.unwrap_err();
     assert_eq!(gone.code(), Code::NotFound);
     assert!(gone.message().contains(&created.id.to_string()), "{gone:?}");
 }
@@ -102,11 +85,7 @@ async fn create_get_update_delete_round_trip() {
 #[tokio::test]
 async fn stale_versions_are_aborted_and_leave_the_item_alone() {
     let (_server, mut c, _dir) = items().await;
-    let item = c
-        .create_item(new_item("cup", 300))
-        .await
-        .unwrap()
-        .into_inner();
+    let item = c.create_item(new_item("cup", 300)).await.unwrap().into_inner();
     c.update_item(UpdateItemRequest {
         id: item.id,
         name: Some("mug".into()),
@@ -134,23 +113,14 @@ async fn stale_versions_are_aborted_and_leave_the_item_alone() {
         .await
         .unwrap_err();
     assert_eq!(del.code(), Code::Aborted);
-    let now = c
-        .get_item(GetItemRequest { id: item.id })
-        .await
-        .unwrap()
-        .into_inner();
+    let now = c.get_item(GetItemRequest { id: item.id }).await.unwrap().into_inner();
     assert_eq!((now.name.as_str(), now.version), ("mug", 2));
 }
 
 #[tokio::test]
 async fn concurrent_same_version_updates_exactly_one_wins() {
     let (_server, c, _dir) = items().await;
-    let item = c
-        .clone()
-        .create_item(new_item("race", 1))
-        .await
-        .unwrap()
-        .into_inner();
+    let item = c.clone().create_item(new_item("race", 1)).await.unwrap().into_inner();
     let attempts = (0..8).map(|n| {
         let mut c = c.clone();
         async move {
@@ -271,11 +241,7 @@ async fn list_pages_cover_every_item_once_in_id_order() {
     assert_eq!(seen, ids);
     assert_eq!(pages, 3);
     // Default page size applies when 0.
-    let all = c
-        .list_items(ListItemsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let all = c.list_items(ListItemsRequest::default()).await.unwrap().into_inner();
     assert_eq!(all.items.len(), 7);
     assert!(all.next_page_token.is_empty());
 }

@@ -26,12 +26,7 @@ fn submit(kind: &str, p: serde_json::Value, priority: i32) -> SubmitTaskRequest 
 async fn tasks(dir: &tempfile::TempDir, workers: &str) -> (Server, TaskServiceClient<Channel>) {
     let server = Server::start(
         "tasks-service",
-        &args(&[
-            "--data-dir",
-            &dir.path().display().to_string(),
-            "--workers",
-            workers,
-        ]),
+        &args(&["--data-dir", &dir.path().display().to_string(), "--workers", workers]),
     )
     .await;
     let client = TaskServiceClient::new(server.channel());
@@ -40,11 +35,7 @@ async fn tasks(dir: &tempfile::TempDir, workers: &str) -> (Server, TaskServiceCl
 
 /// Follows a task with WatchTask until it ends; returns every state seen.
 async fn watch(c: &mut TaskServiceClient<Channel>, id: i64) -> Vec<Task> {
-    let mut stream = c
-        .watch_task(WatchTaskRequest { id })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = c.watch_task(WatchTaskRequest { id }).await.unwrap().into_inner();
     let mut seen = Vec::new();
     while let Some(t) = tokio::time::timeout(Duration::from_secs(30), stream.next())
         .await
@@ -68,15 +59,8 @@ async fn each_builtin_kind_runs_and_watch_streams_every_state() {
     assert_eq!(t.status, TaskStatus::Queued as i32);
     let states = watch(&mut c, t.id).await;
     let statuses: Vec<i32> = states.iter().map(|t| t.status).collect();
-    assert_eq!(
-        statuses.last(),
-        Some(&(TaskStatus::Succeeded as i32)),
-        "{states:?}"
-    );
-    assert!(
-        statuses.contains(&(TaskStatus::Running as i32)),
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.last(), Some(&(TaskStatus::Succeeded as i32)), "{states:?}");
+    assert!(statuses.contains(&(TaskStatus::Running as i32)), "{statuses:?}");
     let done = states.last().unwrap().clone();
     assert_eq!(done.attempts, 1);
     let result = mesh_tests::proto::json::from_proto(done.result.unwrap());
@@ -108,11 +92,7 @@ async fn each_builtin_kind_runs_and_watch_streams_every_state() {
         json!({"a": [1, "b"]})
     );
 
-    let got = c
-        .get_task(GetTaskRequest { id: e.id })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = c.get_task(GetTaskRequest { id: e.id }).await.unwrap().into_inner();
     assert_eq!(got.status, TaskStatus::Succeeded as i32);
     let listed = c
         .list_tasks(ListTasksRequest {
@@ -136,10 +116,7 @@ async fn each_builtin_kind_runs_and_watch_streams_every_state() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        rest.tasks.iter().map(|t| t.id).collect::<Vec<_>>(),
-        vec![t.id]
-    );
+    assert_eq!(rest.tasks.iter().map(|t| t.id).collect::<Vec<_>>(), vec![t.id]);
     assert!(rest.next_page_token.is_empty());
 }
 
@@ -161,24 +138,15 @@ async fn bad_submissions_are_refused_by_field() {
         assert!(err.message().starts_with(field), "{field}: {err:?}");
     }
     assert_eq!(
-        c.get_task(GetTaskRequest { id: 424242 })
-            .await
-            .unwrap_err()
-            .code(),
+        c.get_task(GetTaskRequest { id: 424242 }).await.unwrap_err().code(),
         Code::NotFound
     );
     assert_eq!(
-        c.get_task(GetTaskRequest { id: 0 })
-            .await
-            .unwrap_err()
-            .code(),
+        c.get_task(GetTaskRequest { id: 0 }).await.unwrap_err().code(),
         Code::InvalidArgument
     );
     assert_eq!(
-        c.watch_task(WatchTaskRequest { id: 424242 })
-            .await
-            .unwrap_err()
-            .code(),
+        c.watch_task(WatchTaskRequest { id: 424242 }).await.unwrap_err().code(),
         Code::NotFound
     );
     assert_eq!(
@@ -209,11 +177,7 @@ async fn higher_priority_runs_first_when_the_worker_is_busy() {
         .into_inner();
     // Wait until the one worker holds the busy task.
     for _ in 0..100 {
-        let t = c
-            .get_task(GetTaskRequest { id: busy.id })
-            .await
-            .unwrap()
-            .into_inner();
+        let t = c.get_task(GetTaskRequest { id: busy.id }).await.unwrap().into_inner();
         if t.status == TaskStatus::Running as i32 {
             break;
         }
@@ -246,11 +210,7 @@ async fn higher_priority_runs_first_when_the_worker_is_busy() {
 async fn cancel_a_queued_task_but_not_a_finished_one() {
     let dir = tempfile::tempdir().unwrap();
     let (_s, mut c) = tasks(&dir, "0").await; // no workers: everything stays queued
-    let t = c
-        .submit_task(submit("echo", json!(1), 0))
-        .await
-        .unwrap()
-        .into_inner();
+    let t = c.submit_task(submit("echo", json!(1), 0)).await.unwrap().into_inner();
     let cancelled = c
         .cancel_task(CancelTaskRequest { id: t.id })
         .await
@@ -258,10 +218,7 @@ async fn cancel_a_queued_task_but_not_a_finished_one() {
         .into_inner();
     assert_eq!(cancelled.status, TaskStatus::Cancelled as i32);
     assert!(cancelled.finish_time.is_some());
-    let again = c
-        .cancel_task(CancelTaskRequest { id: t.id })
-        .await
-        .unwrap_err();
+    let again = c.cancel_task(CancelTaskRequest { id: t.id }).await.unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
     assert!(again.message().contains("cancelled"), "{again:?}");
     let only = c

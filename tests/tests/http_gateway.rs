@@ -9,8 +9,7 @@ use serde_json::{Value, json};
 async fn json_of(r: reqwest::Response) -> (StatusCode, Value) {
     let status = r.status();
     let body = r.text().await.unwrap();
-    let value =
-        serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON ({status}): {body}"));
+    let value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON ({status}): {body}"));
     (status, value)
 }
 
@@ -42,17 +41,9 @@ async fn items_crud_with_cache_aside() {
     );
     let id = item["id"].as_i64().unwrap();
 
-    let first = h
-        .get(mesh.at(&format!("/items/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let first = h.get(mesh.at(&format!("/items/{id}"))).send().await.unwrap();
     assert_eq!(first.headers()["x-cache"], "miss");
-    let second = h
-        .get(mesh.at(&format!("/items/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let second = h.get(mesh.at(&format!("/items/{id}"))).send().await.unwrap();
     assert_eq!(second.headers()["x-cache"], "hit");
     assert_eq!(json_of(second).await.1, item);
 
@@ -69,11 +60,7 @@ async fn items_crud_with_cache_aside() {
         (patched["price_cents"].as_i64(), patched["version"].as_i64()),
         (Some(175), Some(2))
     );
-    let after = h
-        .get(mesh.at(&format!("/items/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let after = h.get(mesh.at(&format!("/items/{id}"))).send().await.unwrap();
     assert_eq!(
         after.headers()["x-cache"],
         "miss",
@@ -112,24 +99,10 @@ async fn items_crud_with_cache_aside() {
     assert_eq!(rest["items"].as_array().unwrap().len(), 2);
     assert_eq!(rest["next_page_token"], "");
 
-    let r = h
-        .delete(mesh.at(&format!("/items/{id}")))
-        .send()
-        .await
-        .unwrap();
+    let r = h.delete(mesh.at(&format!("/items/{id}"))).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let (status, gone) = json_of(
-        h.get(mesh.at(&format!("/items/{id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        status,
-        StatusCode::NOT_FOUND,
-        "a delete invalidates the cache too"
-    );
+    let (status, gone) = json_of(h.get(mesh.at(&format!("/items/{id}"))).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "a delete invalidates the cache too");
     assert_error(&gone, "NOT_FOUND", &id.to_string());
 }
 
@@ -179,9 +152,7 @@ async fn bad_input_gets_a_clear_4xx_never_a_5xx() {
             "name",
         ),
         (
-            post("{\"name\": \"x\", \"price_cents\": -1}")
-                .await
-                .unwrap(),
+            post("{\"name\": \"x\", \"price_cents\": -1}").await.unwrap(),
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
             "price_cents",
@@ -222,19 +193,13 @@ async fn bad_input_gets_a_clear_4xx_never_a_5xx() {
             "987654",
         ),
         (
-            h.get(mesh.at("/items?page_size=banana"))
-                .send()
-                .await
-                .unwrap(),
+            h.get(mesh.at("/items?page_size=banana")).send().await.unwrap(),
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
             "page_size",
         ),
         (
-            h.get(mesh.at("/items?page_token=zzz"))
-                .send()
-                .await
-                .unwrap(),
+            h.get(mesh.at("/items?page_token=zzz")).send().await.unwrap(),
             StatusCode::BAD_REQUEST,
             "INVALID_ARGUMENT",
             "page_token",
@@ -345,29 +310,15 @@ async fn cache_and_counter_routes() {
     let (_, got) = json_of(h.get(mesh.at("/cache/greeting")).send().await.unwrap()).await;
     assert_eq!(got, json!({"key": "greeting", "value": "hello"}));
     assert_eq!(
-        h.delete(mesh.at("/cache/greeting"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        h.delete(mesh.at("/cache/greeting")).send().await.unwrap().status(),
         StatusCode::NO_CONTENT
     );
     assert_eq!(
-        h.delete(mesh.at("/cache/greeting"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        h.delete(mesh.at("/cache/greeting")).send().await.unwrap().status(),
         StatusCode::NOT_FOUND
     );
 
-    let (_, one) = json_of(
-        h.post(mesh.at("/counters/visits/increment"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, one) = json_of(h.post(mesh.at("/counters/visits/increment")).send().await.unwrap()).await;
     assert_eq!(one, json!({"name": "visits", "value": 1}));
     let (_, six) = json_of(
         h.post(mesh.at("/counters/visits/increment"))
@@ -388,10 +339,7 @@ async fn cache_and_counter_routes() {
                 .unwrap(),
         )
         .await;
-        assert_eq!(
-            same["value"], 16,
-            "a retried idempotent increment counts once"
-        );
+        assert_eq!(same["value"], 16, "a retried idempotent increment counts once");
     }
     let (_, now) = json_of(h.get(mesh.at("/counters/visits")).send().await.unwrap()).await;
     assert_eq!(now["value"], 16);
@@ -421,14 +369,7 @@ async fn a_thousand_concurrent_increments_from_many_clients_count_exactly() {
     for c in clients {
         c.await.unwrap();
     }
-    let (_, v) = json_of(
-        mesh.http
-            .get(mesh.at("/counters/concurrent"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, v) = json_of(mesh.http.get(mesh.at("/counters/concurrent")).send().await.unwrap()).await;
     assert_eq!(v["value"], 1000);
 }
 
@@ -446,11 +387,7 @@ async fn tasks_routes_and_server_sent_events() {
     let (_, accepted) = json_of(r).await;
     let id = accepted["task_id"].as_i64().unwrap();
 
-    let events = h
-        .get(mesh.at(&format!("/tasks/{id}/events")))
-        .send()
-        .await
-        .unwrap();
+    let events = h.get(mesh.at(&format!("/tasks/{id}/events"))).send().await.unwrap();
     assert_eq!(events.headers()["content-type"], "text/event-stream");
     let body = tokio::time::timeout(Duration::from_secs(20), events.text())
         .await
@@ -464,36 +401,12 @@ async fn tasks_routes_and_server_sent_events() {
     assert_eq!(states.last().unwrap()["status"], "succeeded", "{body}");
     assert!(body.contains("event: task"));
 
-    let (_, task) = json_of(
-        h.get(mesh.at(&format!("/tasks/{id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, task) = json_of(h.get(mesh.at(&format!("/tasks/{id}"))).send().await.unwrap()).await;
     assert_eq!(task["status"], "succeeded");
     assert_eq!(task["result"]["slept_ms"], 300);
-    let (_, list) = json_of(
-        h.get(mesh.at("/tasks?status=succeeded"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert!(
-        list["tasks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["id"] == id)
-    );
-    let (status, refused) = json_of(
-        h.delete(mesh.at(&format!("/tasks/{id}")))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (_, list) = json_of(h.get(mesh.at("/tasks?status=succeeded")).send().await.unwrap()).await;
+    assert!(list["tasks"].as_array().unwrap().iter().any(|t| t["id"] == id));
+    let (status, refused) = json_of(h.delete(mesh.at(&format!("/tasks/{id}"))).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_error(&refused, "FAILED_PRECONDITION", "succeeded");
 }
@@ -525,24 +438,12 @@ async fn the_seeds_routes_work_through_the_mesh() {
     let (_, started) = json_of(h.get(mesh.at("/start-task")).send().await.unwrap()).await;
     assert!(started["task_id"].as_i64().unwrap() > 0);
 
-    let (status, blocking) = json_of(
-        h.get(mesh.at("/run-blocking-task?ms=150"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, blocking) = json_of(h.get(mesh.at("/run-blocking-task?ms=150")).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{blocking}");
     assert_eq!(blocking["result"], "Task complete!");
 
     // /call-another-service against a second gateway whose upstream is the first one's /test.
-    let (status, no_upstream) = json_of(
-        h.get(mesh.at("/call-another-service"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, no_upstream) = json_of(h.get(mesh.at("/call-another-service")).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_error(&no_upstream, "UNAVAILABLE", "--upstream");
     let upstream = format!("{}/test", mesh.gateway.url());
@@ -569,10 +470,7 @@ async fn the_seeds_routes_work_through_the_mesh() {
             .unwrap(),
     )
     .await;
-    assert_eq!(
-        called,
-        json!({"response": {"message": "Hello, load balanced world!"}})
-    );
+    assert_eq!(called, json!({"response": {"message": "Hello, load balanced world!"}}));
 }
 
 #[tokio::test]
@@ -599,30 +497,19 @@ async fn health_readiness_and_overview_survive_a_dead_service() {
     // The gateway's health checks notice within a few intervals.
     let started = std::time::Instant::now();
     let ready = loop {
-        let (status, ready) =
-            json_of(mesh.http.get(mesh.at("/readyz")).send().await.unwrap()).await;
+        let (status, ready) = json_of(mesh.http.get(mesh.at("/readyz")).send().await.unwrap()).await;
         if status == StatusCode::SERVICE_UNAVAILABLE {
             break ready;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "still ready: {ready}"
-        );
+        assert!(started.elapsed() < Duration::from_secs(5), "still ready: {ready}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(ready["services"]["cache"]["ready"], false, "{ready}");
-    assert_eq!(
-        ready["services"]["cache"]["replicas"][0]["healthy"], false,
-        "{ready}"
-    );
+    assert_eq!(ready["services"]["cache"]["replicas"][0]["healthy"], false, "{ready}");
     assert_eq!(ready["services"]["items"]["ready"], true, "{ready}");
-    let (status, overview) =
-        json_of(mesh.http.get(mesh.at("/overview")).send().await.unwrap()).await;
+    let (status, overview) = json_of(mesh.http.get(mesh.at("/overview")).send().await.unwrap()).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(
-        overview["cache"]["error"]["code"], "UNAVAILABLE",
-        "{overview}"
-    );
+    assert_eq!(overview["cache"]["error"]["code"], "UNAVAILABLE", "{overview}");
     assert_eq!(
         overview["items"]["first"][0]["name"], "a",
         "the other services still answer"

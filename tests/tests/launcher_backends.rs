@@ -49,11 +49,7 @@ async fn the_launcher_runs_replicas_on_postgres_and_redis() {
     let mut summary = String::new();
     let gateway = tokio::time::timeout(Duration::from_secs(60), async {
         loop {
-            let line = lines
-                .next_line()
-                .await
-                .unwrap()
-                .expect("mesh exited while starting");
+            let line = lines.next_line().await.unwrap().expect("mesh exited while starting");
             summary.push_str(&line);
             summary.push('\n');
             if let Some(addr) = line.trim().strip_prefix("gateway") {

@@ -18,11 +18,9 @@ const NOTICE: Duration = Duration::from_secs(10);
 
 async fn status(server: &Server) -> i32 {
     let mut c = HealthClient::new(server.channel());
-    c.check(HealthCheckRequest {
-        service: String::new(),
-    })
-    .await
-    .map_or(-1, |r| r.into_inner().status)
+    c.check(HealthCheckRequest { service: String::new() })
+        .await
+        .map_or(-1, |r| r.into_inner().status)
 }
 
 async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -39,12 +37,11 @@ async fn items_fail_fast_while_postgres_is_unreachable_and_recover() {
         return;
     };
     let parsed = reqwest::Url::parse(&url).unwrap();
-    let target =
-        tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
-            .await
-            .unwrap()
-            .next()
-            .unwrap();
+    let target = tokio::net::lookup_host((parsed.host_str().unwrap(), parsed.port().unwrap_or(5432)))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
     let proxy = TcpProxy::start(target).await;
     let mut via_proxy = parsed.clone();
     via_proxy.set_host(Some("127.0.0.1")).unwrap();
@@ -75,36 +72,21 @@ async fn items_fail_fast_while_postgres_is_unreachable_and_recover() {
 
     let (listen, target) = proxy.cut().await;
     let started = Instant::now();
-    let err = c
-        .get_item(GetItemRequest { id: item.id })
-        .await
-        .unwrap_err();
-    assert!(
-        started.elapsed() < FAIL_FAST,
-        "took {:?} to fail",
-        started.elapsed()
-    );
+    let err = c.get_item(GetItemRequest { id: item.id }).await.unwrap_err();
+    assert!(started.elapsed() < FAIL_FAST, "took {:?} to fail", started.elapsed());
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    eventually(
-        "NOT_SERVING while the database is unreachable",
-        async || status(&items).await == 2,
-    )
+    eventually("NOT_SERVING while the database is unreachable", async || {
+        status(&items).await == 2
+    })
     .await;
 
     let _proxy = TcpProxy::start_on(listen, target).await;
-    eventually("SERVING again once it is back", async || {
-        status(&items).await == 1
-    })
-    .await;
+    eventually("SERVING again once it is back", async || status(&items).await == 1).await;
     eventually("reads work again, without a restart", async || {
         c.get_item(GetItemRequest { id: item.id }).await.is_ok()
     })
     .await;
-    let again = c
-        .get_item(GetItemRequest { id: item.id })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = c.get_item(GetItemRequest { id: item.id }).await.unwrap().into_inner();
     assert_eq!(again, item, "nothing was lost");
     drop(items);
     drop_schema(&url, &format!("{prefix}items")).await;

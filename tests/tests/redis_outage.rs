@@ -36,10 +36,7 @@ async fn start_redis(port: u16) -> Child {
         .spawn()
         .expect("start redis-server");
     let started = Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "redis-server did not start on {port}"
@@ -51,12 +48,7 @@ async fn start_redis(port: u16) -> Child {
 
 async fn health(server: &Server) -> i32 {
     let mut c = HealthClient::new(server.channel());
-    match c
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-    {
+    match c.check(HealthCheckRequest { service: String::new() }).await {
         Ok(r) => r.into_inner().status,
         Err(_) => -1,
     }
@@ -129,11 +121,7 @@ async fn services_fail_fast_while_redis_is_down_and_recover_without_restart() {
         "hit"
     );
     assert_eq!(
-        http.post(at("/counters/c/increment"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        http.post(at("/counters/c/increment")).send().await.unwrap().status(),
         200
     );
 
@@ -142,10 +130,7 @@ async fn services_fail_fast_while_redis_is_down_and_recover_without_restart() {
     redis.wait().await.unwrap();
     for (what, request) in [
         ("cache read", http.get(at("/cache/k"))),
-        (
-            "cache write",
-            http.put(at("/cache/k")).json(&json!({"value": "v"})),
-        ),
+        ("cache write", http.put(at("/cache/k")).json(&json!({"value": "v"}))),
         ("counter", http.post(at("/counters/c/increment"))),
     ] {
         let started = Instant::now();
@@ -179,11 +164,9 @@ async fn services_fail_fast_while_redis_is_down_and_recover_without_restart() {
         health(&cache).await == 1
     })
     .await;
-    eventually(
-        "counter-service reports SERVING again",
-        NOTICE,
-        async || health(&counter).await == 1,
-    )
+    eventually("counter-service reports SERVING again", NOTICE, async || {
+        health(&counter).await == 1
+    })
     .await;
     eventually("cache writes work again", NOTICE, async || {
         http.put(at("/cache/k"))

@@ -66,10 +66,7 @@ async fn reflection_v1_lists_only_what_each_server_serves() {
         };
         let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
         assert!(names.contains(&service.to_string()), "{bin}: {names:?}");
-        assert!(
-            names.contains(&"grpc.health.v1.Health".to_string()),
-            "{bin}: {names:?}"
-        );
+        assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{bin}: {names:?}");
         assert_eq!(
             names.iter().filter(|n| n.starts_with("mesh.")).count(),
             1,
@@ -128,14 +125,10 @@ async fn grpcurl_lists_describes_and_calls_every_service() {
         .await
         .unwrap();
         assert!(described.contains("rpc "), "{described}");
-        let health = tokio::task::spawn_blocking(move || {
-            run(
-                grpcurl,
-                &["-plaintext", &addr, "grpc.health.v1.Health/Check"],
-            )
-        })
-        .await
-        .unwrap();
+        let health =
+            tokio::task::spawn_blocking(move || run(grpcurl, &["-plaintext", &addr, "grpc.health.v1.Health/Check"]))
+                .await
+                .unwrap();
         assert!(health.contains("SERVING"), "{health}");
     }
     // One real call with a JSON body, and one error, through grpcurl.
@@ -187,16 +180,8 @@ async fn every_service_exits_zero_on_sigterm() {
         let mut server = start(bin, &dir).await;
         server.wait_serving().await;
         let status = server.terminate().await;
-        assert!(
-            status.success(),
-            "{bin} exited {status}:\n{}",
-            server.logs()
-        );
-        assert!(
-            server.logs().contains("SIGTERM received"),
-            "{}",
-            server.logs()
-        );
+        assert!(status.success(), "{bin} exited {status}:\n{}", server.logs());
+        assert!(server.logs().contains("SIGTERM received"), "{}", server.logs());
     }
 }
 
@@ -232,9 +217,5 @@ async fn the_gateway_finishes_in_flight_requests_on_sigterm() {
         assert_eq!(q.await.unwrap().expect("answered").status(), 200);
     }
     let (status, mesh) = gateway_exit.await.unwrap();
-    assert!(
-        status.success(),
-        "gateway exited {status}:\n{}",
-        mesh.gateway.logs()
-    );
+    assert!(status.success(), "gateway exited {status}:\n{}", mesh.gateway.logs());
 }

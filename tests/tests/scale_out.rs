@@ -17,11 +17,7 @@ use serde_json::json;
 use tonic::Code;
 
 fn urls(servers: &[Server]) -> String {
-    servers
-        .iter()
-        .map(Server::url)
-        .collect::<Vec<_>>()
-        .join(",")
+    servers.iter().map(Server::url).collect::<Vec<_>>().join(",")
 }
 
 async fn replicas(bin: &str, n: usize, extra: &[String]) -> Vec<Server> {
@@ -97,9 +93,7 @@ async fn three_counter_replicas_on_redis_count_exactly_even_with_retries() {
         // Read the final value through each replica: they must all agree.
         for counter in &counters {
             let mut c =
-                mesh_tests::proto::counter::v1::counter_service_client::CounterServiceClient::new(
-                    counter.channel(),
-                );
+                mesh_tests::proto::counter::v1::counter_service_client::CounterServiceClient::new(counter.channel());
             let v = c
                 .get(mesh_tests::proto::counter::v1::GetRequest { name: name.into() })
                 .await
@@ -140,10 +134,7 @@ async fn two_items_replicas_on_postgres_share_writes_and_versions() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        seen, created,
-        "a write through one replica is read through the other"
-    );
+    assert_eq!(seen, created, "a write through one replica is read through the other");
 
     // Concurrent same-version updates spread over both replicas: exactly one wins.
     let attempts = (0..10).map(|n| {
@@ -160,11 +151,7 @@ async fn two_items_replicas_on_postgres_share_writes_and_versions() {
         }
     });
     let results = futures::future::join_all(attempts).await;
-    assert_eq!(
-        results.iter().filter(|r| r.is_ok()).count(),
-        1,
-        "{results:?}"
-    );
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
     assert!(
         results
             .iter()
@@ -202,11 +189,7 @@ async fn two_cache_replicas_on_redis_agree_and_honour_ttls() {
     })
     .await
     .unwrap();
-    let got = b
-        .get(GetRequest { key: "k".into() })
-        .await
-        .unwrap()
-        .into_inner();
+    let got = b.get(GetRequest { key: "k".into() }).await.unwrap().into_inner();
     assert!(
         got.found && got.value == b"v",
         "a set through one replica is a hit through the other"
@@ -224,33 +207,27 @@ async fn two_cache_replicas_on_redis_agree_and_honour_ttls() {
     .await
     .unwrap();
     assert!(
-        a.get(GetRequest {
-            key: "short".into()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .found
+        a.get(GetRequest { key: "short".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .found
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(
-        !a.get(GetRequest {
-            key: "short".into()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .found,
+        !a.get(GetRequest { key: "short".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .found,
         "Redis expired it"
     );
     assert!(
-        !b.get(GetRequest {
-            key: "short".into()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .found
+        !b.get(GetRequest { key: "short".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .found
     );
     drop_keys(&url, &prefix).await;
 }
@@ -270,20 +247,11 @@ async fn wait_all(
             done.len(),
             ids.len()
         );
-        let pending: Vec<i64> = ids
-            .iter()
-            .copied()
-            .filter(|id| !done.contains_key(id))
-            .collect();
+        let pending: Vec<i64> = ids.iter().copied().filter(|id| !done.contains_key(id)).collect();
         let fetched = futures::stream::iter(pending)
             .map(|id| {
                 let mut c = client.clone();
-                async move {
-                    c.get_task(GetTaskRequest { id })
-                        .await
-                        .unwrap()
-                        .into_inner()
-                }
+                async move { c.get_task(GetTaskRequest { id }).await.unwrap().into_inner() }
             })
             .buffer_unordered(32)
             .collect::<Vec<_>>()
@@ -307,20 +275,10 @@ async fn three_tasks_replicas_on_postgres_run_each_task_exactly_once() {
     let servers = replicas(
         "tasks-service",
         3,
-        &args(&[
-            "--database-url",
-            &url,
-            "--db-schema-prefix",
-            &schema,
-            "--workers",
-            "4",
-        ]),
+        &args(&["--database-url", &url, "--db-schema-prefix", &schema, "--workers", "4"]),
     )
     .await;
-    let clients: Vec<_> = servers
-        .iter()
-        .map(|s| TaskServiceClient::new(s.channel()))
-        .collect();
+    let clients: Vec<_> = servers.iter().map(|s| TaskServiceClient::new(s.channel())).collect();
     // 1,000 tasks, submitted round-robin through the replicas, 16 at a time.
     let ids: Vec<i64> = futures::stream::iter(0..1000)
         .map(|n| {
@@ -349,15 +307,8 @@ async fn three_tasks_replicas_on_postgres_run_each_task_exactly_once() {
         .iter()
         .map(|s| s.logs().matches("task started").count())
         .collect();
-    assert_eq!(
-        runs.iter().sum::<usize>(),
-        1000,
-        "runs per replica: {runs:?}"
-    );
-    assert!(
-        runs.iter().all(|r| *r > 0),
-        "every replica worked: {runs:?}"
-    );
+    assert_eq!(runs.iter().sum::<usize>(), 1000, "runs per replica: {runs:?}");
+    assert!(runs.iter().all(|r| *r > 0), "every replica worked: {runs:?}");
     drop(servers);
     drop_schema(&url, &format!("{schema}tasks")).await;
 }
@@ -399,10 +350,7 @@ async fn a_task_whose_worker_is_killed_is_finished_by_another_replica() {
         }) {
             break i;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "nobody started the task"
-        );
+        assert!(started.elapsed() < Duration::from_secs(10), "nobody started the task");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     servers[runner].signal(nix::sys::signal::Signal::SIGKILL);
@@ -442,14 +390,7 @@ async fn claiming_stays_an_index_seek_with_100k_tasks_queued() {
     // Workers off: the service only creates the schema and applies migrations.
     let server = Server::start(
         "tasks-service",
-        &args(&[
-            "--database-url",
-            &url,
-            "--db-schema-prefix",
-            &prefix,
-            "--workers",
-            "0",
-        ]),
+        &args(&["--database-url", &url, "--db-schema-prefix", &prefix, "--workers", "0"]),
     )
     .await;
     server.wait_serving().await;
@@ -485,35 +426,24 @@ async fn claiming_stays_an_index_seek_with_100k_tasks_queued() {
         plan.contains("tasks_claim"),
         "the claim must use the partial index:\n{plan}"
     );
-    assert!(
-        !plan.contains("Sort"),
-        "no sort of the queue on each claim:\n{plan}"
-    );
+    assert!(!plan.contains("Sort"), "no sort of the queue on each claim:\n{plan}");
 
     // And a worker drains that queue at index speed (a scan and sort of
     // 200,000 rows per claim would manage a few dozen a second at most).
     drop(server);
     let server = Server::start(
         "tasks-service",
-        &args(&[
-            "--database-url",
-            &url,
-            "--db-schema-prefix",
-            &prefix,
-            "--workers",
-            "2",
-        ]),
+        &args(&["--database-url", &url, "--db-schema-prefix", &prefix, "--workers", "2"]),
     )
     .await;
     server.wait_serving().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(server);
-    let ran: i64 =
-        sqlx::query("SELECT count(*) FROM tasks WHERE status = 'succeeded' AND attempts = 1")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
-            .get(0);
+    let ran: i64 = sqlx::query("SELECT count(*) FROM tasks WHERE status = 'succeeded' AND attempts = 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
     assert!(ran >= 150, "only {ran} tasks claimed and run in 3 s");
     eprintln!("claimed and ran {ran} tasks in 3 s with 100,000 queued");
     conn.close().await.unwrap();

@@ -49,9 +49,7 @@ pub async fn get(
         })
         .await?;
     if !found.found {
-        return Err(AppError::NotFound(format!(
-            "key {key:?} is not in the cache"
-        )));
+        return Err(AppError::NotFound(format!("key {key:?} is not in the cache")));
     }
     Ok(axum::Json(value_json(key, found.value)))
 }
@@ -109,8 +107,6 @@ pub async fn delete(
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {
-        Err(AppError::NotFound(format!(
-            "key {key:?} is not in the cache"
-        )))
+        Err(AppError::NotFound(format!("key {key:?} is not in the cache")))
     }
 }

@@ -108,9 +108,7 @@ pub async fn create(
     let location = HeaderValue::from_str(&format!("/items/{}", item.id)).ok();
     let mut response = (StatusCode::CREATED, axum::Json(ItemJson::from(item))).into_response();
     if let Some(location) = location {
-        response
-            .headers_mut()
-            .insert(axum::http::header::LOCATION, location);
+        response.headers_mut().insert(axum::http::header::LOCATION, location);
     }
     Ok(response)
 }
@@ -140,35 +138,22 @@ pub async fn list(
 }
 
 #[tracing::instrument(skip_all, fields(id = %id))]
-pub async fn get(
-    State(state): State<AppState>,
-    call: Call,
-    Path(id): Path<String>,
-) -> Result<Response, AppError> {
+pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<Response, AppError> {
     let id = parse_id(&id, "id")?;
     // Concurrent reads of one id share one read path (cache, then items), so
     // a hot key expiring sends one call to the database, not hundreds.
-    let read: futures::future::BoxFuture<'static, _> =
-        Box::pin(read_through(state.clone(), call.clone(), id));
-    let lost = Err(AppError::Unavailable(
-        "the item read was interrupted; try again".into(),
-    ));
+    let read: futures::future::BoxFuture<'static, _> = Box::pin(read_through(state.clone(), call.clone(), id));
+    let lost = Err(AppError::Unavailable("the item read was interrupted; try again".into()));
     let (item, how) = state.item_reads.run(id, read, lost).await?;
     let mut response = axum::Json(ItemJson::from(item)).into_response();
-    response
-        .headers_mut()
-        .insert("x-cache", HeaderValue::from_static(how));
+    response.headers_mut().insert("x-cache", HeaderValue::from_static(how));
     Ok(response)
 }
 
 /// Cache-aside: the cache first (`hit`); on a miss the items service, then
 /// fill the cache (`miss`); with the cache down, the items service alone
 /// (`bypass`).
-async fn read_through(
-    state: AppState,
-    call: Call,
-    id: i64,
-) -> Result<(pb::Item, &'static str), AppError> {
+async fn read_through(state: AppState, call: Call, id: i64) -> Result<(pb::Item, &'static str), AppError> {
     let key = cache_key(id);
     let get = cache_pb::GetRequest { key: key.clone() };
     let cached = state
@@ -191,23 +176,14 @@ async fn read_through(
         Err(err @ AppError::DeadlineExceeded(_)) => Err(err),
         Err(err) => {
             tracing::warn!(error = %err, "cache unavailable; reading items directly");
-            Ok((
-                fetch_and_fill(&state, &call, id, key, false).await?,
-                "bypass",
-            ))
+            Ok((fetch_and_fill(&state, &call, id, key, false).await?, "bypass"))
         }
     }
 }
 
 /// Reads the item from the items service and, if `fill`, stores it in the
 /// cache. A failed fill is logged, never returned: the read itself succeeded.
-async fn fetch_and_fill(
-    state: &AppState,
-    call: &Call,
-    id: i64,
-    key: String,
-    fill: bool,
-) -> Result<pb::Item, AppError> {
+async fn fetch_and_fill(state: &AppState, call: &Call, id: i64, key: String, fill: bool) -> Result<pb::Item, AppError> {
     let item = state
         .items
         .call(call, Kind::Read, |mut c| {
@@ -278,7 +254,7 @@ pub async fn delete(
     state
         .items
         .call(&call, Kind::Write, |mut c| {
-            let r = call.req(message.clone());
+            let r = call.req(message);
             async move { c.delete_item(r).await }
         })
         .await?;

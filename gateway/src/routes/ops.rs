@@ -29,10 +29,7 @@ fn replicas(state: &AppState) -> (bool, serde_json::Map<String, Value>) {
     for (name, members) in state.upstream_members() {
         let ready = members.iter().any(|m| m.healthy && !m.ejected);
         all_ready &= ready;
-        out.insert(
-            name.to_string(),
-            json!({"ready": ready, "replicas": members}),
-        );
+        out.insert(name.to_string(), json!({"ready": ready, "replicas": members}));
     }
     (all_ready, out)
 }
@@ -46,10 +43,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Va
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        code,
-        axum::Json(json!({"ready": ready, "services": services})),
-    )
+    (code, axum::Json(json!({"ready": ready, "services": services})))
 }
 
 fn part<T: serde::Serialize>(result: Result<T, AppError>) -> Value {
@@ -103,9 +97,7 @@ pub async fn overview(State(state): State<AppState>, call: Call) -> axum::Json<V
                 async move { c.list_tasks(r).await }
             })
             .await?;
-        Ok::<_, AppError>(
-            json!({"recent": page.tasks.into_iter().map(TaskJson::from).collect::<Vec<_>>()}),
-        )
+        Ok::<_, AppError>(json!({"recent": page.tasks.into_iter().map(TaskJson::from).collect::<Vec<_>>()}))
     };
     let counter = async {
         let v = state

@@ -56,10 +56,7 @@ pub async fn cached_data(
 /// `GET /increment`: the seed's locked counter, now one counter for every
 /// gateway and every counter replica.
 #[tracing::instrument(skip_all)]
-pub async fn increment(
-    State(state): State<AppState>,
-    call: Call,
-) -> Result<axum::Json<Value>, AppError> {
+pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
     let value = state
         .counter
         .call(&call, Kind::Write, |mut c| {
@@ -77,10 +74,7 @@ pub async fn increment(
 
 /// `GET /start-task`: the seed's `long_running_task.apply_async()`.
 #[tracing::instrument(skip_all)]
-pub async fn start_task(
-    State(state): State<AppState>,
-    call: Call,
-) -> Result<axum::Json<Value>, AppError> {
+pub async fn start_task(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
     let task = submit_task(&state, &call, "echo".into(), json!("Task complete!"), 0).await?;
     Ok(axum::Json(json!({"task_id": task.id})))
 }
@@ -125,18 +119,11 @@ pub async fn run_blocking_task(
 /// `GET /call-another-service`: one call to the configured plain-HTTP
 /// upstream over the shared `reqwest` client.
 #[tracing::instrument(skip_all)]
-pub async fn call_another_service(
-    State(state): State<AppState>,
-    call: Call,
-) -> Result<axum::Json<Value>, AppError> {
+pub async fn call_another_service(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
     let url = state.upstream.as_deref().ok_or_else(|| {
-        AppError::Unavailable(
-            "no upstream is configured (start the gateway with --upstream URL)".into(),
-        )
+        AppError::Unavailable("no upstream is configured (start the gateway with --upstream URL)".into())
     })?;
-    let left = call
-        .deadline
-        .saturating_duration_since(tokio::time::Instant::now());
+    let left = call.deadline.saturating_duration_since(tokio::time::Instant::now());
     let mut request = state.http.get(url).timeout(left);
     if let Some(id) = &call.request_id {
         request = request.header("x-request-id", id);

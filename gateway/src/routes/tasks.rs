@@ -84,10 +84,7 @@ impl From<pb::Task> for TaskJson {
         Self {
             id: t.id,
             kind: t.kind,
-            payload: t
-                .payload
-                .map(mesh_proto::json::from_proto)
-                .unwrap_or(Value::Null),
+            payload: t.payload.map(mesh_proto::json::from_proto).unwrap_or(Value::Null),
             priority: t.priority,
             status: status_name(t.status),
             attempts: t.attempts,
@@ -240,11 +237,7 @@ pub async fn events(
 }
 
 /// Opens a `WatchTask` stream that lasts until `call`'s deadline.
-async fn watch(
-    state: &AppState,
-    call: &Call,
-    id: i64,
-) -> Result<tonic::Streaming<pb::Task>, AppError> {
+async fn watch(state: &AppState, call: &Call, id: i64) -> Result<tonic::Streaming<pb::Task>, AppError> {
     state
         .tasks
         .call(call, Kind::Read, |mut c| {
@@ -255,18 +248,11 @@ async fn watch(
 }
 
 /// Waits for a task to end through `WatchTask`, returning its last state.
-pub async fn wait_for(
-    state: &AppState,
-    call: &Call,
-    id: i64,
-    limit: Duration,
-) -> Result<pb::Task, AppError> {
+pub async fn wait_for(state: &AppState, call: &Call, id: i64, limit: Duration) -> Result<pb::Task, AppError> {
     let mut stream = watch(state, &call.with_timeout(limit), id).await?;
     let mut last = None;
     while let Some(task) = stream.next().await {
         last = Some(task.map_err(AppError::upstream("tasks"))?);
     }
-    last.ok_or_else(|| {
-        AppError::Unavailable("the tasks service ended the watch without an answer".into())
-    })
+    last.ok_or_else(|| AppError::Unavailable("the tasks service ended the watch without an answer".into()))
 }

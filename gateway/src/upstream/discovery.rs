@@ -39,6 +39,10 @@ pub type Replica = PeakEwma<Outlier<Channel>>;
 
 pub type Discovered = Result<Change<Arc<str>, Replica>, Infallible>;
 
+/// The latency a replica is assumed to have until it has answered: low, so a
+/// new or returning replica is tried soon and then judged by what it measures.
+const NEW_REPLICA_RTT: Duration = Duration::from_millis(1);
+
 /// What the controller reacts to.
 #[derive(Debug)]
 pub enum Event {
@@ -83,9 +87,7 @@ impl Members {
 pub enum SpecError {
     #[error("--{flag}: no endpoint given")]
     Empty { flag: &'static str },
-    #[error(
-        "--{flag}: {entry:?} is not an endpoint (expected http://HOST:PORT or @FILE): {reason}"
-    )]
+    #[error("--{flag}: {entry:?} is not an endpoint (expected http://HOST:PORT or @FILE): {reason}")]
     Invalid {
         flag: &'static str,
         entry: String,
@@ -127,44 +129,44 @@ impl Spec {
         Ok(Spec { flag, sources })
     }
 
-    /// Every replica address the spec names right now. A source that fails to
-    /// resolve (DNS error, unreadable file) is logged and contributes nothing.
-    pub async fn resolve(&self) -> BTreeSet<String> {
+    /// Every replica address the spec names right now, or why the spec
+    /// cannot be read now (a DNS failure, an unreadable or empty file). A
+    /// failed resolution changes nothing: the replicas known stay in use, so
+    /// a file caught half-written or a DNS hiccup never empties the set.
+    pub async fn resolve(&self) -> Result<BTreeSet<String>, String> {
         let mut out = BTreeSet::new();
         for source in &self.sources {
             match source {
-                Source::Url { host, port } => resolve_host(self.flag, host, *port, &mut out).await,
-                Source::File(path) => match tokio::fs::read_to_string(path).await {
-                    Ok(text) => {
-                        for line in text
-                            .lines()
-                            .map(str::trim)
-                            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                        {
-                            match parse_url(line) {
-                                Ok(Source::Url { host, port }) => {
-                                    resolve_host(self.flag, &host, port, &mut out).await
-                                }
-                                Ok(Source::File(_)) | Err(_) => {
-                                    tracing::warn!(flag = self.flag, file = %path.display(), line, "not an endpoint; skipped")
-                                }
+                Source::Url { host, port } => resolve_host(host, *port, &mut out).await?,
+                Source::File(path) => {
+                    let text = tokio::fs::read_to_string(path)
+                        .await
+                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                    let before = out.len();
+                    for line in text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    {
+                        match parse_url(line) {
+                            Ok(Source::Url { host, port }) => resolve_host(&host, port, &mut out).await?,
+                            Ok(Source::File(_)) | Err(_) => {
+                                tracing::warn!(flag = self.flag, file = %path.display(), line, "not an endpoint; skipped")
                             }
                         }
                     }
-                    Err(err) => {
-                        tracing::warn!(flag = self.flag, file = %path.display(), error = %err, "cannot read endpoints file")
+                    if out.len() == before {
+                        return Err(format!("{} lists no endpoint", path.display()));
                     }
-                },
+                }
             }
         }
-        out
+        Ok(out)
     }
 }
 
 fn parse_url(entry: &str) -> Result<Source, String> {
-    let uri: http::Uri = entry
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| e.to_string())?;
+    let uri: http::Uri = entry.parse().map_err(|e: http::uri::InvalidUri| e.to_string())?;
     if uri.scheme_str() != Some("http") {
         return Err("the scheme must be http".into());
     }
@@ -177,11 +179,12 @@ fn parse_url(entry: &str) -> Result<Source, String> {
     Ok(Source::Url { host, port })
 }
 
-async fn resolve_host(flag: &str, host: &str, port: u16, out: &mut BTreeSet<String>) {
-    match tokio::net::lookup_host((host, port)).await {
-        Ok(addrs) => out.extend(addrs.map(|a| format!("http://{a}"))),
-        Err(err) => tracing::warn!(flag, host, error = %err, "cannot resolve endpoint"),
-    }
+async fn resolve_host(host: &str, port: u16, out: &mut BTreeSet<String>) -> Result<(), String> {
+    let addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    out.extend(addrs.map(|a| format!("http://{a}")));
+    Ok(())
 }
 
 struct Member {
@@ -220,21 +223,14 @@ pub async fn start(
         in_balancer: BTreeSet::new(),
         panicking: false,
     };
-    let initial = spec.resolve().await;
-    if initial.is_empty() {
-        tracing::warn!(
-            service = name,
-            "no replica resolved yet; calls fail until one appears"
-        );
+    match spec.resolve().await {
+        Ok(initial) => controller.resolved(initial),
+        Err(err) => tracing::warn!(service = name, error = %err, "no replica resolved yet; calls fail until one is"),
     }
-    controller.resolved(initial);
     // The receiving end is still held here, so this cannot fail.
     let _ = controller.reconcile().await;
     tokio::spawn(controller.run(spec, events_rx));
-    (
-        tokio_stream::wrappers::ReceiverStream::new(changes_rx),
-        members,
-    )
+    (tokio_stream::wrappers::ReceiverStream::new(changes_rx), members)
 }
 
 struct Controller {
@@ -260,10 +256,10 @@ impl Controller {
                     Some(event) => self.on_event(event),
                     None => return,
                 },
-                _ = resolve.tick() => {
-                    let set = spec.resolve().await;
-                    self.resolved(set);
-                }
+                _ = resolve.tick() => match spec.resolve().await {
+                    Ok(set) => self.resolved(set),
+                    Err(err) => tracing::warn!(service = self.name, error = %err, "cannot resolve replicas now; keeping the known ones"),
+                },
                 _ = expiry.tick() => {}
             }
             if self.reconcile().await.is_err() {
@@ -332,15 +328,13 @@ impl Controller {
                 };
                 let now = Instant::now();
                 // A replica that behaved for a minute starts its back-off over.
-                if m.last_ejection
-                    .is_some_and(|t| now - t > Duration::from_secs(60))
-                {
+                if m.last_ejection.is_some_and(|t| now - t > Duration::from_secs(60)) {
                     m.ejections = 0;
                 }
                 m.ejections += 1;
                 m.last_ejection = Some(now);
-                let backoff = (self.settings.eject_base * 2u32.saturating_pow(m.ejections - 1))
-                    .min(self.settings.eject_max);
+                let backoff =
+                    (self.settings.eject_base * 2u32.saturating_pow(m.ejections - 1)).min(self.settings.eject_max);
                 m.ejected_until = Some(now + backoff);
                 m.failures.store(0, Ordering::Relaxed);
                 tracing::warn!(service = self.name, replica = %key, backoff_ms = backoff.as_millis() as u64, "replica failed repeatedly; ejected");
@@ -375,29 +369,14 @@ impl Controller {
                     "no replica is healthy; using all of them (panic mode)"
                 );
             } else {
-                tracing::info!(
-                    service = self.name,
-                    "healthy replicas again; panic mode over"
-                );
+                tracing::info!(service = self.name, "healthy replicas again; panic mode over");
             }
         }
-        for key in self
-            .in_balancer
-            .difference(&desired)
-            .cloned()
-            .collect::<Vec<_>>()
-        {
-            self.changes
-                .send(Ok(Change::Remove(key.clone())))
-                .await
-                .map_err(drop)?;
+        for key in self.in_balancer.difference(&desired).cloned().collect::<Vec<_>>() {
+            self.changes.send(Ok(Change::Remove(key.clone()))).await.map_err(drop)?;
             self.in_balancer.remove(&key);
         }
-        for key in desired
-            .difference(&self.in_balancer)
-            .cloned()
-            .collect::<Vec<_>>()
-        {
+        for key in desired.difference(&self.in_balancer).cloned().collect::<Vec<_>>() {
             let Some(m) = self.members.get(&key) else {
                 continue;
             };
@@ -410,7 +389,7 @@ impl Controller {
             );
             let replica = PeakEwma::new(
                 outlier,
-                Duration::from_millis(5),
+                NEW_REPLICA_RTT,
                 Duration::from_secs(10).as_nanos() as f64,
                 CompleteOnResponse::default(),
             );
@@ -437,12 +416,7 @@ impl Controller {
 
 /// Asks the replica's `grpc.health.v1` every `interval`; reports changes.
 /// No answer within the interval (or 1 s) counts as unhealthy.
-async fn check_health(
-    key: Arc<str>,
-    channel: Channel,
-    interval: Duration,
-    events: mpsc::Sender<Event>,
-) {
+async fn check_health(key: Arc<str>, channel: Channel, interval: Duration, events: mpsc::Sender<Event>) {
     let mut client = HealthClient::new(channel);
     let timeout = interval.min(Duration::from_secs(1));
     let mut last = true;
@@ -450,9 +424,7 @@ async fn check_health(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut request = tonic::Request::new(HealthCheckRequest {
-            service: String::new(),
-        });
+        let mut request = tonic::Request::new(HealthCheckRequest { service: String::new() });
         request.set_timeout(timeout);
         let healthy = matches!(
             tokio::time::timeout(timeout, client.check(request)).await,
@@ -460,11 +432,7 @@ async fn check_health(
         );
         if healthy != last {
             last = healthy;
-            if events
-                .send(Event::Health(key.clone(), healthy))
-                .await
-                .is_err()
-            {
+            if events.send(Event::Health(key.clone(), healthy)).await.is_err() {
                 return;
             }
         }

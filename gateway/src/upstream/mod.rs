@@ -35,11 +35,8 @@ use crate::extract::Call;
 pub use discovery::{MemberView, Members, Spec, SpecError};
 
 /// What every service client in the gateway sends its calls through.
-pub type Transport = BoxCloneSyncService<
-    http::Request<tonic::body::Body>,
-    http::Response<tonic::body::Body>,
-    TransportError,
->;
+pub type Transport =
+    BoxCloneSyncService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, TransportError>;
 
 /// The transport stack's error. A named type rather than a bare `BoxError`:
 /// the compiler cannot prove the async call futures `Send` when the client's
@@ -124,21 +121,14 @@ pub struct Upstream<C> {
 
 impl<C: Clone> Upstream<C> {
     /// Resolves the spec, starts discovery and builds the transport stack.
-    pub async fn start(
-        name: &'static str,
-        spec: Spec,
-        settings: &Settings,
-        make: fn(Transport) -> C,
-    ) -> Self {
+    pub async fn start(name: &'static str, spec: Spec, settings: &Settings, make: fn(Transport) -> C) -> Self {
         let (discover, members) = discovery::start(name, spec, settings.clone()).await;
         let balancer = Buffer::new(Balance::new(discover), 1024);
         let transport = BoxCloneSyncService::new(
             ServiceBuilder::new()
                 .map_err(TransportError)
                 .load_shed()
-                .layer(GlobalConcurrencyLimitLayer::new(
-                    settings.max_in_flight.max(1),
-                ))
+                .layer(GlobalConcurrencyLimitLayer::new(settings.max_in_flight.max(1)))
                 .service(balancer),
         );
         Self {
@@ -195,7 +185,7 @@ impl<C: Clone> Upstream<C> {
                         let policy = RetryPolicy {
                             service: this.name,
                             budget: this.budget.clone(),
-                            attempts_left: 2,
+                            attempts_left: 3,
                         };
                         let retried = Retry::new(policy, one);
                         match (&this.hedge, kind) {
@@ -208,17 +198,27 @@ impl<C: Clone> Upstream<C> {
             match tokio::time::timeout_at(deadline, run).await {
                 Err(_) => Err(AppError::DeadlineExceeded(this.name)),
                 Ok(Ok(response)) => Ok(response.into_inner()),
-                Ok(Err(status)) => Err(this.classify(status)),
+                Ok(Err(status)) => Err(this.classify(status, deadline)),
             }
         }
     }
 
     /// Tells the gateway's own refusals apart from the service's answers.
-    fn classify(&self, status: tonic::Status) -> AppError {
+    fn classify(&self, status: tonic::Status, deadline: tokio::time::Instant) -> AppError {
         let shed = std::error::Error::source(&status)
             .and_then(|e| e.downcast_ref::<TransportError>())
             .is_some_and(TransportError::is_overloaded);
-        if shed {
+        // A service enforcing the deadline we sent may answer (CANCELLED,
+        // "Timeout expired") a moment before our own timer fires: same cause.
+        let deadline_passed = tokio::time::Instant::now() + Duration::from_millis(10) >= deadline;
+        let expired = status.code() == tonic::Code::DeadlineExceeded
+            || (status.code() == tonic::Code::Cancelled && deadline_passed);
+        if expired {
+            AppError::DeadlineExceeded(self.name)
+        } else if is_broken_connection(&status) {
+            tracing::warn!(service = self.name, error = %status, "connection to a replica broke mid-call");
+            AppError::Unavailable(format!("the connection to the {} service broke; try again", self.name))
+        } else if shed {
             AppError::Overloaded {
                 service: self.name,
                 limit: self.max_in_flight,
@@ -232,8 +232,16 @@ impl<C: Clone> Upstream<C> {
     }
 }
 
-/// Retries `UNAVAILABLE` (the replica could not take the call; the balancer
-/// will likely pick another) while the budget allows.
+/// A call that failed in the transport (the connection broke mid-call, as
+/// when a replica dies), not with a status the service sent: tonic reports
+/// those as `UNKNOWN` and keeps the underlying error as the source. Whether
+/// the service acted on the call is unknown, so only idempotent calls repeat it.
+fn is_broken_connection(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some()
+}
+
+/// Retries `UNAVAILABLE` and broken connections (the replica could not take
+/// the call; the balancer will likely pick another) while the budget allows.
 #[derive(Clone)]
 struct RetryPolicy {
     service: &'static str,
@@ -244,28 +252,24 @@ struct RetryPolicy {
 impl<R> Policy<(), tonic::Response<R>, tonic::Status> for RetryPolicy {
     type Future = tokio::time::Sleep;
 
-    fn retry(
-        &mut self,
-        _: &mut (),
-        result: &mut Result<tonic::Response<R>, tonic::Status>,
-    ) -> Option<Self::Future> {
+    fn retry(&mut self, _: &mut (), result: &mut Result<tonic::Response<R>, tonic::Status>) -> Option<Self::Future> {
         let Err(status) = result else { return None };
-        if status.code() != tonic::Code::Unavailable || self.attempts_left == 0 {
+        if !(status.code() == tonic::Code::Unavailable || is_broken_connection(status)) || self.attempts_left == 0 {
             return None;
         }
         if !self.budget.withdraw() {
-            tracing::warn!(
-                service = self.service,
-                "retry budget exhausted; not retrying"
-            );
+            tracing::warn!(service = self.service, "retry budget exhausted; not retrying");
             return None;
         }
         self.attempts_left -= 1;
-        tracing::info!(service = self.service, error = %status.message(), "UNAVAILABLE; retrying");
+        tracing::info!(service = self.service, code = ?status.code(), error = %status.message(), "replica could not serve the call; retrying");
         // A short pause lets discovery act on the failure (ejection) first.
-        Some(tokio::time::sleep(Duration::from_millis(
-            if self.attempts_left == 1 { 5 } else { 25 },
-        )))
+        let pause = match self.attempts_left {
+            2 => 5,
+            1 => 20,
+            _ => 50,
+        };
+        Some(tokio::time::sleep(Duration::from_millis(pause)))
     }
 
     fn clone_request(&mut self, _: &()) -> Option<()> {
@@ -325,8 +329,7 @@ pub mod hedge {
             }
             let mut sorted = guard.0.clone();
             sorted.sort_unstable();
-            let i =
-                ((sorted.len() as f64 - 1.0) * self.settings.percentile / 100.0).round() as usize;
+            let i = ((sorted.len() as f64 - 1.0) * self.settings.percentile / 100.0).round() as usize;
             sorted.get(i).copied()
         }
 

@@ -1,7 +1,7 @@
 //! Passive outlier detection, per replica: a tower layer that watches each
-//! call's result and, after `threshold` consecutive failures (the connection
-//! failed, or the replica answered `UNAVAILABLE`), asks discovery to eject
-//! the replica for a while, as Envoy's outlier detection does.
+//! call's result and, after `threshold` consecutive `UNAVAILABLE` answers or
+//! one failed connection, asks discovery to eject the replica for a while, as
+//! Envoy's outlier detection does.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,13 +26,7 @@ pub struct Outlier<S> {
 }
 
 impl<S> Outlier<S> {
-    pub fn new(
-        inner: S,
-        key: Arc<str>,
-        failures: Arc<AtomicU32>,
-        threshold: u32,
-        events: mpsc::Sender<Event>,
-    ) -> Self {
+    pub fn new(inner: S, key: Arc<str>, failures: Arc<AtomicU32>, threshold: u32, events: mpsc::Sender<Event>) -> Self {
         Self {
             inner,
             key,
@@ -68,20 +62,28 @@ where
         );
         Box::pin(async move {
             let result = call.await;
-            let failed = match &result {
-                Err(_) => true,
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .is_some_and(|s| s.as_bytes() == UNAVAILABLE),
+            // A transport error (refused, reset: the process is likely gone)
+            // counts as a whole streak at once; an UNAVAILABLE answer as one.
+            let weight = match &result {
+                Err(_) => threshold,
+                Ok(response) => {
+                    let unavailable = response
+                        .headers()
+                        .get("grpc-status")
+                        .is_some_and(|s| s.as_bytes() == UNAVAILABLE);
+                    u32::from(unavailable)
+                }
             };
-            if !failed {
+            if weight == 0 {
                 failures.store(0, Ordering::Relaxed);
-            } else if failures.fetch_add(1, Ordering::Relaxed) + 1 == threshold {
-                // Exactly one ejection request per streak; the channel is
-                // bounded, and a full one means discovery is already busy
-                // with this replica's events.
-                let _ = events.try_send(Event::Eject(key));
+            } else {
+                let before = failures.fetch_add(weight, Ordering::Relaxed);
+                // Exactly one ejection request per streak: the one that
+                // crosses the threshold. The channel is bounded; a full one
+                // means discovery is already busy with this replica's events.
+                if before < threshold && before + weight >= threshold {
+                    let _ = events.try_send(Event::Eject(key));
+                }
             }
             result
         })

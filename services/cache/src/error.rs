@@ -5,10 +5,7 @@ use tonic::{Code, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     /// The backend (Redis) cannot be reached right now.
     #[error("cache backend unavailable: {0}")]
     Unavailable(String),

@@ -45,21 +45,12 @@ impl CacheStore {
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         validate_key(key)?;
         let value = self.backend.get(key).await?;
-        let counter = if value.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
+        let counter = if value.is_some() { &self.hits } else { &self.misses };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(value)
     }
 
-    pub async fn set(
-        &self,
-        key: &str,
-        value: Bytes,
-        ttl: Option<Duration>,
-    ) -> Result<(), CacheError> {
+    pub async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), CacheError> {
         validate_key(key)?;
         if value.len() > MAX_VALUE_BYTES {
             return Err(CacheError::invalid(
@@ -68,10 +59,7 @@ impl CacheStore {
             ));
         }
         if ttl.is_some_and(|ttl| ttl.is_zero() || ttl > MAX_TTL) {
-            return Err(CacheError::invalid(
-                "ttl",
-                "must be positive and at most 365 days",
-            ));
+            return Err(CacheError::invalid("ttl", "must be positive and at most 365 days"));
         }
         self.backend.set(key, value, ttl).await
     }

@@ -125,9 +125,7 @@ impl GrpcServer {
                 .register_encoded_file_descriptor_set(mesh_proto::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
                 .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-                .register_encoded_file_descriptor_set(
-                    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-                )
+                .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
                 .with_service_name(self.service_name)
                 .with_service_name("grpc.health.v1.Health")
                 .with_service_name("grpc.reflection.v1.ServerReflection")
@@ -177,11 +175,7 @@ async fn set_all(health: &HealthReporter, name: &str, status: ServingStatus) {
 }
 
 /// Owns the health state; every change arrives as an event.
-async fn track_health(
-    health: HealthReporter,
-    name: &'static str,
-    mut events: mpsc::Receiver<HealthEvent>,
-) {
+async fn track_health(health: HealthReporter, name: &'static str, mut events: mpsc::Receiver<HealthEvent>) {
     let (mut backend_up, mut maintenance, mut draining) = (true, false, false);
     let mut serving = true;
     while let Some(event) = events.recv().await {
@@ -235,10 +229,8 @@ async fn watch_backend(probe: Probe, events: mpsc::Sender<HealthEvent>) {
 /// SIGUSR1 takes the replica out of rotation (NOT_SERVING) without stopping
 /// it; SIGUSR2 puts it back.
 async fn watch_maintenance_signals(events: mpsc::Sender<HealthEvent>) {
-    let (Ok(mut enter), Ok(mut leave)) = (
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::user_defined2()),
-    ) else {
+    let (Ok(mut enter), Ok(mut leave)) = (signal(SignalKind::user_defined1()), signal(SignalKind::user_defined2()))
+    else {
         tracing::warn!("cannot listen for SIGUSR1/SIGUSR2; maintenance mode unavailable");
         return;
     };

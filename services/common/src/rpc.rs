@@ -60,13 +60,7 @@ where
             let fut = self.inner.call(request);
             return Box::pin(fut);
         }
-        let method = request
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let method = request.uri().path().rsplit('/').next().unwrap_or("").to_string();
         let request_id = request
             .headers()
             .get("x-request-id")
@@ -94,10 +88,7 @@ where
                 }
                 let result = inner.call(request).await;
                 guard.done = true;
-                tracing::info!(
-                    elapsed_ms = guard.started.elapsed().as_millis() as u64,
-                    "rpc done"
-                );
+                tracing::info!(elapsed_ms = guard.started.elapsed().as_millis() as u64, "rpc done");
                 result
             }
             .instrument(span),
@@ -118,8 +109,11 @@ impl Drop for Unfinished {
             return;
         }
         let elapsed = self.started.elapsed();
+        // The caller's own timer may fire a moment before ours (it started
+        // earlier): within a small margin of the deadline, that is the deadline.
+        const MARGIN: Duration = Duration::from_millis(50);
         match self.deadline {
-            Some(deadline) if elapsed >= deadline => tracing::warn!(
+            Some(deadline) if elapsed + MARGIN >= deadline => tracing::warn!(
                 elapsed_ms = elapsed.as_millis() as u64,
                 deadline_ms = deadline.as_millis() as u64,
                 "deadline passed: abandoned the call's work"

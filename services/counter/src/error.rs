@@ -5,17 +5,10 @@ use tonic::{Code, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     /// The increment would take the counter past the range of a 64-bit integer.
     #[error("counter {name:?} would overflow: {value} + {delta} is out of range")]
-    Overflow {
-        name: String,
-        value: i64,
-        delta: i64,
-    },
+    Overflow { name: String, value: i64, delta: i64 },
     #[error("counter backend unavailable: {0}")]
     Unavailable(String),
     #[error("counter backend error: {0}")]

@@ -18,12 +18,7 @@ impl CounterStore {
         Self { backend }
     }
 
-    pub async fn increment(
-        &self,
-        name: &str,
-        delta: i64,
-        idempotency_key: Option<&str>,
-    ) -> Result<i64, CounterError> {
+    pub async fn increment(&self, name: &str, delta: i64, idempotency_key: Option<&str>) -> Result<i64, CounterError> {
         validate_name(name)?;
         if idempotency_key.is_some_and(|k| k.is_empty() || k.len() > MAX_IDEMPOTENCY_KEY_BYTES) {
             return Err(CounterError::invalid(

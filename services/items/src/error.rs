@@ -6,10 +6,7 @@ use tonic::{Code, Status};
 pub enum ItemError {
     /// The request is malformed; `field` names the offending field.
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     #[error("item {0} not found")]
     NotFound(i64),
     /// Optimistic concurrency: the caller's version is stale.

@@ -34,10 +34,7 @@ fn to_proto(item: Item) -> pb::Item {
 #[tonic::async_trait]
 impl ItemService for ItemsApi {
     #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
-    async fn create_item(
-        &self,
-        request: Request<pb::CreateItemRequest>,
-    ) -> Result<Response<pb::Item>, Status> {
+    async fn create_item(&self, request: Request<pb::CreateItemRequest>) -> Result<Response<pb::Item>, Status> {
         let r = request.into_inner();
         let item = self
             .store
@@ -53,10 +50,7 @@ impl ItemService for ItemsApi {
     }
 
     #[tracing::instrument(skip_all, fields(id = request.get_ref().id))]
-    async fn get_item(
-        &self,
-        request: Request<pb::GetItemRequest>,
-    ) -> Result<Response<pb::Item>, Status> {
+    async fn get_item(&self, request: Request<pb::GetItemRequest>) -> Result<Response<pb::Item>, Status> {
         let item = self.store.get(request.get_ref().id).await?;
         Ok(Response::new(to_proto(item)))
     }
@@ -75,10 +69,7 @@ impl ItemService for ItemsApi {
     }
 
     #[tracing::instrument(skip_all, fields(id = request.get_ref().id))]
-    async fn update_item(
-        &self,
-        request: Request<pb::UpdateItemRequest>,
-    ) -> Result<Response<pb::Item>, Status> {
+    async fn update_item(&self, request: Request<pb::UpdateItemRequest>) -> Result<Response<pb::Item>, Status> {
         let r = request.into_inner();
         let patch = ItemPatch {
             name: r.name,

@@ -97,10 +97,7 @@ impl ItemStore {
     pub async fn get(&self, id: i64) -> Result<Item, ItemError> {
         validate_id(id)?;
         let sql = format!("SELECT {COLUMNS} FROM items WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
         match row {
             Some(row) => item_from_row(&row),
             None => Err(ItemError::NotFound(id)),
@@ -118,10 +115,7 @@ impl ItemStore {
             .bind(i64::from(size) + 1)
             .fetch_all(&self.pool)
             .await?;
-        let mut items = rows
-            .iter()
-            .map(item_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut items = rows.iter().map(item_from_row).collect::<Result<Vec<_>, _>>()?;
         let next_token = if items.len() > size as usize {
             items.truncate(size as usize);
             items.last().map(|last| encode_token(last.id))
@@ -134,12 +128,7 @@ impl ItemStore {
     /// Applies `patch` in one statement. With `expected_version`, the row only
     /// changes if its version still matches, so of two concurrent updates made
     /// from the same version exactly one wins (across processes too).
-    pub async fn update(
-        &self,
-        id: i64,
-        patch: ItemPatch,
-        expected_version: Option<i64>,
-    ) -> Result<Item, ItemError> {
+    pub async fn update(&self, id: i64, patch: ItemPatch, expected_version: Option<i64>) -> Result<Item, ItemError> {
         validate_id(id)?;
         let name = patch.name.as_deref().map(validate_name).transpose()?;
         if let Some(d) = &patch.description {
@@ -148,11 +137,7 @@ impl ItemStore {
         if let Some(p) = patch.price_cents {
             validate_price(p)?;
         }
-        let tags = patch
-            .tags
-            .map(validate_tags)
-            .transpose()?
-            .map(|t| tags_json(&t));
+        let tags = patch.tags.map(validate_tags).transpose()?.map(|t| tags_json(&t));
         if expected_version.is_some_and(|v| v < 1) {
             return Err(ItemError::invalid("expected_version", "must be at least 1"));
         }
@@ -185,13 +170,11 @@ impl ItemStore {
 
     pub async fn delete(&self, id: i64, expected_version: Option<i64>) -> Result<(), ItemError> {
         validate_id(id)?;
-        let done = sqlx::query(
-            "DELETE FROM items WHERE id = $1 AND (CAST($2 AS BIGINT) IS NULL OR version = $2)",
-        )
-        .bind(id)
-        .bind(expected_version)
-        .execute(&self.pool)
-        .await?;
+        let done = sqlx::query("DELETE FROM items WHERE id = $1 AND (CAST($2 AS BIGINT) IS NULL OR version = $2)")
+            .bind(id)
+            .bind(expected_version)
+            .execute(&self.pool)
+            .await?;
         if done.rows_affected() == 1 {
             Ok(())
         } else {
@@ -207,11 +190,7 @@ impl ItemStore {
             .await;
         match (current, expected) {
             (Ok(Some(row)), Some(expected)) => match row.try_get::<i64, _>(0) {
-                Ok(actual) => ItemError::VersionConflict {
-                    id,
-                    expected,
-                    actual,
-                },
+                Ok(actual) => ItemError::VersionConflict { id, expected, actual },
                 Err(err) => err.into(),
             },
             // The row exists and no version was asked for: it was re-created
@@ -309,10 +288,7 @@ fn validate_tags(tags: Vec<String>) -> Result<Vec<String>, ItemError> {
         }
     }
     if out.len() > MAX_TAGS {
-        return Err(ItemError::invalid(
-            "tags",
-            format!("at most {MAX_TAGS} tags"),
-        ));
+        return Err(ItemError::invalid("tags", format!("at most {MAX_TAGS} tags")));
     }
     Ok(out)
 }
@@ -353,12 +329,7 @@ mod tests {
     fn tokens_round_trip_and_foreign_tokens_are_rejected() {
         assert_eq!(decode_token(&encode_token(42)).unwrap(), 42);
         assert_eq!(decode_token("").unwrap(), 0);
-        for bad in [
-            "!!",
-            "aXRlbXM6",
-            "Zm9vOjE",
-            &URL_SAFE_NO_PAD.encode("items:-3"),
-        ] {
+        for bad in ["!!", "aXRlbXM6", "Zm9vOjE", &URL_SAFE_NO_PAD.encode("items:-3")] {
             assert!(
                 matches!(
                     decode_token(bad),

@@ -25,12 +25,7 @@ fn help_lists_flags_and_their_env_variables() {
 #[test]
 fn an_unsupported_database_url_is_refused_with_a_clear_message() {
     let out = Command::new(env!("CARGO_BIN_EXE_items-service"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            "mysql://localhost/x",
-        ])
+        .args(["--listen", "127.0.0.1:0", "--database-url", "mysql://localhost/x"])
         .output()
         .unwrap();
     assert!(!out.status.success());

@@ -44,9 +44,7 @@ where
 /// True when Redis answers PING in time.
 pub async fn ping(conn: &ConnectionManager) -> bool {
     let mut conn = conn.clone();
-    timed(redis::cmd("PING").query_async::<String>(&mut conn))
-        .await
-        .is_ok()
+    timed(redis::cmd("PING").query_async::<String>(&mut conn)).await.is_ok()
 }
 
 /// Whether an error means "Redis cannot be reached now" rather than a refused command.

@@ -67,10 +67,7 @@ pub enum ConnectError {
     #[error("unsupported database URL {0:?}: expected postgres://... or sqlite://...")]
     UnsupportedUrl(String),
     #[error("cannot create data directory {path}: {source}")]
-    DataDir {
-        path: String,
-        source: std::io::Error,
-    },
+    DataDir { path: String, source: std::io::Error },
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sqlx::Error),
     #[error("cannot apply migrations: {0}")]
@@ -96,10 +93,7 @@ pub async fn connect(
                 path: data_dir.display().to_string(),
                 source,
             })?;
-            format!(
-                "sqlite://{}?mode=rwc",
-                data_dir.join(format!("{service}.db")).display()
-            )
+            format!("sqlite://{}?mode=rwc", data_dir.join(format!("{service}.db")).display())
         }
     };
     let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -120,9 +114,7 @@ pub async fn connect(
     let pool_options = AnyPoolOptions::new()
         .max_connections(config.db_max_connections.max(1))
         .acquire_timeout(Duration::from_millis(config.db_acquire_timeout_ms));
-    let search_path = schema
-        .as_ref()
-        .map(|s| format!("SET search_path TO \"{s}\""));
+    let search_path = schema.as_ref().map(|s| format!("SET search_path TO \"{s}\""));
     let pool = pool_options
         .after_connect(move |conn, _meta| {
             let search_path = search_path.clone();
@@ -149,11 +141,7 @@ pub async fn connect(
         Backend::Postgres => postgres_migrations,
     };
     migrator.run(&pool).await.map_err(ConnectError::Migrate)?;
-    tracing::info!(
-        ?backend,
-        schema = schema.as_deref().unwrap_or("-"),
-        "database ready"
-    );
+    tracing::info!(?backend, schema = schema.as_deref().unwrap_or("-"), "database ready");
     Ok((pool, backend))
 }
 
@@ -175,10 +163,7 @@ async fn create_schema(options: &AnyConnectOptions, schema: &str) -> Result<(), 
 
 /// True when the database answers a trivial query within `timeout`.
 pub async fn ping(pool: &AnyPool, timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, pool.execute("SELECT 1")).await,
-        Ok(Ok(_))
-    )
+    matches!(tokio::time::timeout(timeout, pool.execute("SELECT 1")).await, Ok(Ok(_)))
 }
 
 /// Whether an error means "the database cannot be reached right now" (so the
@@ -196,8 +181,7 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
 
 /// SQLITE_BUSY / SQLITE_LOCKED, and PostgreSQL's admin shutdown / cannot-connect classes.
 fn is_busy(code: Option<&str>) -> bool {
-    matches!(code, Some("5" | "6" | "57P01" | "57P02" | "57P03"))
-        || code.is_some_and(|c| c.starts_with("08"))
+    matches!(code, Some("5" | "6" | "57P01" | "57P02" | "57P03")) || code.is_some_and(|c| c.starts_with("08"))
 }
 
 /// Milliseconds since the Unix epoch, the time unit every table stores.

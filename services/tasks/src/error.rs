@@ -5,10 +5,7 @@ use tonic::{Code, Status};
 #[derive(Debug, thiserror::Error)]
 pub enum TaskError {
     #[error("{field}: {message}")]
-    InvalidArgument {
-        field: &'static str,
-        message: String,
-    },
+    InvalidArgument { field: &'static str, message: String },
     #[error("task {0} not found")]
     NotFound(i64),
     /// The task is not in a state that allows the call (e.g. cancelling a finished task).

@@ -164,18 +164,9 @@ mod tests {
     #[test]
     fn payloads_are_validated_with_named_fields() {
         assert!(Sleep.validate(&json!({"ms": 5})).is_ok());
-        assert!(
-            Sleep
-                .validate(&json!({}))
-                .unwrap_err()
-                .contains("payload.ms")
-        );
+        assert!(Sleep.validate(&json!({})).unwrap_err().contains("payload.ms"));
         assert!(Sleep.validate(&json!({"ms": -1})).is_err());
-        assert!(
-            Hash.validate(&json!({"data": 3}))
-                .unwrap_err()
-                .contains("payload.data")
-        );
+        assert!(Hash.validate(&json!({"data": 3})).unwrap_err().contains("payload.data"));
         assert!(
             Hash.validate(&json!({"rounds": 0}))
                 .unwrap_err()

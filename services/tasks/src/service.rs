@@ -77,10 +77,7 @@ pub fn task_to_proto(t: Task) -> pb::Task {
 #[tonic::async_trait]
 impl TaskService for TasksApi {
     #[tracing::instrument(skip_all, fields(kind = %request.get_ref().kind, priority = request.get_ref().priority))]
-    async fn submit_task(
-        &self,
-        request: Request<pb::SubmitTaskRequest>,
-    ) -> Result<Response<pb::Task>, Status> {
+    async fn submit_task(&self, request: Request<pb::SubmitTaskRequest>) -> Result<Response<pb::Task>, Status> {
         let r = request.into_inner();
         let kind = self.registry.get(&r.kind).ok_or_else(|| {
             TaskError::invalid(
@@ -96,32 +93,23 @@ impl TaskService for TasksApi {
             .payload
             .map(mesh_proto::json::from_proto)
             .unwrap_or(serde_json::Value::Null);
-        kind.validate(&payload)
-            .map_err(|m| TaskError::invalid("payload", m))?;
+        kind.validate(&payload).map_err(|m| TaskError::invalid("payload", m))?;
         let task = self.store.submit(&r.kind, payload, r.priority).await?;
         tracing::info!(task = task.id, "task queued");
         Ok(Response::new(task_to_proto(task)))
     }
 
     #[tracing::instrument(skip_all, fields(task = request.get_ref().id))]
-    async fn get_task(
-        &self,
-        request: Request<pb::GetTaskRequest>,
-    ) -> Result<Response<pb::Task>, Status> {
+    async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
         let task = self.store.get(request.get_ref().id).await?;
         Ok(Response::new(task_to_proto(task)))
     }
 
     #[tracing::instrument(skip_all, fields(task = request.get_ref().id))]
-    async fn cancel_task(
-        &self,
-        request: Request<pb::CancelTaskRequest>,
-    ) -> Result<Response<pb::Task>, Status> {
+    async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::Task>, Status> {
         let id = request.get_ref().id;
         if id < 1 {
-            return Err(
-                TaskError::invalid("id", format!("must be a positive integer, got {id}")).into(),
-            );
+            return Err(TaskError::invalid("id", format!("must be a positive integer, got {id}")).into());
         }
         let task = self.store.cancel(id).await?;
         tracing::info!("task cancelled");
@@ -153,12 +141,7 @@ impl TaskService for TasksApi {
         // Fail the call itself (not the stream) for a bad or unknown id.
         let first = self.store.get(id).await?;
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(watch_loop(
-            self.store.clone(),
-            first,
-            tx,
-            self.stopping.clone(),
-        ));
+        tokio::spawn(watch_loop(self.store.clone(), first, tx, self.stopping.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }

@@ -52,9 +52,7 @@ impl Status {
             "failed" => Status::Failed,
             "cancelled" => Status::Cancelled,
             other => {
-                return Err(TaskError::Internal(format!(
-                    "unknown stored status {other:?}"
-                )));
+                return Err(TaskError::Internal(format!("unknown stored status {other:?}")));
             }
         })
     }
@@ -137,12 +135,7 @@ impl TaskStore {
     }
 
     /// Validates and queues a task. `kind` must already be known to be valid.
-    pub async fn submit(
-        &self,
-        kind: &str,
-        payload: Value,
-        priority: i32,
-    ) -> Result<Task, TaskError> {
+    pub async fn submit(&self, kind: &str, payload: Value, priority: i32) -> Result<Task, TaskError> {
         if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&priority) {
             return Err(TaskError::invalid(
                 "priority",
@@ -153,10 +146,7 @@ impl TaskStore {
         if payload_text.len() > MAX_PAYLOAD_BYTES {
             return Err(TaskError::invalid(
                 "payload",
-                format!(
-                    "is {} bytes of JSON; at most {MAX_PAYLOAD_BYTES}",
-                    payload_text.len()
-                ),
+                format!("is {} bytes of JSON; at most {MAX_PAYLOAD_BYTES}", payload_text.len()),
             ));
         }
         let now = now_ms();
@@ -186,32 +176,21 @@ impl TaskStore {
             ));
         }
         let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = $1");
-        match sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-        {
+        match sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? {
             Some(row) => task_from_row(&row),
             None => Err(TaskError::NotFound(id)),
         }
     }
 
     /// Newest first; optionally only one status.
-    pub async fn list(
-        &self,
-        page_size: i32,
-        token: &str,
-        status: Option<Status>,
-    ) -> Result<Page, TaskError> {
+    pub async fn list(&self, page_size: i32, token: &str, status: Option<Status>) -> Result<Page, TaskError> {
         let size = match page_size {
             0 => DEFAULT_PAGE,
             1.. if page_size as u32 <= MAX_PAGE => page_size as u32,
             _ => {
                 return Err(TaskError::invalid(
                     "page_size",
-                    format!(
-                        "must be between 1 and {MAX_PAGE} (or 0 for {DEFAULT_PAGE}), got {page_size}"
-                    ),
+                    format!("must be between 1 and {MAX_PAGE} (or 0 for {DEFAULT_PAGE}), got {page_size}"),
                 ));
             }
         };
@@ -226,10 +205,7 @@ impl TaskStore {
             .bind(i64::from(size) + 1)
             .fetch_all(&self.pool)
             .await?;
-        let mut tasks = rows
-            .iter()
-            .map(task_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut tasks = rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?;
         let next_token = if tasks.len() > size as usize {
             tasks.truncate(size as usize);
             tasks.last().map(|t| encode_token(t.id))
@@ -246,12 +222,7 @@ impl TaskStore {
             "UPDATE tasks SET status = 'cancelled', finished_ms = $2, updated_ms = $2 \
              WHERE id = $1 AND status = 'queued' RETURNING {COLUMNS}"
         );
-        if let Some(row) = sqlx::query(&sql)
-            .bind(id)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await?
-        {
+        if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
             self.changed(id);
             return task_from_row(&row);
         }
@@ -294,14 +265,13 @@ impl TaskStore {
     /// Extends the lease of a task this worker still holds. False when the
     /// worker lost it (its lease expired and the task was queued again).
     pub async fn renew(&self, id: i64, worker: &str, lease: Duration) -> Result<bool, TaskError> {
-        let done = sqlx::query(
-            "UPDATE tasks SET lease_until_ms = $3 WHERE id = $1 AND worker = $2 AND status = 'running'",
-        )
-        .bind(id)
-        .bind(worker)
-        .bind(now_ms() + lease.as_millis() as i64)
-        .execute(&self.pool)
-        .await?;
+        let done =
+            sqlx::query("UPDATE tasks SET lease_until_ms = $3 WHERE id = $1 AND worker = $2 AND status = 'running'")
+                .bind(id)
+                .bind(worker)
+                .bind(now_ms() + lease.as_millis() as i64)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -362,8 +332,7 @@ impl TaskStore {
 
 fn task_from_row(row: &AnyRow) -> Result<Task, TaskError> {
     let json = |col: &str, text: String| {
-        serde_json::from_str::<Value>(&text)
-            .map_err(|e| TaskError::Internal(format!("stored {col} is not JSON: {e}")))
+        serde_json::from_str::<Value>(&text).map_err(|e| TaskError::Internal(format!("stored {col} is not JSON: {e}")))
     };
     let payload: String = row.try_get("payload")?;
     let result: Option<String> = row.try_get("result")?;

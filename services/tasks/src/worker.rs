@@ -73,10 +73,8 @@ impl Pool {
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         self.reaper.abort();
-        let drained = tokio::time::timeout(self.grace, async {
-            while self.workers.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(self.grace, async { while self.workers.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             self.workers.abort_all();
             while self.workers.join_next().await.is_some() {}

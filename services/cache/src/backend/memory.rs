@@ -44,9 +44,7 @@ impl MemoryBackend {
     pub fn new(max_bytes: u64) -> Self {
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|key: &String, entry: &Entry| {
-                u32::try_from(key.len() + entry.value.len()).unwrap_or(u32::MAX)
-            })
+            .weigher(|key: &String, entry: &Entry| u32::try_from(key.len() + entry.value.len()).unwrap_or(u32::MAX))
             .expire_after(PerEntryTtl)
             .build();
         Self { cache }
@@ -60,9 +58,7 @@ impl CacheBackend for MemoryBackend {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Option<Duration>) -> Result<(), CacheError> {
-        self.cache
-            .insert(key.to_string(), Entry { value, ttl })
-            .await;
+        self.cache.insert(key.to_string(), Entry { value, ttl }).await;
         Ok(())
     }
 
@@ -90,13 +86,9 @@ mod tests {
     #[tokio::test]
     async fn ttl_expires_and_delete_reports_presence() {
         let b = MemoryBackend::new(1 << 20);
-        b.set(
-            "a",
-            Bytes::from_static(b"1"),
-            Some(Duration::from_millis(50)),
-        )
-        .await
-        .unwrap();
+        b.set("a", Bytes::from_static(b"1"), Some(Duration::from_millis(50)))
+            .await
+            .unwrap();
         b.set("b", Bytes::from_static(b"2"), None).await.unwrap();
         assert_eq!(b.get("a").await.unwrap().as_deref(), Some(&b"1"[..]));
         tokio::time::sleep(Duration::from_millis(120)).await;

@@ -35,25 +35,18 @@ impl MemoryBackend {
 
 #[async_trait::async_trait]
 impl CounterBackend for MemoryBackend {
-    async fn increment(
-        &self,
-        name: &str,
-        delta: i64,
-        idempotency_key: Option<&str>,
-    ) -> Result<i64, CounterError> {
+    async fn increment(&self, name: &str, delta: i64, idempotency_key: Option<&str>) -> Result<i64, CounterError> {
         let mut counters = self.lock();
         let seen_key = idempotency_key.map(|k| (name.to_string(), k.to_string()));
         if let Some(first) = seen_key.as_ref().and_then(|k| self.seen.get(k)) {
             return Ok(first);
         }
         let value = counters.get(name).copied().unwrap_or(0);
-        let next = value
-            .checked_add(delta)
-            .ok_or_else(|| CounterError::Overflow {
-                name: name.to_string(),
-                value,
-                delta,
-            })?;
+        let next = value.checked_add(delta).ok_or_else(|| CounterError::Overflow {
+            name: name.to_string(),
+            value,
+            delta,
+        })?;
         counters.insert(name.to_string(), next);
         if let Some(k) = seen_key {
             self.seen.insert(k, next);
@@ -112,11 +105,7 @@ mod tests {
             b.increment("n", i64::MAX, None).await,
             Err(CounterError::Overflow { .. })
         ));
-        assert_eq!(
-            b.get("n").await.unwrap(),
-            5,
-            "a refused increment changes nothing"
-        );
+        assert_eq!(b.get("n").await.unwrap(), 5, "a refused increment changes nothing");
         assert_eq!(b.reset("n").await.unwrap(), 5);
         assert_eq!(b.get("n").await.unwrap(), 0);
     }

@@ -10,12 +10,7 @@ use crate::error::CounterError;
 pub trait CounterBackend: Send + Sync + 'static {
     /// Adds `delta` and returns the new value. With `idempotency_key`, a repeat
     /// within the window returns the first call's value and adds nothing.
-    async fn increment(
-        &self,
-        name: &str,
-        delta: i64,
-        idempotency_key: Option<&str>,
-    ) -> Result<i64, CounterError>;
+    async fn increment(&self, name: &str, delta: i64, idempotency_key: Option<&str>) -> Result<i64, CounterError>;
     async fn get(&self, name: &str) -> Result<i64, CounterError>;
     /// Sets the counter to 0; returns the value it had.
     async fn reset(&self, name: &str) -> Result<i64, CounterError>;

@@ -49,21 +49,14 @@ impl RedisBackend {
 
 #[async_trait::async_trait]
 impl CounterBackend for RedisBackend {
-    async fn increment(
-        &self,
-        name: &str,
-        delta: i64,
-        idempotency_key: Option<&str>,
-    ) -> Result<i64, CounterError> {
+    async fn increment(&self, name: &str, delta: i64, idempotency_key: Option<&str>) -> Result<i64, CounterError> {
         let mut conn = self.conn.clone();
         let mut invocation = self.script.key(self.counter_key(name));
         if let Some(k) = idempotency_key {
             // Length-prefix the name so ("a:b", "c") and ("a", "b:c") differ.
             invocation.key(format!("{}i:{}:{name}:{k}", self.prefix, name.len()));
         }
-        invocation
-            .arg(delta)
-            .arg(self.window.as_millis().max(1) as u64);
+        invocation.arg(delta).arg(self.window.as_millis().max(1) as u64);
         match timed(invocation.invoke_async::<i64>(&mut conn)).await {
             Ok(v) => Ok(v),
             Err(err) if err.to_string().contains("overflow") => {
@@ -86,12 +79,7 @@ impl CounterBackend for RedisBackend {
 
     async fn reset(&self, name: &str) -> Result<i64, CounterError> {
         let mut conn = self.conn.clone();
-        let v: Option<i64> = timed(
-            redis::cmd("GETDEL")
-                .arg(self.counter_key(name))
-                .query_async(&mut conn),
-        )
-        .await?;
+        let v: Option<i64> = timed(redis::cmd("GETDEL").arg(self.counter_key(name)).query_async(&mut conn)).await?;
         Ok(v.unwrap_or(0))
     }
 

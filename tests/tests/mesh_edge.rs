@@ -1,0 +1,490 @@
+//! The gateway as a mesh edge: a client should not notice when a replica
+//! dies, hangs, slows down or drains, and an overload is refused quickly.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use mesh_tests::backends::{drop_keys, redis, unique};
+use mesh_tests::{Server, args};
+use nix::sys::signal::Signal;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// Timing-sensitive tests take this, so they do not compete with each other
+/// for the machine's cores (the other tests in this file run alongside).
+static TIMING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Items replicas sharing one SQLite file, and a gateway in front of them
+/// (the other services are a single cache, tasks and counter).
+struct Fleet {
+    items: Vec<Server>,
+    /// Cache, tasks and counter: kept so they live as long as the fleet.
+    _others: Vec<Server>,
+    gateway: Server,
+    http: reqwest::Client,
+    data: tempfile::TempDir,
+}
+
+impl Fleet {
+    async fn start(replica_args: &[Vec<String>], gateway_args: &[&str]) -> Fleet {
+        let data = tempfile::tempdir().unwrap();
+        let dir = data.path().display().to_string();
+        let mut items = Vec::new();
+        for extra in replica_args {
+            let s = Server::start("items-service", &[args(&["--data-dir", &dir]), extra.clone()].concat()).await;
+            s.wait_serving().await;
+            items.push(s);
+        }
+        let cache = Server::start("cache-service", &[]).await;
+        let tasks = Server::start("tasks-service", &args(&["--data-dir", &dir])).await;
+        let counter = Server::start("counter-service", &[]).await;
+        let list: Vec<String> = items.iter().map(Server::url).collect();
+        let mut gw = args(&[
+            "--items",
+            &list.join(","),
+            "--cache",
+            &cache.url(),
+            "--tasks",
+            &tasks.url(),
+            "--counter",
+            &counter.url(),
+        ]);
+        gw.extend(args(gateway_args));
+        let gateway = Server::start("gateway", &gw).await;
+        let fleet = Fleet {
+            items,
+            _others: vec![cache, tasks, counter],
+            gateway,
+            http: reqwest::Client::new(),
+            data,
+        };
+        fleet.wait_rotation(fleet.items.len()).await;
+        fleet
+    }
+
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway.url())
+    }
+
+    async fn items_replicas(&self) -> Vec<Value> {
+        let ready: Value = self
+            .http
+            .get(self.at("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ready["services"]["items"]["replicas"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until `n` items replicas are in rotation.
+    async fn wait_rotation(&self, n: usize) {
+        let started = Instant::now();
+        loop {
+            let replicas = self.items_replicas().await;
+            if replicas
+                .iter()
+                .filter(|r| r["in_rotation"] == true && r["healthy"] == true)
+                .count()
+                == n
+            {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "not {n} in rotation: {replicas:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// How many ListItems calls a replica has served (from its per-call log).
+fn list_calls(server: &Server) -> usize {
+    server
+        .logs()
+        .lines()
+        .filter(|l| l.contains("method=ListItems") && l.contains("rpc done"))
+        .count()
+}
+
+/// `n` reads of `GET /items?page_size=2` from `clients` concurrent clients;
+/// returns every status seen.
+async fn reads(fleet: &Fleet, n: usize, clients: usize) -> Vec<StatusCode> {
+    futures::stream::iter(0..n)
+        .map(|_| {
+            let http = fleet.http.clone();
+            let url = fleet.at("/items?page_size=2");
+            async move {
+                http.get(url)
+                    .send()
+                    .await
+                    .map(|r| r.status())
+                    .unwrap_or(StatusCode::IM_A_TEAPOT)
+            }
+        })
+        .buffer_unordered(clients)
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn a_killed_replica_costs_no_reads_and_is_used_again_once_back() {
+    let _serial = TIMING.lock().await;
+    let fleet = Fleet::start(&[vec![], vec![], vec![]], &[]).await;
+    let mut fleet = fleet;
+    let load = {
+        let http = fleet.http.clone();
+        let url = fleet.at("/items?page_size=2");
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(3) {
+                let batch = futures::future::join_all((0..8).map(|_| async {
+                    match http.get(&url).send().await {
+                        Ok(r) if r.status() == StatusCode::OK => (StatusCode::OK, String::new()),
+                        Ok(r) => (r.status(), r.text().await.unwrap_or_default()),
+                        Err(e) => (StatusCode::IM_A_TEAPOT, e.to_string()),
+                    }
+                }))
+                .await;
+                statuses.extend(batch);
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let victim = fleet.items[1].addr;
+    fleet.items[1].signal(Signal::SIGKILL);
+    fleet.items[1].wait().await;
+    let killed_at = Instant::now();
+    let statuses = load.await.unwrap();
+    let failed: Vec<_> = statuses.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} reads failed around the kill: {failed:?}",
+        failed.len(),
+        statuses.len()
+    );
+
+    // Out of rotation within a bounded time (health checks every 500 ms).
+    loop {
+        let replicas = fleet.items_replicas().await;
+        let dead = replicas
+            .iter()
+            .find(|r| r["address"] == format!("http://{victim}"))
+            .unwrap();
+        if dead["in_rotation"] == false {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(3),
+            "still in rotation: {replicas:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Restarted on its address, it gets traffic again.
+    let dir = fleet.data.path().display().to_string();
+    let back = Server::start_on("items-service", &args(&["--data-dir", &dir]), &victim.to_string()).await;
+    fleet.items[1] = back;
+    fleet.wait_rotation(3).await;
+    let statuses = reads(&fleet, 300, 8).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    assert!(list_calls(&fleet.items[1]) > 0, "the restarted replica got no calls");
+}
+
+#[tokio::test]
+async fn a_slow_replica_gets_a_clearly_smaller_share() {
+    let _serial = TIMING.lock().await;
+    let fleet = Fleet::start(&[vec![], args(&["--debug-delay-ms", "100"]), vec![]], &[]).await;
+    let statuses = reads(&fleet, 600, 8).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    let calls: Vec<usize> = fleet.items.iter().map(list_calls).collect();
+    let (fast, slow) = (calls[0].min(calls[2]), calls[1]);
+    assert!(slow * 2 < fast, "slow replica share too large: {calls:?}");
+}
+
+#[tokio::test]
+async fn a_not_serving_replica_receives_no_new_calls() {
+    let fleet = Fleet::start(&[vec![], vec![]], &[]).await;
+    fleet.items[1].signal(Signal::SIGUSR1); // maintenance: NOT_SERVING, still running
+    let started = Instant::now();
+    loop {
+        let replicas = fleet.items_replicas().await;
+        if replicas
+            .iter()
+            .any(|r| r["healthy"] == false && r["in_rotation"] == false)
+        {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(3), "{replicas:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = list_calls(&fleet.items[1]);
+    let statuses = reads(&fleet, 200, 8).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    assert_eq!(
+        list_calls(&fleet.items[1]),
+        before,
+        "a NOT_SERVING replica was sent calls"
+    );
+    assert!(list_calls(&fleet.items[0]) >= 200);
+
+    fleet.items[1].signal(Signal::SIGUSR2); // back in service
+    fleet.wait_rotation(2).await;
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_reads_of_a_cold_item_make_one_items_call() {
+    let fleet = Fleet::start(&[vec![]], &[]).await;
+    let created: Value = fleet
+        .http
+        .post(fleet.at("/items"))
+        .json(&json!({"name": "hot"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = fleet.at(&format!("/items/{}", created["id"]));
+    let statuses = futures::future::join_all((0..200).map(|_| fleet.http.get(&url).send())).await;
+    assert!(statuses.into_iter().all(|r| r.unwrap().status() == StatusCode::OK));
+    let gets = fleet.items[0]
+        .logs()
+        .lines()
+        .filter(|l| l.contains("method=GetItem") && l.contains("rpc done"))
+        .count();
+    assert_eq!(gets, 1, "one items call for 200 concurrent cold reads");
+}
+
+#[tokio::test]
+async fn a_passed_deadline_is_a_quick_504_and_the_service_abandons_the_work() {
+    let _serial = TIMING.lock().await;
+    let fleet = Fleet::start(&[args(&["--debug-delay-ms", "3000"])], &["--route-timeout-ms", "300"]).await;
+    let started = Instant::now();
+    let r = fleet.http.get(fleet.at("/items?page_size=1")).send().await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "DEADLINE_EXCEEDED", "{body}");
+    assert!(took < Duration::from_millis(300 + 250), "504 after {took:?}");
+    let started = Instant::now();
+    while !fleet.items[0]
+        .logs()
+        .contains("deadline passed: abandoned the call's work")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "no abandon log:\n{}",
+            fleet.items[0].logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn past_the_in_flight_cap_the_gateway_refuses_fast_and_recovers() {
+    let _serial = TIMING.lock().await;
+    let fleet = Fleet::start(&[args(&["--debug-delay-ms", "1000"])], &["--max-in-flight", "4"]).await;
+    let timed = futures::future::join_all((0..40).map(|_| {
+        let http = fleet.http.clone();
+        let url = fleet.at("/items?page_size=1");
+        async move {
+            let started = Instant::now();
+            let r = http.get(url).send().await.unwrap();
+            (r.status(), r.headers().get("retry-after").is_some(), started.elapsed())
+        }
+    }))
+    .await;
+    let shed: Vec<_> = timed
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    let served = timed.iter().filter(|(s, _, _)| *s == StatusCode::OK).count();
+    assert!(served >= 4, "{timed:?}");
+    assert!(shed.len() >= 30, "only {} of 40 shed: {timed:?}", shed.len());
+    assert!(
+        shed.iter().all(|(_, retry_after, _)| *retry_after),
+        "503 without Retry-After"
+    );
+    // A refusal does not wait for a slot: the typical one is answered at
+    // once, and even the slowest (connection set-up on a busy machine) well
+    // before the 1 s a served call takes.
+    let mut refusals: Vec<Duration> = shed.iter().map(|(_, _, d)| *d).collect();
+    refusals.sort();
+    let (median, slowest) = (refusals[refusals.len() / 2], refusals[refusals.len() - 1]);
+    assert!(median < Duration::from_millis(250), "median refusal took {median:?}");
+    assert!(slowest < Duration::from_millis(500), "slowest refusal took {slowest:?}");
+    // Load gone: served again.
+    let r = fleet.http.get(fleet.at("/items?page_size=1")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_request_id_reaches_the_services_log_line() {
+    let fleet = Fleet::start(&[vec![]], &[]).await;
+    let r = fleet
+        .http
+        .get(fleet.at("/items?page_size=1"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let logs = fleet.items[0].logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("request_id=trace-me-42"))
+        .unwrap_or_else(|| panic!("no line:\n{logs}"));
+    assert!(line.contains("method=ListItems"), "{line}");
+    assert!(fleet.gateway.logs().contains("request_id=trace-me-42"));
+}
+
+#[tokio::test]
+async fn replicas_listed_in_a_file_are_picked_up_without_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let a = Server::start("items-service", &args(&["--data-dir", &dir])).await;
+    let b = Server::start("items-service", &args(&["--data-dir", &dir])).await;
+    let list = data.path().join("items.endpoints");
+    std::fs::write(&list, format!("# items replicas\n{}\n", a.url())).unwrap();
+    let others = [
+        Server::start("cache-service", &[]).await,
+        Server::start("counter-service", &[]).await,
+    ];
+    let gateway = Server::start(
+        "gateway",
+        &args(&[
+            "--items",
+            &format!("@{}", list.display()),
+            "--cache",
+            &others[0].url(),
+            "--tasks",
+            &others[0].url(),
+            "--counter",
+            &others[1].url(),
+            "--resolve-interval-ms",
+            "200",
+        ]),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/items?page_size=1", gateway.url());
+    for _ in 0..20 {
+        let r = http.get(&url).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{}", r.text().await.unwrap());
+    }
+    assert_eq!(list_calls(&b), 0);
+    // Replace the file atomically, as an operator's tooling would.
+    let next = data.path().join("items.endpoints.next");
+    std::fs::write(&next, format!("{}\n{}\n", a.url(), b.url())).unwrap();
+    std::fs::rename(&next, &list).unwrap();
+    let started = Instant::now();
+    while list_calls(&b) == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new replica never got a call; gateway log:\n{}",
+            gateway.logs()
+        );
+        futures::future::join_all((0..4).map(|_| http.get(&url).send())).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rolling_restart_of_every_counter_replica_loses_no_idempotent_increment() {
+    let _serial = TIMING.lock().await;
+    let Some(url) = redis("rolling_restart_of_counters").await else {
+        return;
+    };
+    let prefix = format!("{}:", unique("rolling"));
+    let counter_args = args(&["--redis-url", &url, "--redis-prefix", &prefix, "--drain-ms", "800"]);
+    let mut counters = Vec::new();
+    for _ in 0..3 {
+        let s = Server::start("counter-service", &counter_args).await;
+        s.wait_serving().await;
+        counters.push(s);
+    }
+    let data = tempfile::tempdir().unwrap();
+    let items = Server::start(
+        "items-service",
+        &args(&["--data-dir", &data.path().display().to_string()]),
+    )
+    .await;
+    let list: Vec<String> = counters.iter().map(Server::url).collect();
+    let gateway = Server::start(
+        "gateway",
+        &args(&[
+            "--counter",
+            &list.join(","),
+            "--items",
+            &items.url(),
+            "--cache",
+            &items.url(),
+            "--tasks",
+            &items.url(),
+            "--health-interval-ms",
+            "200",
+        ]),
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let inc = format!("{}/counters/rolling/increment", gateway.url());
+    const TOTAL: usize = 1500;
+    let stream = tokio::spawn({
+        let http = http.clone();
+        async move {
+            futures::stream::iter(0..TOTAL)
+                .map(|i| {
+                    let http = http.clone();
+                    let inc = inc.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        let r = http
+                            .post(&inc)
+                            .header("idempotency-key", format!("op-{i}"))
+                            .send()
+                            .await
+                            .unwrap();
+                        (r.status(), r.text().await.unwrap_or_default())
+                    }
+                })
+                .buffer_unordered(8)
+                .collect::<Vec<_>>()
+                .await
+        }
+    });
+    // Restart each replica in turn, on its own address, while the stream runs.
+    for replica in counters.iter_mut() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let addr = replica.addr.to_string();
+        assert!(replica.terminate().await.success());
+        let fresh = Server::start_on("counter-service", &counter_args, &addr).await;
+        fresh.wait_serving().await;
+        *replica = fresh;
+    }
+    let results = stream.await.unwrap();
+    let failed: Vec<_> = results.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
+    assert!(
+        failed.is_empty(),
+        "{} increments failed, e.g. {:?}",
+        failed.len(),
+        failed.first()
+    );
+    let total: Value = http
+        .get(format!("{}/counters/rolling", gateway.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(total["value"], TOTAL as i64);
+    drop_keys(&url, &prefix).await;
+}
