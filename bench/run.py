@@ -4,6 +4,7 @@
 One command (Python 3.11 standard library only):
 
     python3 bench/run.py [--quick] [--no-build] [--duration SECS] [--out-dir DIR]
+                         [--bin-dir DIR] [--work-dir DIR] [--timeout SECS]
 
 What one run does, in order:
 
@@ -33,8 +34,11 @@ What one run does, in order:
      replicas-N   items warm and counters with N = 1, 2, 3 replicas on Redis
      scale-N      GET /items/{id} and ListItems page 1 vs a deep page on the
                   10,000-row and the big data set, -c16
+   A group that fails is noted in the report and the next one still runs;
+   a missing bench-hello or grpc-load skips its rows with a note.
 4. Writes BENCHMARKS.md and bench/results.json under --out-dir, with a
-   Targets section where every target is PASS or MISS with its numbers.
+   Targets section where every target is PASS or MISS with its numbers
+   (a target whose scenario could not be measured is a MISS).
 
 Every process started is stopped at the end (SIGTERM, then SIGKILL after
 10 s), every load is bounded in time (wrk -d, grpc-load --duration-secs) or in

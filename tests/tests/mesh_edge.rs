@@ -488,3 +488,54 @@ async fn a_rolling_restart_of_every_counter_replica_loses_no_idempotent_incremen
     assert_eq!(total["value"], TOTAL as i64);
     drop_keys(&url, &prefix).await;
 }
+
+#[tokio::test]
+async fn hedged_reads_cut_the_tail_that_stalling_replicas_cause() {
+    let _serial = TIMING.lock().await;
+    // Both replicas stall one call in five for 400 ms.
+    let stall = args(&["--debug-delay-ms", "400", "--debug-delay-every", "5"]);
+    let fleet = Fleet::start(&[stall.clone(), stall], &[]).await;
+    let list: Vec<String> = fleet.items.iter().map(Server::url).collect();
+    let hedged = Server::start(
+        "gateway",
+        &args(&[
+            "--items",
+            &list.join(","),
+            "--cache",
+            &fleet._others[0].url(),
+            "--tasks",
+            &fleet._others[1].url(),
+            "--counter",
+            &fleet._others[2].url(),
+            "--hedge-percentile",
+            "70",
+            "--hedge-ratio",
+            "0.5",
+        ]),
+    )
+    .await;
+    /// Sequential reads through `gateway`; how many of the last 100 took over 300 ms.
+    async fn slow_reads(http: &reqwest::Client, gateway: &Server) -> usize {
+        let url = format!("{}/items?page_size=1", gateway.url());
+        let mut slow = 0;
+        for i in 0..140 {
+            let started = Instant::now();
+            assert_eq!(http.get(&url).send().await.unwrap().status(), StatusCode::OK);
+            // The first 40 teach the hedger the usual latency.
+            if i >= 40 && started.elapsed() > Duration::from_millis(300) {
+                slow += 1;
+            }
+        }
+        slow
+    }
+    let plain = slow_reads(&fleet.http, &fleet.gateway).await;
+    let with_hedging = slow_reads(&fleet.http, &hedged).await;
+    assert!(
+        plain >= 10,
+        "the stalls did not show without hedging ({plain} slow reads)"
+    );
+    assert!(
+        with_hedging * 4 <= plain,
+        "hedging left {with_hedging} slow reads (vs {plain} without)"
+    );
+}

@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// Test only: delay every call by this many ms (a deliberately slow replica).
     #[arg(long, env = "MESH_DEBUG_DELAY_MS", hide = true)]
     pub debug_delay_ms: Option<u64>,
+
+    /// Test only: with --debug-delay-ms, delay only every Nth call (a replica
+    /// with occasional stalls).
+    #[arg(long, env = "MESH_DEBUG_DELAY_EVERY", hide = true, default_value_t = 1)]
+    pub debug_delay_every: u64,
 }
 
 pub struct GrpcServer {
@@ -108,6 +113,7 @@ impl GrpcServer {
         let args = self.args.unwrap_or(ServeArgs {
             drain_ms: 0,
             debug_delay_ms: None,
+            debug_delay_every: 1,
         });
         let (health, health_service) = tonic_health::server::health_reporter();
         set_all(&health, self.service_name, ServingStatus::Serving).await;
@@ -143,7 +149,9 @@ impl GrpcServer {
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(RpcLayer {
-                debug_delay: args.debug_delay_ms.map(Duration::from_millis),
+                debug_delay: args
+                    .debug_delay_ms
+                    .map(|ms| crate::rpc::DebugDelay::new(Duration::from_millis(ms), args.debug_delay_every)),
             })
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {

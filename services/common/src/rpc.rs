@@ -17,8 +17,31 @@ use tracing::Instrument;
 /// Adds [`Rpc`] around a service.
 #[derive(Clone, Debug, Default)]
 pub struct RpcLayer {
-    /// Test-only: delay every call by this much (to make a replica slow).
-    pub debug_delay: Option<Duration>,
+    /// Test only: delay calls (to make a replica slow, or stall now and then).
+    pub debug_delay: Option<DebugDelay>,
+}
+
+/// A deliberate delay of every `every`th call, for tests of slow replicas.
+#[derive(Clone, Debug)]
+pub struct DebugDelay {
+    delay: Duration,
+    every: u64,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl DebugDelay {
+    pub fn new(delay: Duration, every: u64) -> Self {
+        Self {
+            delay,
+            every: every.max(1),
+            calls: Default::default(),
+        }
+    }
+
+    fn next(&self) -> Option<Duration> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        (n % self.every == 0).then_some(self.delay)
+    }
 }
 
 impl<S> tower::Layer<S> for RpcLayer {
@@ -27,7 +50,7 @@ impl<S> tower::Layer<S> for RpcLayer {
     fn layer(&self, inner: S) -> Rpc<S> {
         Rpc {
             inner,
-            debug_delay: self.debug_delay,
+            debug_delay: self.debug_delay.clone(),
         }
     }
 }
@@ -35,7 +58,7 @@ impl<S> tower::Layer<S> for RpcLayer {
 #[derive(Clone, Debug)]
 pub struct Rpc<S> {
     inner: S,
-    debug_delay: Option<Duration>,
+    debug_delay: Option<DebugDelay>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -75,7 +98,7 @@ where
         // Take the service that was made ready, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let delay = self.debug_delay;
+        let delay = self.debug_delay.as_ref().and_then(DebugDelay::next);
         Box::pin(
             async move {
                 let mut guard = Unfinished {
