@@ -40,7 +40,7 @@ impl DebugDelay {
 
     fn next(&self) -> Option<Duration> {
         let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        (n % self.every == 0).then_some(self.delay)
+        n.is_multiple_of(self.every).then_some(self.delay)
     }
 }
 
