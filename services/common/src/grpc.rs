@@ -146,6 +146,11 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let drain = Duration::from_millis(args.drain_ms);
         Server::builder()
+            // Clients that give up on calls (deadlines, a load generator
+            // stopping) reset streams; h2's default allows only 20 such resets
+            // pending before it tears the whole connection down, which would
+            // fail every other call multiplexed on it.
+            .http2_max_pending_accept_reset_streams(Some(10_000))
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(RpcLayer {
