@@ -245,3 +245,20 @@ async fn list_pages_cover_every_item_once_in_id_order() {
     assert_eq!(all.items.len(), 7);
     assert!(all.next_page_token.is_empty());
 }
+
+#[tokio::test]
+async fn replicas_started_together_on_one_fresh_sqlite_file_all_come_up() {
+    // Their first migrations race for the same file; a file lock makes them take turns.
+    let dir = tempfile::tempdir().unwrap();
+    let data = mesh_tests::args(&["--data-dir", &dir.path().display().to_string()]);
+    for bin in ["items-service", "tasks-service"] {
+        let (a, b, c) = tokio::join!(
+            Server::start(bin, &data),
+            Server::start(bin, &data),
+            Server::start(bin, &data)
+        );
+        for s in [&a, &b, &c] {
+            s.wait_serving().await;
+        }
+    }
+}

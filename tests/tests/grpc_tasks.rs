@@ -20,6 +20,7 @@ fn submit(kind: &str, p: serde_json::Value, priority: i32) -> SubmitTaskRequest 
         kind: kind.into(),
         payload: payload(p),
         priority,
+        ..Default::default()
     }
 }
 

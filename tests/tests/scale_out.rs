@@ -288,6 +288,7 @@ async fn three_tasks_replicas_on_postgres_run_each_task_exactly_once() {
                     kind: "echo".into(),
                     payload: Some(mesh_tests::proto::json::to_proto(json!(n))),
                     priority: (n % 10) as i32,
+                    ..Default::default()
                 })
                 .await
                 .unwrap()
@@ -336,6 +337,7 @@ async fn a_task_whose_worker_is_killed_is_finished_by_another_replica() {
             kind: "sleep".into(),
             payload: Some(mesh_tests::proto::json::to_proto(json!({"ms": 1500}))),
             priority: 5,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -413,7 +415,8 @@ async fn claiming_stays_an_index_seek_with_100k_tasks_queued() {
     conn.execute("ANALYZE tasks").await.unwrap();
     // The candidate search of the service's claim statement (store.rs).
     let plan: Vec<String> = sqlx::query(
-        "EXPLAIN SELECT id FROM tasks WHERE status = 'queued' ORDER BY priority DESC, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+        "EXPLAIN SELECT id FROM tasks WHERE status = 'queued' AND queue IN ('default') AND run_at_ms <= 9999999999999 \
+         ORDER BY eff_priority DESC, queued_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED",
     )
     .fetch_all(&mut conn)
     .await
@@ -423,7 +426,7 @@ async fn claiming_stays_an_index_seek_with_100k_tasks_queued() {
     .collect();
     let plan = plan.join("\n");
     assert!(
-        plan.contains("tasks_claim"),
+        plan.contains("tasks_ready"),
         "the claim must use the partial index:\n{plan}"
     );
     assert!(!plan.contains("Sort"), "no sort of the queue on each claim:\n{plan}");

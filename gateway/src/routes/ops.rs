@@ -97,7 +97,17 @@ pub async fn overview(State(state): State<AppState>, call: Call) -> axum::Json<V
                 async move { c.list_tasks(r).await }
             })
             .await?;
-        Ok::<_, AppError>(json!({"recent": page.tasks.into_iter().map(TaskJson::from).collect::<Vec<_>>()}))
+        let stats = state
+            .tasks
+            .call(&call, Kind::Read, |mut c| {
+                let r = call.req(tasks_pb::QueueStatsRequest::default());
+                async move { c.queue_stats(r).await }
+            })
+            .await?;
+        Ok::<_, AppError>(json!({
+            "recent": page.tasks.into_iter().map(TaskJson::from).collect::<Vec<_>>(),
+            "stats": super::tasks::stats_json(stats),
+        }))
     };
     let counter = async {
         let v = state

@@ -26,6 +26,17 @@ pub struct SubmitBody {
     payload: Value,
     #[serde(default)]
     priority: i32,
+    /// Attempts before the task fails for good (default 1: no retries).
+    #[serde(default)]
+    max_attempts: u32,
+    /// Time limit of each attempt.
+    timeout_ms: Option<u64>,
+    /// Not before this time (RFC 3339).
+    run_at: Option<String>,
+    /// Not before this many ms from now.
+    countdown_ms: Option<u64>,
+    #[serde(default)]
+    queue: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -42,13 +53,24 @@ pub struct TaskJson {
     pub kind: String,
     pub payload: Value,
     pub priority: i32,
+    pub queue: String,
     pub status: &'static str,
+    /// Why it is in its state ("cancelled while running", "attempt 1 of 3 failed; retrying in 812 ms", ...).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
     pub attempts: u32,
+    pub max_attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    pub progress: Value,
+    pub cancel_requested: bool,
+    pub attempt_log: Vec<Value>,
     pub created_at: Option<String>,
+    pub run_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
 }
@@ -86,11 +108,34 @@ impl From<pb::Task> for TaskJson {
             kind: t.kind,
             payload: t.payload.map(mesh_proto::json::from_proto).unwrap_or(Value::Null),
             priority: t.priority,
+            queue: t.queue,
             status: status_name(t.status),
+            detail: t.detail,
             attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            timeout_ms: t
+                .timeout
+                .and_then(|d| std::time::Duration::try_from(d).ok())
+                .map(|d| d.as_millis() as u64),
             result: t.result.map(mesh_proto::json::from_proto),
             error: Some(t.error).filter(|e| !e.is_empty()),
+            progress: serde_json::json!({"percent": t.progress_percent, "message": t.progress_message}),
+            cancel_requested: t.cancel_requested,
+            attempt_log: t
+                .attempt_log
+                .into_iter()
+                .map(|a| {
+                    serde_json::json!({
+                        "number": a.number,
+                        "started_at": rfc3339(a.start_time),
+                        "finished_at": rfc3339(a.finish_time),
+                        "error": Some(a.error).filter(|e| !e.is_empty()),
+                        "timed_out": a.timed_out,
+                    })
+                })
+                .collect(),
             created_at: rfc3339(t.create_time),
+            run_at: rfc3339(t.run_at),
             started_at: rfc3339(t.start_time),
             finished_at: rfc3339(t.finish_time),
         }
@@ -102,9 +147,33 @@ impl From<pb::Task> for TaskJson {
 pub async fn submit(
     State(state): State<AppState>,
     call: Call,
+    headers: axum::http::HeaderMap,
     Json(body): Json<SubmitBody>,
 ) -> Result<Response, AppError> {
-    let task = submit_task(&state, &call, body.kind, body.payload, body.priority).await?;
+    let run_at = body
+        .run_at
+        .as_deref()
+        .map(|s| {
+            s.parse::<prost_types::Timestamp>()
+                .map_err(|_| AppError::invalid(format!("run_at: {s:?} is not an RFC 3339 time")))
+        })
+        .transpose()?;
+    let message = pb::SubmitTaskRequest {
+        kind: body.kind,
+        payload: Some(mesh_proto::json::to_proto(body.payload)),
+        priority: body.priority,
+        max_attempts: body.max_attempts,
+        timeout: body
+            .timeout_ms
+            .and_then(|ms| prost_types::Duration::try_from(Duration::from_millis(ms)).ok()),
+        run_at,
+        countdown: body
+            .countdown_ms
+            .and_then(|ms| prost_types::Duration::try_from(Duration::from_millis(ms)).ok()),
+        queue: body.queue,
+        idempotency_key: super::counter::idempotency_key(&headers)?,
+    };
+    let task = submit_message(&state, &call, message).await?;
     let mut response = (
         StatusCode::ACCEPTED,
         axum::Json(serde_json::json!({"task_id": task.id, "status": status_name(task.status)})),
@@ -116,6 +185,7 @@ pub async fn submit(
     Ok(response)
 }
 
+/// Queues a plain task (no retries, limits or schedule).
 pub async fn submit_task(
     state: &AppState,
     call: &Call,
@@ -123,21 +193,97 @@ pub async fn submit_task(
     payload: Value,
     priority: i32,
 ) -> Result<pb::Task, AppError> {
-    Ok({
-        let message = pb::SubmitTaskRequest {
-            kind,
-            payload: Some(mesh_proto::json::to_proto(payload)),
-            priority,
-        };
-        // Not retried: a submit whose answer was lost may have queued the task.
-        state
-            .tasks
-            .call(call, Kind::Write, |mut c| {
-                let r = call.req(message.clone());
-                async move { c.submit_task(r).await }
-            })
-            .await?
+    let message = pb::SubmitTaskRequest {
+        kind,
+        payload: Some(mesh_proto::json::to_proto(payload)),
+        priority,
+        ..Default::default()
+    };
+    submit_message(state, call, message).await
+}
+
+async fn submit_message(state: &AppState, call: &Call, message: pb::SubmitTaskRequest) -> Result<pb::Task, AppError> {
+    // Retried only with an idempotency key: without one, a submit whose
+    // answer was lost may have queued the task, and a retry would queue it twice.
+    let kind = if message.idempotency_key.is_empty() {
+        Kind::Write
+    } else {
+        Kind::IdempotentWrite
+    };
+    state
+        .tasks
+        .call(call, kind, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.submit_task(r).await }
+        })
+        .await
+}
+
+/// `POST /tasks/{id}/retry`: queues a failed or cancelled task again.
+#[tracing::instrument(skip_all, fields(id = %id))]
+pub async fn retry(
+    State(state): State<AppState>,
+    call: Call,
+    Path(id): Path<String>,
+) -> Result<axum::Json<TaskJson>, AppError> {
+    let id = parse_id(&id, "id")?;
+    let task = state
+        .tasks
+        .call(&call, Kind::Write, |mut c| {
+            let r = call.req(pb::RetryTaskRequest { id });
+            async move { c.retry_task(r).await }
+        })
+        .await?;
+    Ok(axum::Json(task.into()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StatsParams {
+    queue: Option<String>,
+}
+
+/// Queue depth as JSON (also part of `/overview`).
+pub fn stats_json(s: pb::QueueStatsResponse) -> Value {
+    let by_priority: serde_json::Map<String, Value> = s
+        .queued_by_priority
+        .into_iter()
+        .map(|(p, n)| (p.to_string(), n.into()))
+        .collect();
+    let oldest = s
+        .oldest_queued_age
+        .and_then(|d| Duration::try_from(d).ok())
+        .map(|d| d.as_millis() as u64);
+    serde_json::json!({
+        "queued": s.queued,
+        "queued_by_priority": by_priority,
+        "scheduled": s.scheduled,
+        "running": s.running,
+        "succeeded": s.succeeded,
+        "failed": s.failed,
+        "cancelled": s.cancelled,
+        "oldest_queued_age_ms": oldest,
     })
+}
+
+/// `GET /tasks/stats[?queue=]`: how deep the queues are.
+#[tracing::instrument(skip_all)]
+pub async fn stats(
+    State(state): State<AppState>,
+    call: Call,
+    Query(params): Query<StatsParams>,
+) -> Result<axum::Json<Value>, AppError> {
+    let message = pb::QueueStatsRequest {
+        queue: params.queue.unwrap_or_default(),
+    };
+    let s = state
+        .tasks
+        .call(&call, Kind::Read, |mut c| {
+            let r = call.req(message.clone());
+            async move { c.queue_stats(r).await }
+        })
+        .await?;
+    Ok(axum::Json(stats_json(s)))
 }
 
 #[tracing::instrument(skip_all, fields(id = %id))]

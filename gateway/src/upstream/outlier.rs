@@ -41,7 +41,7 @@ impl<S, Req, B> tower::Service<Req> for Outlier<S>
 where
     S: tower::Service<Req, Response = http::Response<B>>,
     S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S::Error: std::error::Error + Send + 'static,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -65,7 +65,10 @@ where
             // A transport error (refused, reset: the process is likely gone)
             // counts as a whole streak at once; an UNAVAILABLE answer as one.
             let weight = match &result {
-                Err(_) => threshold,
+                Err(err) => {
+                    tracing::info!(replica = %key, error = %DisplayChain(err), "call to replica failed in transport");
+                    threshold
+                }
                 Ok(response) => {
                     let unavailable = response
                         .headers()
@@ -87,5 +90,20 @@ where
             }
             result
         })
+    }
+}
+
+/// An error with its sources, `a: b: c`, for logs.
+struct DisplayChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
     }
 }

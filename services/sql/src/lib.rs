@@ -70,6 +70,8 @@ pub enum ConnectError {
     DataDir { path: String, source: std::io::Error },
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sqlx::Error),
+    #[error("cannot take the migration lock: {0}")]
+    MigrationLock(#[source] std::io::Error),
     #[error("cannot apply migrations: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
@@ -140,9 +142,33 @@ pub async fn connect(
         Backend::Sqlite => sqlite_migrations,
         Backend::Postgres => postgres_migrations,
     };
+    // PostgreSQL serialises replicas' migrations with an advisory lock (sqlx
+    // takes it); SQLite has none, so replicas sharing a file take a file lock.
+    let _guard = match backend {
+        Backend::Sqlite => Some(lock_file(&data_dir.join(format!("{service}.db.migrate-lock"))).await?),
+        Backend::Postgres => None,
+    };
     migrator.run(&pool).await.map_err(ConnectError::Migrate)?;
     tracing::info!(?backend, schema = schema.as_deref().unwrap_or("-"), "database ready");
     Ok((pool, backend))
+}
+
+/// Takes an exclusive lock on `path` (created if missing), waiting for any
+/// other process holding it; released when the file is dropped.
+async fn lock_file(path: &Path) -> Result<std::fs::File, ConnectError> {
+    let path = path.to_path_buf();
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()));
+    locked.and_then(|r| r).map_err(ConnectError::MigrationLock)
 }
 
 /// `CREATE SCHEMA IF NOT EXISTS`, tolerating a replica that creates it at

@@ -1,8 +1,10 @@
 //! The tasks service: a durable priority queue with workers inside the service.
 //!
 //! - [`store`]: the queue in SQL (submit, claim under a lease, finish, cancel; no tonic);
-//! - [`kinds`]: the [`kinds::TaskKind`] trait and the built-in kinds (echo, sleep, hash);
-//! - [`worker`]: the worker pool, lease renewal and the expired-lease reaper;
+//! - [`kinds`]: the [`kinds::TaskKind`] trait, the bounded pools, and the built-in kinds
+//!   (echo, sleep, hash, ticker, flaky, fetch);
+//! - [`worker`]: the worker pool: leases, time limits, cancellation, progress, retries,
+//!   and the reaper (expired leases, priority aging, result retention);
 //! - [`service`]: the `mesh.tasks.v1.TaskService` adapter, including `WatchTask`;
 //! - [`run`]: serve on a bound listener until a shutdown future resolves.
 #![forbid(unsafe_code)]
@@ -62,6 +64,42 @@ pub struct Config {
     /// put back in the queue, in ms.
     #[arg(long, env = "TASKS_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
+
+    /// The queues this replica's workers take tasks from, comma separated
+    /// (e.g. a CPU pool replica with `--queues cpu`).
+    #[arg(long, env = "TASKS_QUEUES", value_delimiter = ',', default_value = "default")]
+    pub queues: Vec<String>,
+
+    /// Back-off before the first retry, in ms; it doubles with each attempt
+    /// (with jitter: each wait is between half and all of that).
+    #[arg(long, env = "TASKS_RETRY_BACKOFF_MS", default_value_t = 1000)]
+    pub retry_backoff_ms: u64,
+
+    /// Longest back-off between attempts, in ms.
+    #[arg(long, env = "TASKS_RETRY_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub retry_backoff_max_ms: u64,
+
+    /// Priority aging: a task ready to run gains one priority level for each
+    /// this many ms it waits, up to 9, so low priorities are never starved.
+    #[arg(long, env = "TASKS_AGING_MS", default_value_t = 5000)]
+    pub aging_ms: u64,
+
+    /// Ended tasks (and their results) are deleted this long after they end, in seconds.
+    #[arg(long, env = "TASKS_RESULT_RETENTION_SECS", default_value_t = 86_400)]
+    pub result_retention_secs: u64,
+
+    /// Threads blocking task work (e.g. `sleep`) may use at once.
+    #[arg(long, env = "TASKS_BLOCKING_THREADS", default_value_t = 32)]
+    pub blocking_threads: usize,
+
+    /// Threads CPU-bound task work (e.g. `hash`) may use at once (default: the cores).
+    #[arg(long, env = "TASKS_CPU_THREADS")]
+    pub cpu_threads: Option<usize>,
+
+    /// How often a running task's cancel flag is checked, in ms (a cancel
+    /// through the same replica is seen at once).
+    #[arg(long, env = "TASKS_CANCEL_POLL_MS", default_value_t = 250)]
+    pub cancel_poll_ms: u64,
 }
 
 pub async fn run(
@@ -79,14 +117,29 @@ pub async fn run(
     .await?;
     let store = TaskStore::new(pool.clone(), backend);
     let registry = Registry::builtin();
+    for queue in &config.queues {
+        store::validate_queue(queue).map_err(|e| anyhow::anyhow!("--queues: {e}"))?;
+    }
+    anyhow::ensure!(!config.queues.is_empty(), "--queues: name at least one queue");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = Pool::start(
         store.clone(),
         registry.clone(),
         WorkerConfig {
             workers: config.workers,
+            queues: config.queues.clone(),
             lease: Duration::from_millis(config.lease_ms.max(300)),
             poll: Duration::from_millis(config.poll_ms.max(10)),
+            cancel_poll: Duration::from_millis(config.cancel_poll_ms.max(10)),
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
+            backoff: store::Backoff {
+                base: Duration::from_millis(config.retry_backoff_ms),
+                max: Duration::from_millis(config.retry_backoff_max_ms.max(config.retry_backoff_ms)),
+            },
+            aging: Duration::from_millis(config.aging_ms.max(1)),
+            retention: Duration::from_secs(config.result_retention_secs),
+            blocking_threads: config.blocking_threads,
+            cpu_threads: config.cpu_threads.unwrap_or(cores),
         },
     );
     let (stop_tx, stop_rx) = watch::channel(false);

@@ -11,7 +11,7 @@ use tonic::{Request, Response, Status};
 
 use crate::error::TaskError;
 use crate::kinds::Registry;
-use crate::store::{self, Task, TaskStore};
+use crate::store::{self, NewTask, Task, TaskStore};
 
 /// How often a watcher re-reads its task, to see changes made by other replicas.
 const WATCH_POLL: Duration = Duration::from_millis(250);
@@ -71,7 +71,55 @@ pub fn task_to_proto(t: Task) -> pb::Task {
         create_time: Some(from_millis(t.created_ms)),
         start_time: t.started_ms.map(from_millis),
         finish_time: t.finished_ms.map(from_millis),
+        max_attempts: t.max_attempts,
+        timeout: t
+            .timeout_ms
+            .and_then(|ms| prost_types::Duration::try_from(Duration::from_millis(ms as u64)).ok()),
+        run_at: Some(from_millis(t.run_at_ms)),
+        queue: t.queue,
+        idempotency_key: t.idempotency_key.unwrap_or_default(),
+        attempt_log: t
+            .attempt_log
+            .into_iter()
+            .map(|a| pb::Attempt {
+                number: a.number,
+                start_time: Some(from_millis(a.started_ms)),
+                finish_time: Some(from_millis(a.finished_ms)),
+                error: a.error.unwrap_or_default(),
+                timed_out: a.timed_out,
+            })
+            .collect(),
+        progress_percent: t.progress_percent,
+        progress_message: t.progress_message,
+        cancel_requested: t.cancel_requested,
+        detail: t.detail,
     }
+}
+
+fn duration_from_proto(field: &'static str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, TaskError> {
+    d.map(|d| Duration::try_from(d).map_err(|_| TaskError::invalid(field, "must not be negative")))
+        .transpose()
+}
+
+/// Turns a submit request into the store's form, checking every field.
+fn new_task(r: pb::SubmitTaskRequest, payload: serde_json::Value) -> Result<NewTask, TaskError> {
+    let countdown = duration_from_proto("countdown", r.countdown)?;
+    let run_at_ms = match (r.run_at, countdown) {
+        (Some(_), Some(_)) => return Err(TaskError::invalid("run_at", "give run_at or countdown, not both")),
+        (Some(at), None) => mesh_proto::time::to_millis(&at),
+        (None, Some(c)) => mesh_sql::now_ms() + c.as_millis() as i64,
+        (None, None) => 0,
+    };
+    Ok(NewTask {
+        kind: r.kind,
+        payload,
+        priority: r.priority,
+        max_attempts: r.max_attempts.max(1),
+        timeout: duration_from_proto("timeout", r.timeout)?,
+        run_at_ms,
+        queue: if r.queue.is_empty() { "default".into() } else { r.queue },
+        idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
+    })
 }
 
 #[tonic::async_trait]
@@ -91,11 +139,19 @@ impl TaskService for TasksApi {
         })?;
         let payload = r
             .payload
+            .clone()
             .map(mesh_proto::json::from_proto)
             .unwrap_or(serde_json::Value::Null);
         kind.validate(&payload).map_err(|m| TaskError::invalid("payload", m))?;
-        let task = self.store.submit(&r.kind, payload, r.priority).await?;
-        tracing::info!(task = task.id, "task queued");
+        let (task, created) = self.store.submit(new_task(r, payload)?).await?;
+        if created {
+            tracing::info!(task = task.id, "task queued");
+        } else {
+            tracing::info!(
+                task = task.id,
+                "idempotency key seen before; returning the existing task"
+            );
+        }
         Ok(Response::new(task_to_proto(task)))
     }
 
@@ -107,12 +163,12 @@ impl TaskService for TasksApi {
 
     #[tracing::instrument(skip_all, fields(task = request.get_ref().id))]
     async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        let id = request.get_ref().id;
-        if id < 1 {
-            return Err(TaskError::invalid("id", format!("must be a positive integer, got {id}")).into());
+        let task = self.store.cancel(request.get_ref().id).await?;
+        if task.status == store::Status::Cancelled {
+            tracing::info!("queued task cancelled");
+        } else {
+            tracing::info!("running task asked to stop");
         }
-        let task = self.store.cancel(id).await?;
-        tracing::info!("task cancelled");
         Ok(Response::new(task_to_proto(task)))
     }
 
@@ -127,6 +183,39 @@ impl TaskService for TasksApi {
         Ok(Response::new(pb::ListTasksResponse {
             tasks: page.tasks.into_iter().map(task_to_proto).collect(),
             next_page_token: page.next_token.unwrap_or_default(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(task = request.get_ref().id))]
+    async fn retry_task(&self, request: Request<pb::RetryTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let task = self.store.retry(request.get_ref().id).await?;
+        tracing::info!("task queued again by RetryTask");
+        Ok(Response::new(task_to_proto(task)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn queue_stats(
+        &self,
+        request: Request<pb::QueueStatsRequest>,
+    ) -> Result<Response<pb::QueueStatsResponse>, Status> {
+        let queue = Some(request.get_ref().queue.as_str()).filter(|q| !q.is_empty());
+        if let Some(q) = queue {
+            store::validate_queue(q)?;
+        }
+        let s = self.store.stats(queue).await?;
+        let age = s
+            .oldest_queued_ms
+            .map(|t| Duration::from_millis((mesh_sql::now_ms() - t).max(0) as u64))
+            .and_then(|d| prost_types::Duration::try_from(d).ok());
+        Ok(Response::new(pb::QueueStatsResponse {
+            queued_by_priority: s.queued_by_priority.into_iter().collect(),
+            queued: s.queued,
+            scheduled: s.scheduled,
+            running: s.running,
+            succeeded: s.succeeded,
+            failed: s.failed,
+            cancelled: s.cancelled,
+            oldest_queued_age: age,
         }))
     }
 

@@ -1,4 +1,5 @@
-//! The queue in SQL: submit, claim under a lease, finish, cancel, list. No tonic.
+//! The queue in SQL: submit, claim under a lease, finish (with retries and
+//! back-off), cancel, re-queue dead letters, age, purge, count. No tonic.
 //!
 //! Claiming is one statement, safe when many workers in many processes claim
 //! at once: on PostgreSQL the candidate row is locked with `FOR UPDATE SKIP
@@ -77,6 +78,85 @@ pub struct Task {
     pub started_ms: Option<i64>,
     pub finished_ms: Option<i64>,
     pub updated_ms: i64,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<i64>,
+    pub run_at_ms: i64,
+    pub queue: String,
+    pub idempotency_key: Option<String>,
+    pub attempt_log: Vec<Attempt>,
+    pub progress_percent: u32,
+    pub progress_message: String,
+    pub cancel_requested: bool,
+    pub detail: String,
+}
+
+/// One attempt at running a task, as kept in its attempt log.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+/// What a client asks to queue.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub kind: String,
+    pub payload: Value,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout: Option<Duration>,
+    /// Not before this time (ms since the epoch); 0 means now.
+    pub run_at_ms: i64,
+    pub queue: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// Queue depth, for `QueueStats`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueStats {
+    pub queued_by_priority: std::collections::BTreeMap<i32, u64>,
+    pub queued: u64,
+    pub scheduled: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub oldest_queued_ms: Option<i64>,
+}
+
+/// How long a failed attempt waits before the next: exponential, with jitter.
+#[derive(Clone, Copy, Debug)]
+pub struct Backoff {
+    pub base: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// "Equal jitter": half the exponential delay, plus a random part of the
+    /// other half. Retries of many tasks spread out, and each gap is still at
+    /// least as long as the previous one.
+    pub fn after(&self, attempt: u32, task_id: i64) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+        let full = exp.min(self.max);
+        let half = full / 2;
+        half + half.mul_f64(unit_random(task_id, attempt))
+    }
+}
+
+/// A number in [0, 1) that differs per task and attempt (std's randomly keyed hasher).
+fn unit_random(task_id: i64, attempt: u32) -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(task_id);
+    h.write_u32(attempt);
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 #[derive(Debug)]
@@ -89,11 +169,30 @@ pub struct Page {
 #[derive(Debug)]
 pub enum Outcome {
     Succeeded(Value),
-    Failed(String),
+    Failed {
+        error: String,
+        timed_out: bool,
+    },
+    /// CancelTask stopped it while it ran.
+    Cancelled,
 }
 
+/// What a worker learns when it renews its lease.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lease {
+    Held { cancel_requested: bool },
+    Lost,
+}
+
+/// A worker lost this many attempts beyond `max_attempts` (its process died)
+/// before the task is failed as a likely cause: a poison-pill guard.
+pub const LOST_WORKER_ALLOWANCE: i32 = 3;
+pub const MAX_ATTEMPTS: u32 = 100;
+
 const COLUMNS: &str = "id, kind, payload, priority, status, attempts, result, error, \
-                       created_ms, started_ms, finished_ms, updated_ms";
+                       created_ms, started_ms, finished_ms, updated_ms, max_attempts, timeout_ms, run_at_ms, \
+                       queue, idempotency_key, attempt_log, progress_percent, progress_message, \
+                       cancel_requested, detail";
 
 #[derive(Clone)]
 pub struct TaskStore {
@@ -134,15 +233,34 @@ impl TaskStore {
         let _ = self.changes.send(id);
     }
 
-    /// Validates and queues a task. `kind` must already be known to be valid.
-    pub async fn submit(&self, kind: &str, payload: Value, priority: i32) -> Result<Task, TaskError> {
-        if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&priority) {
+    /// Validates and queues a task (`kind` must already be known to be
+    /// valid). With an idempotency key that was seen before, returns the task
+    /// the first submit created, and `false`.
+    pub async fn submit(&self, new: NewTask) -> Result<(Task, bool), TaskError> {
+        if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&new.priority) {
             return Err(TaskError::invalid(
                 "priority",
-                format!("must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {priority}"),
+                format!(
+                    "must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {}",
+                    new.priority
+                ),
             ));
         }
-        let payload_text = payload.to_string();
+        if new.max_attempts > MAX_ATTEMPTS {
+            return Err(TaskError::invalid("max_attempts", format!("at most {MAX_ATTEMPTS}")));
+        }
+        validate_queue(&new.queue)?;
+        if let Some(key) = &new.idempotency_key {
+            if key.is_empty() || key.len() > 256 {
+                return Err(TaskError::invalid("idempotency_key", "must be 1 to 256 bytes"));
+            }
+        }
+        let timeout_ms = match new.timeout {
+            Some(t) if t.is_zero() => return Err(TaskError::invalid("timeout", "must be positive")),
+            Some(t) => Some(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
+            None => None,
+        };
+        let payload_text = new.payload.to_string();
         if payload_text.len() > MAX_PAYLOAD_BYTES {
             return Err(TaskError::invalid(
                 "payload",
@@ -150,31 +268,47 @@ impl TaskStore {
             ));
         }
         let now = now_ms();
+        let ready_at = new.run_at_ms.max(now);
         let sql = format!(
-            "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms) \
-             VALUES ($1, $2, $3, 'queued', 0, $4, $4) RETURNING {COLUMNS}"
+            "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms, max_attempts, \
+                 timeout_ms, run_at_ms, queued_ms, eff_priority, queue, idempotency_key) \
+             VALUES ($1, $2, $3, 'queued', 0, $4, $4, $5, $6, $7, $7, $3, $8, $9) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
-            .bind(kind)
+            .bind(&new.kind)
             .bind(payload_text)
-            .bind(priority)
+            .bind(new.priority)
             .bind(now)
-            .fetch_one(&self.pool)
+            .bind(new.max_attempts.max(1) as i32)
+            .bind(timeout_ms)
+            .bind(ready_at)
+            .bind(&new.queue)
+            .bind(new.idempotency_key.as_deref())
+            .fetch_optional(&self.pool)
             .await?;
+        let Some(row) = row else {
+            // The key was used before: answer with the task it created.
+            let sql = format!("SELECT {COLUMNS} FROM tasks WHERE idempotency_key = $1");
+            let row = sqlx::query(&sql)
+                .bind(new.idempotency_key.as_deref())
+                .fetch_one(&self.pool)
+                .await?;
+            return Ok((task_from_row(&row)?, false));
+        };
         let task = task_from_row(&row)?;
+        self.wake();
+        self.changed(task.id);
+        Ok((task, true))
+    }
+
+    fn wake(&self) {
         self.submitted.notify_waiters();
         self.submitted.notify_one();
-        self.changed(task.id);
-        Ok(task)
     }
 
     pub async fn get(&self, id: i64) -> Result<Task, TaskError> {
-        if id < 1 {
-            return Err(TaskError::invalid(
-                "id",
-                format!("must be a positive integer, got {id}"),
-            ));
-        }
+        validate_id(id)?;
         let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = $1");
         match sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? {
             Some(row) => task_from_row(&row),
@@ -215,12 +349,24 @@ impl TaskStore {
         Ok(Page { tasks, next_token })
     }
 
-    /// Cancels a queued task. A running or finished one cannot be cancelled.
+    /// Cancels a queued task at once; asks a running one to stop (its worker
+    /// sees `cancel_requested` and ends it CANCELLED). An ended task cannot be
+    /// cancelled.
     pub async fn cancel(&self, id: i64) -> Result<Task, TaskError> {
+        validate_id(id)?;
         let now = now_ms();
         let sql = format!(
-            "UPDATE tasks SET status = 'cancelled', finished_ms = $2, updated_ms = $2 \
+            "UPDATE tasks SET status = 'cancelled', finished_ms = $2, updated_ms = $2, \
+                 detail = 'cancelled while queued' \
              WHERE id = $1 AND status = 'queued' RETURNING {COLUMNS}"
+        );
+        if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
+            self.changed(id);
+            return task_from_row(&row);
+        }
+        let sql = format!(
+            "UPDATE tasks SET cancel_requested = 1, updated_ms = $2 \
+             WHERE id = $1 AND status = 'running' RETURNING {COLUMNS}"
         );
         if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
             self.changed(id);
@@ -228,33 +374,60 @@ impl TaskStore {
         }
         let task = self.get(id).await?;
         Err(TaskError::FailedPrecondition(format!(
-            "task {id} is {}; only a queued task can be cancelled",
+            "task {id} is {}; only a queued or running task can be cancelled",
             task.status.as_str()
         )))
     }
 
-    /// Takes the next task (highest priority, then oldest) for `worker`, with
-    /// a lease of `lease`. `None` when nothing is queued.
-    pub async fn claim(&self, worker: &str, lease: Duration) -> Result<Option<Task>, TaskError> {
+    /// Queues a failed or cancelled task again with a fresh set of attempts.
+    pub async fn retry(&self, id: i64) -> Result<Task, TaskError> {
+        validate_id(id)?;
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE tasks SET status = 'queued', attempts = 0, result = NULL, error = NULL, finished_ms = NULL, \
+                 run_at_ms = $2, queued_ms = $2, updated_ms = $2, eff_priority = priority, worker = NULL, \
+                 lease_until_ms = NULL, cancel_requested = 0, progress_percent = 0, progress_message = '', \
+                 detail = 're-queued by RetryTask' \
+             WHERE id = $1 AND status IN ('failed', 'cancelled') RETURNING {COLUMNS}"
+        );
+        if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
+            self.wake();
+            self.changed(id);
+            return task_from_row(&row);
+        }
+        let task = self.get(id).await?;
+        Err(TaskError::FailedPrecondition(format!(
+            "task {id} is {}; only a failed or cancelled task can be retried",
+            task.status.as_str()
+        )))
+    }
+
+    /// Takes the next ready task from `queues` (highest effective priority,
+    /// then ready longest) for `worker`, with a lease of `lease`.
+    pub async fn claim(&self, worker: &str, lease: Duration, queues: &[String]) -> Result<Option<Task>, TaskError> {
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
+        let queue_params: Vec<String> = (0..queues.len()).map(|i| format!("${}", i + 4)).collect();
         let sql = format!(
             "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_ms = $1, \
-                 updated_ms = $1, worker = $2, lease_until_ms = $3 \
-             WHERE id = (SELECT id FROM tasks WHERE status = 'queued' \
-                         ORDER BY priority DESC, id LIMIT 1 {lock}) \
+                 updated_ms = $1, worker = $2, lease_until_ms = $3, progress_percent = 0, progress_message = '' \
+             WHERE id = (SELECT id FROM tasks WHERE status = 'queued' AND queue IN ({}) AND run_at_ms <= $1 \
+                         ORDER BY eff_priority DESC, queued_ms, id LIMIT 1 {lock}) \
                AND status = 'queued' \
-             RETURNING {COLUMNS}"
+             RETURNING {COLUMNS}",
+            queue_params.join(", ")
         );
-        let row = sqlx::query(&sql)
+        let mut query = sqlx::query(&sql)
             .bind(now)
             .bind(worker)
-            .bind(now + lease.as_millis() as i64)
-            .fetch_optional(&self.pool)
-            .await?;
+            .bind(now + lease.as_millis() as i64);
+        for q in queues {
+            query = query.bind(q);
+        }
+        let row = query.fetch_optional(&self.pool).await?;
         let task = row.as_ref().map(task_from_row).transpose()?;
         if let Some(t) = &task {
             self.changed(t.id);
@@ -262,71 +435,273 @@ impl TaskStore {
         Ok(task)
     }
 
-    /// Extends the lease of a task this worker still holds. False when the
-    /// worker lost it (its lease expired and the task was queued again).
-    pub async fn renew(&self, id: i64, worker: &str, lease: Duration) -> Result<bool, TaskError> {
-        let done =
-            sqlx::query("UPDATE tasks SET lease_until_ms = $3 WHERE id = $1 AND worker = $2 AND status = 'running'")
-                .bind(id)
-                .bind(worker)
-                .bind(now_ms() + lease.as_millis() as i64)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() == 1)
+    /// Extends the lease of a task this worker still holds, and tells it
+    /// whether a cancel was asked for.
+    pub async fn renew(&self, id: i64, worker: &str, lease: Duration) -> Result<Lease, TaskError> {
+        let row = sqlx::query(
+            "UPDATE tasks SET lease_until_ms = $3 WHERE id = $1 AND worker = $2 AND status = 'running' \
+             RETURNING cancel_requested",
+        )
+        .bind(id)
+        .bind(worker)
+        .bind(now_ms() + lease.as_millis() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(match row {
+            Some(row) => Lease::Held {
+                cancel_requested: row.try_get::<i32, _>(0)? != 0,
+            },
+            None => Lease::Lost,
+        })
     }
 
-    /// Records how a run ended, if `worker` still holds the task.
-    pub async fn finish(&self, id: i64, worker: &str, outcome: Outcome) -> Result<bool, TaskError> {
-        let (status, result, error) = match outcome {
-            Outcome::Succeeded(v) => (Status::Succeeded, Some(v.to_string()), None),
-            Outcome::Failed(e) => (Status::Failed, None, Some(e)),
-        };
-        let now = now_ms();
-        let done = sqlx::query(
-            "UPDATE tasks SET status = $3, result = $4, error = $5, finished_ms = $6, updated_ms = $6, \
-                 lease_until_ms = NULL \
+    /// Records progress a running task reported.
+    pub async fn progress(&self, id: i64, worker: &str, percent: u32, message: &str) -> Result<(), TaskError> {
+        sqlx::query(
+            "UPDATE tasks SET progress_percent = $3, progress_message = $4, updated_ms = $5 \
              WHERE id = $1 AND worker = $2 AND status = 'running'",
         )
         .bind(id)
         .bind(worker)
-        .bind(status.as_str())
-        .bind(result)
-        .bind(error)
-        .bind(now)
-        .execute(&self.pool)
-        .await?;
-        self.changed(id);
-        Ok(done.rows_affected() == 1)
-    }
-
-    /// Queues again every running task whose lease has expired (its worker
-    /// died or hung). Returns how many.
-    pub async fn requeue_expired(&self) -> Result<u64, TaskError> {
-        let done = sqlx::query(
-            "UPDATE tasks SET status = 'queued', worker = NULL, lease_until_ms = NULL, updated_ms = $1 \
-             WHERE status = 'running' AND lease_until_ms < $1",
-        )
+        .bind(percent.min(100) as i32)
+        .bind(message)
         .bind(now_ms())
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() > 0 {
-            self.submitted.notify_waiters();
+        self.changed(id);
+        Ok(())
+    }
+
+    /// Records how an attempt ended, if `worker` still holds the task: done,
+    /// failed for good, cancelled, or queued again after `backoff` when it
+    /// failed with attempts left. Returns the task's new state (`None` when
+    /// the lease had been lost and the result was dropped).
+    pub async fn finish(
+        &self,
+        task: &Task,
+        worker: &str,
+        outcome: Outcome,
+        backoff: Backoff,
+    ) -> Result<Option<Status>, TaskError> {
+        let now = now_ms();
+        let attempt = Attempt {
+            number: task.attempts,
+            started_ms: task.started_ms.unwrap_or(now),
+            finished_ms: now,
+            error: match &outcome {
+                Outcome::Succeeded(_) => None,
+                Outcome::Failed { error, .. } => Some(error.clone()),
+                Outcome::Cancelled => Some("cancelled".into()),
+            },
+            timed_out: matches!(outcome, Outcome::Failed { timed_out: true, .. }),
+        };
+        let mut log = task.attempt_log.clone();
+        log.push(attempt);
+        let log = serde_json::to_string(&log).map_err(|e| TaskError::Internal(e.to_string()))?;
+        let (status, result, error, detail, run_at) = match outcome {
+            Outcome::Succeeded(v) => (Status::Succeeded, Some(v.to_string()), None, String::new(), None),
+            Outcome::Cancelled => (
+                Status::Cancelled,
+                None,
+                None,
+                "cancelled while running".to_string(),
+                None,
+            ),
+            Outcome::Failed { error, timed_out } if task.attempts < task.max_attempts => {
+                let wait = backoff.after(task.attempts, task.id);
+                let why = if timed_out { "timed out" } else { "failed" };
+                let detail = format!(
+                    "attempt {} of {} {why}; retrying in {} ms",
+                    task.attempts,
+                    task.max_attempts,
+                    wait.as_millis()
+                );
+                (
+                    Status::Queued,
+                    None,
+                    Some(error),
+                    detail,
+                    Some(now + wait.as_millis() as i64),
+                )
+            }
+            Outcome::Failed { error, timed_out } => {
+                let detail = if timed_out {
+                    format!(
+                        "timed out on its last attempt ({} of {})",
+                        task.attempts, task.max_attempts
+                    )
+                } else {
+                    format!(
+                        "failed on its last attempt ({} of {})",
+                        task.attempts, task.max_attempts
+                    )
+                };
+                (Status::Failed, None, Some(error), detail, None)
+            }
+        };
+        let finished = (status != Status::Queued).then_some(now);
+        let done = sqlx::query(
+            "UPDATE tasks SET status = $3, result = $4, error = $5, detail = $6, attempt_log = $7, \
+                 finished_ms = $8, updated_ms = $9, lease_until_ms = NULL, \
+                 worker = CASE WHEN $3 = 'queued' THEN NULL ELSE worker END, \
+                 run_at_ms = COALESCE($10, run_at_ms), queued_ms = COALESCE($10, queued_ms), \
+                 eff_priority = CASE WHEN $3 = 'queued' THEN priority ELSE eff_priority END \
+             WHERE id = $1 AND worker = $2 AND status = 'running'",
+        )
+        .bind(task.id)
+        .bind(worker)
+        .bind(status.as_str())
+        .bind(result)
+        .bind(error)
+        .bind(detail)
+        .bind(log)
+        .bind(finished)
+        .bind(now)
+        .bind(run_at)
+        .execute(&self.pool)
+        .await?;
+        self.changed(task.id);
+        if status == Status::Queued {
+            self.wake();
         }
+        Ok((done.rows_affected() == 1).then_some(status))
+    }
+
+    /// Queues again every running task whose lease has expired (its worker
+    /// died or hung); one that lost its worker too often fails instead.
+    pub async fn requeue_expired(&self) -> Result<u64, TaskError> {
+        let now = now_ms();
+        let failed = sqlx::query(
+            "UPDATE tasks SET status = 'failed', worker = NULL, lease_until_ms = NULL, finished_ms = $1, \
+                 updated_ms = $1, error = 'its worker stopped (lease expired) too many times', \
+                 detail = 'failed: lost its worker on every allowed attempt' \
+             WHERE status = 'running' AND lease_until_ms < $1 AND attempts >= max_attempts + $2",
+        )
+        .bind(now)
+        .bind(LOST_WORKER_ALLOWANCE)
+        .execute(&self.pool)
+        .await?;
+        let requeued = sqlx::query(
+            "UPDATE tasks SET status = 'queued', worker = NULL, lease_until_ms = NULL, updated_ms = $1, \
+                 queued_ms = $1, eff_priority = priority, \
+                 detail = 'queued again: its worker stopped renewing the lease' \
+             WHERE status = 'running' AND lease_until_ms < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        if requeued.rows_affected() > 0 {
+            self.wake();
+        }
+        Ok(requeued.rows_affected() + failed.rows_affected())
+    }
+
+    /// Priority aging: a ready task's effective priority is its priority plus
+    /// one per `step` it has been ready, up to the maximum.
+    pub async fn age(&self, step: Duration) -> Result<u64, TaskError> {
+        let least = match self.backend {
+            Backend::Postgres => "LEAST",
+            Backend::Sqlite => "MIN",
+        };
+        let sql = format!(
+            "UPDATE tasks SET eff_priority = CAST({least}({MAX_PRIORITY}, priority + ($1 - queued_ms) / $2) AS INTEGER) \
+             WHERE status = 'queued' AND eff_priority < {MAX_PRIORITY} AND queued_ms <= $1 \
+               AND {least}({MAX_PRIORITY}, priority + ($1 - queued_ms) / $2) > eff_priority"
+        );
+        let done = sqlx::query(&sql)
+            .bind(now_ms())
+            .bind((step.as_millis() as i64).max(1))
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected())
+    }
+
+    /// Deletes ended tasks that finished more than `retention` ago.
+    pub async fn purge(&self, retention: Duration) -> Result<u64, TaskError> {
+        let done =
+            sqlx::query("DELETE FROM tasks WHERE status IN ('succeeded', 'failed', 'cancelled') AND finished_ms < $1")
+                .bind(now_ms() - retention.as_millis() as i64)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Counts per status (and per priority for ready tasks).
+    pub async fn stats(&self, queue: Option<&str>) -> Result<QueueStats, TaskError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "SELECT status, priority, CASE WHEN run_at_ms > $1 THEN 1 ELSE 0 END AS later, \
+                    COUNT(*) AS n, MIN(queued_ms) AS oldest \
+             FROM tasks WHERE (CAST($2 AS TEXT) IS NULL OR queue = $2) \
+             GROUP BY status, priority, CASE WHEN run_at_ms > $1 THEN 1 ELSE 0 END",
+        )
+        .bind(now)
+        .bind(queue)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stats = QueueStats::default();
+        for row in rows {
+            let status = Status::parse(&row.try_get::<String, _>("status")?)?;
+            let n = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+            let later = row.try_get::<i32, _>("later")? == 1;
+            match status {
+                Status::Queued if later => stats.scheduled += n,
+                Status::Queued => {
+                    stats.queued += n;
+                    *stats.queued_by_priority.entry(row.try_get("priority")?).or_default() += n;
+                    let oldest: i64 = row.try_get("oldest")?;
+                    stats.oldest_queued_ms = Some(stats.oldest_queued_ms.map_or(oldest, |o| o.min(oldest)));
+                }
+                Status::Running => stats.running += n,
+                Status::Succeeded => stats.succeeded += n,
+                Status::Failed => stats.failed += n,
+                Status::Cancelled => stats.cancelled += n,
+            }
+        }
+        Ok(stats)
     }
 
     /// Puts back every task that the workers of process `worker_prefix` still
     /// run (when it shuts down before they finish), so another can take them at once.
     pub async fn release(&self, worker_prefix: &str) -> Result<u64, TaskError> {
+        let now = now_ms();
         let done = sqlx::query(
-            "UPDATE tasks SET status = 'queued', worker = NULL, lease_until_ms = NULL, updated_ms = $2 \
+            "UPDATE tasks SET status = 'queued', worker = NULL, lease_until_ms = NULL, updated_ms = $2, \
+                 queued_ms = $2, eff_priority = priority, detail = 'queued again: its worker shut down' \
              WHERE worker LIKE $1 AND status = 'running'",
         )
         .bind(format!("{worker_prefix}-%"))
-        .bind(now_ms())
+        .bind(now)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+}
+
+fn validate_id(id: i64) -> Result<(), TaskError> {
+    if id < 1 {
+        return Err(TaskError::invalid(
+            "id",
+            format!("must be a positive integer, got {id}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Queue names: 1..=64 of a-z, 0-9, `_` and `-`.
+pub fn validate_queue(queue: &str) -> Result<(), TaskError> {
+    let ok = !queue.is_empty()
+        && queue.len() <= 64
+        && queue
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(TaskError::invalid(
+            "queue",
+            format!("{queue:?}: 1 to 64 of a-z, 0-9, _ and -"),
+        ))
     }
 }
 
@@ -338,6 +713,10 @@ fn task_from_row(row: &AnyRow) -> Result<Task, TaskError> {
     let result: Option<String> = row.try_get("result")?;
     let status: String = row.try_get("status")?;
     let attempts: i32 = row.try_get("attempts")?;
+    let max_attempts: i32 = row.try_get("max_attempts")?;
+    let log: String = row.try_get("attempt_log")?;
+    let percent: i32 = row.try_get("progress_percent")?;
+    let cancel: i32 = row.try_get("cancel_requested")?;
     Ok(Task {
         id: row.try_get("id")?,
         kind: row.try_get("kind")?,
@@ -351,6 +730,17 @@ fn task_from_row(row: &AnyRow) -> Result<Task, TaskError> {
         started_ms: row.try_get("started_ms")?,
         finished_ms: row.try_get("finished_ms")?,
         updated_ms: row.try_get("updated_ms")?,
+        max_attempts: u32::try_from(max_attempts).unwrap_or(1),
+        timeout_ms: row.try_get("timeout_ms")?,
+        run_at_ms: row.try_get("run_at_ms")?,
+        queue: row.try_get("queue")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        attempt_log: serde_json::from_str(&log)
+            .map_err(|e| TaskError::Internal(format!("stored attempt log is not valid: {e}")))?,
+        progress_percent: u32::try_from(percent).unwrap_or(0),
+        progress_message: row.try_get("progress_message")?,
+        cancel_requested: cancel != 0,
+        detail: row.try_get("detail")?,
     })
 }
 
