@@ -250,10 +250,12 @@ impl TaskStore {
             return Err(TaskError::invalid("max_attempts", format!("at most {MAX_ATTEMPTS}")));
         }
         validate_queue(&new.queue)?;
-        if let Some(key) = &new.idempotency_key {
-            if key.is_empty() || key.len() > 256 {
-                return Err(TaskError::invalid("idempotency_key", "must be 1 to 256 bytes"));
-            }
+        if new
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > 256)
+        {
+            return Err(TaskError::invalid("idempotency_key", "must be 1 to 256 bytes"));
         }
         let timeout_ms = match new.timeout {
             Some(t) if t.is_zero() => return Err(TaskError::invalid("timeout", "must be positive")),

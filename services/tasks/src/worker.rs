@@ -237,10 +237,10 @@ impl Worker {
                     progress_pending = false;
                     next_progress_write = tokio::time::Instant::now() + PROGRESS_EVERY;
                     let report = progress_rx.borrow_and_update().clone();
-                    if let Some((percent, message)) = report {
-                        if let Err(err) = self.store.progress(task.id, &self.id, percent, &message).await {
-                            tracing::warn!(error = %err, "cannot record progress");
-                        }
+                    if let Some((percent, message)) = report
+                        && let Err(err) = self.store.progress(task.id, &self.id, percent, &message).await
+                    {
+                        tracing::warn!(error = %err, "cannot record progress");
                     }
                 }
             }
