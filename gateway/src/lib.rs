@@ -165,6 +165,8 @@ impl Config {
             route_timeout: Duration::from_millis(self.route_timeout_ms.max(1)),
             item_ttl: Duration::from_secs(self.item_ttl_secs.max(1)),
             item_reads: Default::default(),
+            item_writes: Default::default(),
+            stopping: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
         })
     }
 }
@@ -250,8 +252,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = config.state().await?;
+    let stopping = state.stopping.clone();
     let app = app(state, config.max_body_bytes, config.max_header_bytes);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopping.send_replace(true);
+        })
+        .await?;
     tracing::info!("gateway stopped; in-flight requests finished");
     Ok(())
 }

@@ -13,6 +13,9 @@ use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
 use crate::singleflight::SingleFlight;
 use crate::upstream::{Transport, Upstream};
 
+/// One shared item read: the item and how it was served (`hit`, `miss`, `bypass`).
+pub type ItemRead = Result<(Item, &'static str), crate::error::AppError>;
+
 #[derive(Clone)]
 pub struct AppState {
     pub items: Upstream<ItemServiceClient<Transport>>,
@@ -25,8 +28,16 @@ pub struct AppState {
     pub route_timeout: Duration,
     /// How long `GET /items/{id}` keeps an item in the cache.
     pub item_ttl: Duration,
+    /// Flips to true when the gateway starts shutting down, so long-lived
+    /// responses (event streams) end instead of holding the shutdown up.
+    pub stopping: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
     /// Coalesces concurrent `GET /items/{id}` for one id into one read path.
-    pub item_reads: SingleFlight<i64, Result<(Item, &'static str), crate::error::AppError>>,
+    pub item_reads: SingleFlight<(i64, u64), ItemRead>,
+    /// Moves on every item write through this gateway (see `routes::items`),
+    /// so reads that began before a write neither fill the cache with what
+    /// they read nor are joined by reads that begin after it. (Writes through
+    /// another gateway are bounded by the cache TTL instead.)
+    pub item_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppState {

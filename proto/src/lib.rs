@@ -97,8 +97,12 @@ pub mod time {
         }
     }
 
+    /// Saturates instead of overflowing: a timestamp beyond what an `i64` of
+    /// milliseconds holds (year ±292 million) is clamped, never a panic.
     pub fn to_millis(ts: &Timestamp) -> i64 {
-        ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
+        ts.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(ts.nanos) / 1_000_000)
     }
 }
 
@@ -117,6 +121,11 @@ mod tests {
         for ms in [0, 1, 999, 1_700_000_000_123, -1, -1001] {
             assert_eq!(time::to_millis(&time::from_millis(ms)), ms);
         }
+        let far = prost_types::Timestamp {
+            seconds: i64::MAX / 10,
+            nanos: 0,
+        };
+        assert_eq!(time::to_millis(&far), i64::MAX);
     }
 
     #[test]

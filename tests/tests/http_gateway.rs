@@ -284,6 +284,46 @@ async fn bad_input_gets_a_clear_4xx_never_a_5xx() {
             "METHOD_NOT_ALLOWED",
             "PUT",
         ),
+        (
+            h.put(mesh.at("/cache/k"))
+                .json(&json!({"value": "v", "ttl_seconds": u64::MAX}))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "ttl_seconds",
+        ),
+        (
+            h.post(mesh.at("/tasks"))
+                .json(&json!({"kind": "echo", "countdown_ms": u64::MAX}))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "countdown",
+        ),
+        (
+            h.post(mesh.at("/tasks"))
+                .json(&json!({"kind": "echo", "run_at": "+300000000-01-01T00:00:00Z"}))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "run_at",
+        ),
+        (
+            h.post(mesh.at("/tasks"))
+                .json(&json!({"kind": "echo", "timeout_ms": 0}))
+                .send()
+                .await
+                .unwrap(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "timeout",
+        ),
     ];
     for (response, status, code, mentions) in cases {
         let url = response.url().to_string();

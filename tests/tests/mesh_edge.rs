@@ -314,6 +314,13 @@ async fn past_the_in_flight_cap_the_gateway_refuses_fast_and_recovers() {
         shed.iter().all(|(_, retry_after, _)| *retry_after),
         "503 without Retry-After"
     );
+    // Refusals are the gateway's own and are not retried: the replica saw at
+    // most the 4 calls let through (plus none from retries).
+    let calls = list_calls(&fleet.items[0]);
+    assert!(
+        calls <= 8,
+        "the replica got {calls} calls; refusals must not be retried"
+    );
     // A refusal does not wait for a slot: the typical one is answered at
     // once, and even the slowest (connection set-up on a busy machine) well
     // before the 1 s a served call takes.

@@ -68,7 +68,10 @@ pub async fn put(
                 "ttl_seconds: must be positive (omit it for no expiry)",
             ));
         }
-        Some(s) => prost_types::Duration::try_from(Duration::from_secs(s)).ok(),
+        Some(s) => Some(
+            prost_types::Duration::try_from(Duration::from_secs(s))
+                .map_err(|_| AppError::invalid("ttl_seconds: too large (at most 365 days)"))?,
+        ),
     };
     let message = pb::SetRequest {
         key: key.clone(),

@@ -5,6 +5,8 @@
 //! cache service is down it still answers from the items service
 //! (`x-cache: bypass`). Updates and deletes invalidate the cached copy.
 
+use std::sync::atomic::Ordering;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -142,9 +144,12 @@ pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<Strin
     let id = parse_id(&id, "id")?;
     // Concurrent reads of one id share one read path (cache, then items), so
     // a hot key expiring sends one call to the database, not hundreds.
-    let read: futures::future::BoxFuture<'static, _> = Box::pin(read_through(state.clone(), call.clone(), id));
+    // Keyed by the write epoch too: a read that starts after a write never
+    // joins a read path that began before it (read-your-writes).
+    let epoch = state.item_writes.load(Ordering::Acquire);
+    let read: futures::future::BoxFuture<'static, _> = Box::pin(read_through(state.clone(), call.clone(), id, epoch));
     let lost = Err(AppError::Unavailable("the item read was interrupted; try again".into()));
-    let (item, how) = state.item_reads.run(id, read, lost).await?;
+    let (item, how) = state.item_reads.run((id, epoch), read, lost).await?;
     let mut response = axum::Json(ItemJson::from(item)).into_response();
     response.headers_mut().insert("x-cache", HeaderValue::from_static(how));
     Ok(response)
@@ -153,7 +158,7 @@ pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<Strin
 /// Cache-aside: the cache first (`hit`); on a miss the items service, then
 /// fill the cache (`miss`); with the cache down, the items service alone
 /// (`bypass`).
-async fn read_through(state: AppState, call: Call, id: i64) -> Result<(pb::Item, &'static str), AppError> {
+async fn read_through(state: AppState, call: Call, id: i64, epoch: u64) -> Result<(pb::Item, &'static str), AppError> {
     let key = cache_key(id);
     let get = cache_pb::GetRequest { key: key.clone() };
     let cached = state
@@ -169,21 +174,29 @@ async fn read_through(state: AppState, call: Call, id: i64) -> Result<(pb::Item,
             Err(err) => {
                 // Not ours (someone wrote the key by hand): treat it as a miss.
                 tracing::warn!(error = %err, key, "cached item does not decode; refetching");
-                Ok((fetch_and_fill(&state, &call, id, key, true).await?, "miss"))
+                Ok((fetch_and_fill(&state, &call, id, key, Some(epoch)).await?, "miss"))
             }
         },
-        Ok(_) => Ok((fetch_and_fill(&state, &call, id, key, true).await?, "miss")),
+        Ok(_) => Ok((fetch_and_fill(&state, &call, id, key, Some(epoch)).await?, "miss")),
         Err(err @ AppError::DeadlineExceeded(_)) => Err(err),
         Err(err) => {
             tracing::warn!(error = %err, "cache unavailable; reading items directly");
-            Ok((fetch_and_fill(&state, &call, id, key, false).await?, "bypass"))
+            Ok((fetch_and_fill(&state, &call, id, key, None).await?, "bypass"))
         }
     }
 }
 
-/// Reads the item from the items service and, if `fill`, stores it in the
-/// cache. A failed fill is logged, never returned: the read itself succeeded.
-async fn fetch_and_fill(state: &AppState, call: &Call, id: i64, key: String, fill: bool) -> Result<pb::Item, AppError> {
+/// Reads the item from the items service and, with `fill` (the write epoch
+/// the read began in), stores it in the cache, unless an item write happened
+/// since: the value read might predate it, and the write has just invalidated
+/// the cache. A failed fill is logged, never returned: the read succeeded.
+async fn fetch_and_fill(
+    state: &AppState,
+    call: &Call,
+    id: i64,
+    key: String,
+    fill: Option<u64>,
+) -> Result<pb::Item, AppError> {
     let item = state
         .items
         .call(call, Kind::Read, |mut c| {
@@ -191,7 +204,7 @@ async fn fetch_and_fill(state: &AppState, call: &Call, id: i64, key: String, fil
             async move { c.get_item(r).await }
         })
         .await?;
-    if fill {
+    if fill.is_some_and(|epoch| state.item_writes.load(Ordering::Acquire) == epoch) {
         let set = cache_pb::SetRequest {
             key,
             value: item.encode_to_vec(),
@@ -228,6 +241,7 @@ pub async fn patch(
         tags: body.tags.map(|values| pb::TagList { values }),
         expected_version: body.version,
     };
+    state.item_writes.fetch_add(1, Ordering::AcqRel);
     let item = state
         .items
         .call(&call, Kind::Write, |mut c| {
@@ -251,6 +265,7 @@ pub async fn delete(
         id,
         expected_version: params.version,
     };
+    state.item_writes.fetch_add(1, Ordering::AcqRel);
     state
         .items
         .call(&call, Kind::Write, |mut c| {
@@ -264,7 +279,11 @@ pub async fn delete(
 
 /// Drops the cached copy after a write. If the cache is down the entry
 /// expires by its TTL; the write itself has succeeded either way.
+///
+/// The write epoch moves before the write and again here: a read that began
+/// before either does not fill the cache with what it read.
 async fn invalidate(state: &AppState, call: &Call, id: i64) {
+    state.item_writes.fetch_add(1, Ordering::AcqRel);
     let delete = cache_pb::DeleteRequest { key: cache_key(id) };
     // Deleting twice is harmless: safe to retry.
     let deleted = state

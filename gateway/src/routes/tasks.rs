@@ -360,6 +360,11 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, AppError> {
     let id = parse_id(&id, "id")?;
     let stream = watch(&state, &call.with_timeout(WATCH_LIMIT), id).await?;
+    // End the stream when the gateway shuts down, so it does not wait for it.
+    let mut stopping = state.stopping.subscribe();
+    let stream = stream.take_until(async move {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    });
     let events = stream.map(|item| {
         Ok(match item {
             Ok(task) => Event::default()

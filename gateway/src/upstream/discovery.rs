@@ -13,7 +13,7 @@
 //! replicas) or `@PATH` (a file of such entries, one per line, re-read every
 //! `resolve_interval`). Changing the set needs no restart of the gateway.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -67,6 +67,11 @@ pub struct Members(Arc<RwLock<Vec<MemberView>>>);
 impl Members {
     pub fn snapshot(&self) -> Vec<MemberView> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replicas resolved from the spec, in rotation or not.
+    pub fn known(&self) -> usize {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn in_rotation(&self) -> usize {
@@ -128,40 +133,91 @@ impl Spec {
         }
         Ok(Spec { flag, sources })
     }
+}
 
-    /// Every replica address the spec names right now, or why the spec
-    /// cannot be read now (a DNS failure, an unreadable or empty file). A
-    /// failed resolution changes nothing: the replicas known stay in use, so
-    /// a file caught half-written or a DNS hiccup never empties the set.
-    pub async fn resolve(&self) -> Result<BTreeSet<String>, String> {
-        let mut out = BTreeSet::new();
-        for source in &self.sources {
+/// Resolves a spec again and again, remembering what each entry resolved to
+/// last. An entry that fails now (a DNS error, an unreadable or empty file)
+/// keeps its last addresses, so a DNS hiccup, a file caught half-written or
+/// one decommissioned host never empties the set, and the other entries
+/// still update.
+pub struct Resolver {
+    spec: Spec,
+    /// Last addresses of each `host:port` entry.
+    last: HashMap<(String, u16), BTreeSet<String>>,
+    /// Last entries each file listed.
+    files: HashMap<PathBuf, Vec<(String, u16)>>,
+}
+
+impl Resolver {
+    pub fn new(spec: Spec) -> Self {
+        Self {
+            spec,
+            last: HashMap::new(),
+            files: HashMap::new(),
+        }
+    }
+
+    /// Every replica address the spec names now (or last named, entry by entry).
+    pub async fn resolve(&mut self) -> BTreeSet<String> {
+        let mut entries: Vec<(String, u16)> = Vec::new();
+        for source in self.spec.sources.clone() {
             match source {
-                Source::Url { host, port } => resolve_host(host, *port, &mut out).await?,
-                Source::File(path) => {
-                    let text = tokio::fs::read_to_string(path)
-                        .await
-                        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                    let before = out.len();
-                    for line in text
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    {
-                        match parse_url(line) {
-                            Ok(Source::Url { host, port }) => resolve_host(&host, port, &mut out).await?,
-                            Ok(Source::File(_)) | Err(_) => {
-                                tracing::warn!(flag = self.flag, file = %path.display(), line, "not an endpoint; skipped")
-                            }
-                        }
-                    }
-                    if out.len() == before {
-                        return Err(format!("{} lists no endpoint", path.display()));
-                    }
-                }
+                Source::Url { host, port } => entries.push((host, port)),
+                Source::File(path) => entries.extend(self.file_entries(&path).await),
             }
         }
-        Ok(out)
+        let mut out = BTreeSet::new();
+        let mut next = HashMap::new();
+        for (host, port) in entries {
+            let addrs = match tokio::net::lookup_host((host.as_str(), port)).await {
+                Ok(addrs) => addrs.map(|a| format!("http://{a}")).collect(),
+                Err(err) => {
+                    tracing::warn!(flag = self.spec.flag, host, error = %err, "cannot resolve; keeping its last addresses");
+                    self.last.get(&(host.clone(), port)).cloned().unwrap_or_default()
+                }
+            };
+            out.extend(addrs.iter().cloned());
+            next.insert((host, port), addrs);
+        }
+        self.last = next;
+        out
+    }
+
+    /// The entries a file lists now; its last ones if it cannot be read or
+    /// lists none.
+    async fn file_entries(&mut self, path: &PathBuf) -> Vec<(String, u16)> {
+        let listed: Result<Vec<_>, String> = match tokio::fs::read_to_string(path).await {
+            Err(err) => Err(err.to_string()),
+            Ok(text) => {
+                let entries: Vec<(String, u16)> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .filter_map(|line| match parse_url(line) {
+                        Ok(Source::Url { host, port }) => Some((host, port)),
+                        Ok(Source::File(_)) | Err(_) => {
+                            tracing::warn!(flag = self.spec.flag, file = %path.display(), line, "not an endpoint; skipped");
+                            None
+                        }
+                    })
+                    .collect();
+                if entries.is_empty() {
+                    Err("it lists no endpoint".into())
+                } else {
+                    Ok(entries)
+                }
+            }
+        };
+        match listed {
+            Ok(entries) => {
+                self.files.insert(path.clone(), entries.clone());
+                entries
+            }
+            Err(err) => {
+                tracing::warn!(flag = self.spec.flag, file = %path.display(), error = %err, "cannot use the endpoints file; keeping its last entries");
+                self.files.get(path).cloned().unwrap_or_default()
+            }
+        }
     }
 }
 
@@ -177,14 +233,6 @@ fn parse_url(entry: &str) -> Result<Source, String> {
         .to_string();
     let port = uri.port_u16().ok_or("no port")?;
     Ok(Source::Url { host, port })
-}
-
-async fn resolve_host(host: &str, port: u16, out: &mut BTreeSet<String>) -> Result<(), String> {
-    let addrs = tokio::net::lookup_host((host, port))
-        .await
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    out.extend(addrs.map(|a| format!("http://{a}")));
-    Ok(())
 }
 
 struct Member {
@@ -209,8 +257,11 @@ pub async fn start(
     name: &'static str,
     spec: Spec,
     settings: Settings,
-) -> (tokio_stream::wrappers::ReceiverStream<Discovered>, Members) {
-    let (changes, changes_rx) = mpsc::channel(64);
+) -> (tokio_stream::wrappers::UnboundedReceiverStream<Discovered>, Members) {
+    // Unbounded: the balancer takes changes only when a call polls it, and
+    // the controller must never wait for that (an idle gateway still has to
+    // follow health and resolution). Changes are few: one per membership event.
+    let (changes, changes_rx) = mpsc::unbounded_channel();
     let (events, events_rx) = mpsc::channel(256);
     let members = Members::default();
     let mut controller = Controller {
@@ -223,21 +274,26 @@ pub async fn start(
         in_balancer: BTreeSet::new(),
         panicking: false,
     };
-    match spec.resolve().await {
-        Ok(initial) => controller.resolved(initial),
-        Err(err) => tracing::warn!(service = name, error = %err, "no replica resolved yet; calls fail until one is"),
+    let mut resolver = Resolver::new(spec);
+    let initial = resolver.resolve().await;
+    if initial.is_empty() {
+        tracing::warn!(service = name, "no replica resolved yet; calls fail until one is");
     }
+    controller.resolved(initial);
     // The receiving end is still held here, so this cannot fail.
     let _ = controller.reconcile().await;
-    tokio::spawn(controller.run(spec, events_rx));
-    (tokio_stream::wrappers::ReceiverStream::new(changes_rx), members)
+    tokio::spawn(controller.run(resolver, events_rx));
+    (
+        tokio_stream::wrappers::UnboundedReceiverStream::new(changes_rx),
+        members,
+    )
 }
 
 struct Controller {
     name: &'static str,
     settings: Settings,
     events: mpsc::Sender<Event>,
-    changes: mpsc::Sender<Discovered>,
+    changes: mpsc::UnboundedSender<Discovered>,
     view: Members,
     members: BTreeMap<Arc<str>, Member>,
     in_balancer: BTreeSet<Arc<str>>,
@@ -245,7 +301,7 @@ struct Controller {
 }
 
 impl Controller {
-    async fn run(mut self, spec: Spec, mut events: mpsc::Receiver<Event>) {
+    async fn run(mut self, mut resolver: Resolver, mut events: mpsc::Receiver<Event>) {
         let mut resolve = tokio::time::interval(self.settings.resolve_interval);
         resolve.tick().await;
         // Ejections end on their own; look for that a few times a second.
@@ -256,10 +312,10 @@ impl Controller {
                     Some(event) => self.on_event(event),
                     None => return,
                 },
-                _ = resolve.tick() => match spec.resolve().await {
-                    Ok(set) => self.resolved(set),
-                    Err(err) => tracing::warn!(service = self.name, error = %err, "cannot resolve replicas now; keeping the known ones"),
-                },
+                _ = resolve.tick() => {
+                    let set = resolver.resolve().await;
+                    self.resolved(set);
+                }
                 _ = expiry.tick() => {}
             }
             if self.reconcile().await.is_err() {
@@ -373,7 +429,7 @@ impl Controller {
             }
         }
         for key in self.in_balancer.difference(&desired).cloned().collect::<Vec<_>>() {
-            self.changes.send(Ok(Change::Remove(key.clone()))).await.map_err(drop)?;
+            self.changes.send(Ok(Change::Remove(key.clone()))).map_err(drop)?;
             self.in_balancer.remove(&key);
         }
         for key in desired.difference(&self.in_balancer).cloned().collect::<Vec<_>>() {
@@ -395,7 +451,6 @@ impl Controller {
             );
             self.changes
                 .send(Ok(Change::Insert(key.clone(), replica)))
-                .await
                 .map_err(drop)?;
             self.in_balancer.insert(key);
         }

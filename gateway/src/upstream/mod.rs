@@ -182,10 +182,13 @@ impl<C: Clone> Upstream<C> {
                     Kind::Write => one.oneshot(()).await,
                     Kind::Read | Kind::IdempotentWrite => {
                         this.budget.deposit();
+                        // With one replica a retry can only land on the same
+                        // one: allow a single quick retry (a blip), not three.
                         let policy = RetryPolicy {
                             service: this.name,
                             budget: this.budget.clone(),
-                            attempts_left: 3,
+                            attempts_left: if this.members.known() > 1 { 3 } else { 1 },
+                            retried: 0,
                         };
                         let retried = Retry::new(policy, one);
                         match (&this.hedge, kind) {
@@ -205,24 +208,21 @@ impl<C: Clone> Upstream<C> {
 
     /// Tells the gateway's own refusals apart from the service's answers.
     fn classify(&self, status: tonic::Status, deadline: tokio::time::Instant) -> AppError {
-        let shed = std::error::Error::source(&status)
-            .and_then(|e| e.downcast_ref::<TransportError>())
-            .is_some_and(TransportError::is_overloaded);
         // A service enforcing the deadline we sent may answer (CANCELLED,
         // "Timeout expired") a moment before our own timer fires: same cause.
         let deadline_passed = tokio::time::Instant::now() + Duration::from_millis(10) >= deadline;
         let expired = status.code() == tonic::Code::DeadlineExceeded
             || (status.code() == tonic::Code::Cancelled && deadline_passed);
-        if expired {
-            AppError::DeadlineExceeded(self.name)
-        } else if is_broken_connection(&status) {
-            tracing::warn!(service = self.name, error = %status, "connection to a replica broke mid-call");
-            AppError::Unavailable(format!("the connection to the {} service broke; try again", self.name))
-        } else if shed {
+        if is_shed(&status) {
             AppError::Overloaded {
                 service: self.name,
                 limit: self.max_in_flight,
             }
+        } else if expired {
+            AppError::DeadlineExceeded(self.name)
+        } else if is_broken_connection(&status) {
+            tracing::warn!(service = self.name, error = %status, "connection to a replica broke mid-call");
+            AppError::Unavailable(format!("the connection to the {} service broke; try again", self.name))
         } else {
             AppError::Upstream {
                 service: self.name,
@@ -237,7 +237,24 @@ impl<C: Clone> Upstream<C> {
 /// those as `UNKNOWN` and keeps the underlying error as the source. Whether
 /// the service acted on the call is unknown, so only idempotent calls repeat it.
 fn is_broken_connection(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some()
+    status.code() == tonic::Code::Unknown && std::error::Error::source(status).is_some() && !is_shed(status)
+}
+
+/// The gateway's own load shedder refused the call (the in-flight cap was
+/// reached): not the replica's fault, and never worth a retry.
+fn is_shed(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if err
+            .downcast_ref::<TransportError>()
+            .is_some_and(TransportError::is_overloaded)
+            || err.is::<Overloaded>()
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// Retries `UNAVAILABLE` and broken connections (the replica could not take
@@ -247,6 +264,8 @@ struct RetryPolicy {
     service: &'static str,
     budget: Arc<TpsBudget>,
     attempts_left: u8,
+    /// Retries made so far: each waits a little longer (5, 20, 50 ms).
+    retried: u8,
 }
 
 impl<R> Policy<(), tonic::Response<R>, tonic::Status> for RetryPolicy {
@@ -264,11 +283,8 @@ impl<R> Policy<(), tonic::Response<R>, tonic::Status> for RetryPolicy {
         self.attempts_left -= 1;
         tracing::info!(service = self.service, code = ?status.code(), error = %status.message(), "replica could not serve the call; retrying");
         // A short pause lets discovery act on the failure (ejection) first.
-        let pause = match self.attempts_left {
-            2 => 5,
-            1 => 20,
-            _ => 50,
-        };
+        self.retried += 1;
+        let pause = [5, 20, 50][usize::from(self.retried - 1).min(2)];
         Some(tokio::time::sleep(Duration::from_millis(pause)))
     }
 

@@ -81,10 +81,10 @@ where
                 failures.store(0, Ordering::Relaxed);
             } else {
                 let before = failures.fetch_add(weight, Ordering::Relaxed);
-                // Exactly one ejection request per streak: the one that
-                // crosses the threshold. The channel is bounded; a full one
-                // means discovery is already busy with this replica's events.
-                if before < threshold && before + weight >= threshold {
+                // Report every failure at or past the threshold: discovery
+                // ignores reports about a replica already ejected, and a
+                // report lost to a full channel is simply made again.
+                if before + weight >= threshold {
                     let _ = events.try_send(Event::Eject(key));
                 }
             }

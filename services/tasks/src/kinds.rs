@@ -15,8 +15,10 @@ use tokio::sync::{Semaphore, watch};
 
 pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
 pub const MAX_HASH_ROUNDS: u64 = 50_000_000;
-/// The most of a fetched body a `fetch` task keeps.
+/// The most of a fetched body a `fetch` task reads and keeps.
 pub const MAX_FETCH_BODY: usize = 64 * 1024;
+/// The longest one `fetch` request may take.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[async_trait::async_trait]
 pub trait TaskKind: Send + Sync + 'static {
@@ -48,8 +50,11 @@ impl Pools {
         Self {
             blocking: Arc::new(Semaphore::new(blocking_threads.max(1))),
             cpu: Arc::new(Semaphore::new(cpu_threads.max(1))),
+            // A whole request is bounded too: a server that accepts and never
+            // answers must not hold a worker forever.
             http: reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(5))
+                .timeout(FETCH_TIMEOUT)
                 .build()
                 .unwrap_or_default(),
         }
@@ -276,18 +281,26 @@ impl TaskKind for Fetch {
     }
     async fn run(&self, payload: Value, ctx: &TaskContext) -> Result<Value, String> {
         let url = fetch_url(&payload)?;
-        let response = ctx
+        let mut response = ctx
             .http()
             .get(url.clone())
             .send()
             .await
             .map_err(|e| format!("GET {url}: {e}"))?;
         let status = response.status();
-        let body = response.bytes().await.map_err(|e| format!("GET {url}: {e}"))?;
         if !status.is_success() {
             return Err(format!("GET {url}: HTTP {}", status.as_u16()));
         }
-        let body = &body[..body.len().min(MAX_FETCH_BODY)];
+        // Read at most MAX_FETCH_BODY bytes, however large the body is.
+        let mut body = Vec::new();
+        while body.len() < MAX_FETCH_BODY {
+            match response.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+                Some(chunk) => body.extend_from_slice(&chunk),
+                None => break,
+            }
+        }
+        body.truncate(MAX_FETCH_BODY);
+        let body = body.as_slice();
         let parsed = serde_json::from_slice::<Value>(body)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
         Ok(json!({"status": status.as_u16(), "body": parsed}))

@@ -13,6 +13,9 @@ use crate::error::TaskError;
 use crate::kinds::Registry;
 use crate::store::{self, NewTask, Task, TaskStore};
 
+/// The furthest ahead a task can be scheduled.
+const MAX_SCHEDULE_AHEAD_MS: i64 = 365 * 24 * 3600 * 1000;
+
 /// How often a watcher re-reads its task, to see changes made by other replicas.
 const WATCH_POLL: Duration = Duration::from_millis(250);
 
@@ -104,12 +107,17 @@ fn duration_from_proto(field: &'static str, d: Option<prost_types::Duration>) ->
 /// Turns a submit request into the store's form, checking every field.
 fn new_task(r: pb::SubmitTaskRequest, payload: serde_json::Value) -> Result<NewTask, TaskError> {
     let countdown = duration_from_proto("countdown", r.countdown)?;
+    let now = mesh_sql::now_ms();
     let run_at_ms = match (r.run_at, countdown) {
         (Some(_), Some(_)) => return Err(TaskError::invalid("run_at", "give run_at or countdown, not both")),
         (Some(at), None) => mesh_proto::time::to_millis(&at),
-        (None, Some(c)) => mesh_sql::now_ms() + c.as_millis() as i64,
+        (None, Some(c)) => now.saturating_add(i64::try_from(c.as_millis()).unwrap_or(i64::MAX)),
         (None, None) => 0,
     };
+    if run_at_ms > now.saturating_add(MAX_SCHEDULE_AHEAD_MS) {
+        let field = if countdown.is_some() { "countdown" } else { "run_at" };
+        return Err(TaskError::invalid(field, "at most 365 days ahead"));
+    }
     Ok(NewTask {
         kind: r.kind,
         payload,

@@ -88,6 +88,15 @@ pub struct Task {
     pub progress_message: String,
     pub cancel_requested: bool,
     pub detail: String,
+    /// Attempts whose worker died (lease expired); not counted against `max_attempts`.
+    pub lost_attempts: u32,
+}
+
+impl Task {
+    /// Attempts that ended with a result (not lost with their worker).
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempts.saturating_sub(self.lost_attempts)
+    }
 }
 
 /// One attempt at running a task, as kept in its attempt log.
@@ -184,15 +193,15 @@ pub enum Lease {
     Lost,
 }
 
-/// A worker lost this many attempts beyond `max_attempts` (its process died)
-/// before the task is failed as a likely cause: a poison-pill guard.
+/// A task whose worker died this many times is failed: it is the likely
+/// cause (a poison pill), and must not take down worker after worker.
 pub const LOST_WORKER_ALLOWANCE: i32 = 3;
 pub const MAX_ATTEMPTS: u32 = 100;
 
 const COLUMNS: &str = "id, kind, payload, priority, status, attempts, result, error, \
                        created_ms, started_ms, finished_ms, updated_ms, max_attempts, timeout_ms, run_at_ms, \
                        queue, idempotency_key, attempt_log, progress_percent, progress_message, \
-                       cancel_requested, detail";
+                       cancel_requested, detail, lost_attempts";
 
 #[derive(Clone)]
 pub struct TaskStore {
@@ -509,12 +518,12 @@ impl TaskStore {
                 "cancelled while running".to_string(),
                 None,
             ),
-            Outcome::Failed { error, timed_out } if task.attempts < task.max_attempts => {
-                let wait = backoff.after(task.attempts, task.id);
+            Outcome::Failed { error, timed_out } if task.counted_attempts() < task.max_attempts => {
+                let wait = backoff.after(task.counted_attempts(), task.id);
                 let why = if timed_out { "timed out" } else { "failed" };
                 let detail = format!(
                     "attempt {} of {} {why}; retrying in {} ms",
-                    task.attempts,
+                    task.counted_attempts(),
                     task.max_attempts,
                     wait.as_millis()
                 );
@@ -573,11 +582,21 @@ impl TaskStore {
     /// died or hung); one that lost its worker too often fails instead.
     pub async fn requeue_expired(&self) -> Result<u64, TaskError> {
         let now = now_ms();
+        // A cancel asked for while the worker was gone still stands.
+        let cancelled = sqlx::query(
+            "UPDATE tasks SET status = 'cancelled', worker = NULL, lease_until_ms = NULL, finished_ms = $1, \
+                 updated_ms = $1, detail = 'cancelled while running (its worker stopped)' \
+             WHERE status = 'running' AND lease_until_ms < $1 AND cancel_requested = 1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
         let failed = sqlx::query(
             "UPDATE tasks SET status = 'failed', worker = NULL, lease_until_ms = NULL, finished_ms = $1, \
-                 updated_ms = $1, error = 'its worker stopped (lease expired) too many times', \
-                 detail = 'failed: lost its worker on every allowed attempt' \
-             WHERE status = 'running' AND lease_until_ms < $1 AND attempts >= max_attempts + $2",
+                 updated_ms = $1, lost_attempts = lost_attempts + 1, \
+                 error = 'its worker stopped (lease expired) too many times', \
+                 detail = 'failed: it lost its worker on every allowed attempt' \
+             WHERE status = 'running' AND lease_until_ms < $1 AND lost_attempts + 1 >= $2",
         )
         .bind(now)
         .bind(LOST_WORKER_ALLOWANCE)
@@ -585,7 +604,7 @@ impl TaskStore {
         .await?;
         let requeued = sqlx::query(
             "UPDATE tasks SET status = 'queued', worker = NULL, lease_until_ms = NULL, updated_ms = $1, \
-                 queued_ms = $1, eff_priority = priority, \
+                 queued_ms = $1, eff_priority = priority, lost_attempts = lost_attempts + 1, \
                  detail = 'queued again: its worker stopped renewing the lease' \
              WHERE status = 'running' AND lease_until_ms < $1",
         )
@@ -595,7 +614,7 @@ impl TaskStore {
         if requeued.rows_affected() > 0 {
             self.wake();
         }
-        Ok(requeued.rows_affected() + failed.rows_affected())
+        Ok(requeued.rows_affected() + failed.rows_affected() + cancelled.rows_affected())
     }
 
     /// Priority aging: a ready task's effective priority is its priority plus
@@ -669,7 +688,8 @@ impl TaskStore {
         let now = now_ms();
         let done = sqlx::query(
             "UPDATE tasks SET status = 'queued', worker = NULL, lease_until_ms = NULL, updated_ms = $2, \
-                 queued_ms = $2, eff_priority = priority, detail = 'queued again: its worker shut down' \
+                 queued_ms = $2, eff_priority = priority, attempts = attempts - 1, \
+                 detail = 'queued again: its worker shut down' \
              WHERE worker LIKE $1 AND status = 'running'",
         )
         .bind(format!("{worker_prefix}-%"))
@@ -743,6 +763,7 @@ fn task_from_row(row: &AnyRow) -> Result<Task, TaskError> {
         progress_message: row.try_get("progress_message")?,
         cancel_requested: cancel != 0,
         detail: row.try_get("detail")?,
+        lost_attempts: u32::try_from(row.try_get::<i32, _>("lost_attempts")?).unwrap_or(0),
     })
 }
 

@@ -144,6 +144,8 @@ impl Worker {
     async fn execute(&self, task: Task) {
         tracing::info!("task started");
         let outcome = match self.registry.get(&task.kind) {
+            // Cancelled while its previous worker ran it: do not start again.
+            _ if task.cancel_requested => Outcome::Cancelled,
             None => Outcome::Failed {
                 error: format!("unknown task kind {:?}", task.kind),
                 timed_out: false,
@@ -152,6 +154,11 @@ impl Worker {
                 Some(outcome) => outcome,
                 None => return, // lease lost: another worker owns the task now
             },
+        };
+        // A cancel that arrived while a failing attempt ended wins over a retry.
+        let outcome = match outcome {
+            Outcome::Failed { .. } if self.cancel_requested(task.id).await => Outcome::Cancelled,
+            other => other,
         };
         let label = match &outcome {
             Outcome::Succeeded(_) => "succeeded",
