@@ -7,8 +7,10 @@
 //! - [`app`] builds the router (tests drive it without a socket); [`run`] serves it.
 #![forbid(unsafe_code)]
 
+pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod request_id;
 pub mod routes;
 pub mod singleflight;
 pub mod state;
@@ -19,18 +21,15 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderName;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
 use tokio::net::TcpListener;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::error::AppError;
 use crate::routes::{cache, counter, items, ops, seed, tasks};
@@ -152,7 +151,7 @@ impl Config {
         }
         let settings = self.settings();
         let [items, cache, tasks, counter] = specs;
-        Ok(AppState {
+        Ok(std::sync::Arc::new(state::Shared {
             items: Upstream::start("items", items, &settings, ItemServiceClient::new).await,
             cache: Upstream::start("cache", cache, &settings, CacheServiceClient::new).await,
             tasks: Upstream::start("tasks", tasks, &settings, TaskServiceClient::new).await,
@@ -167,7 +166,7 @@ impl Config {
             item_reads: Default::default(),
             item_writes: Default::default(),
             stopping: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
-        })
+        }))
     }
 }
 
@@ -197,40 +196,12 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        // Outermost last: the request id is set first, so the trace span and
-        // every service call carry it, and it is echoed on the response.
+        // Outermost last: the request id is set first, so the request's span
+        // and every service call carry it, and it is echoed on the response.
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn(move |req: Request, next: Next| {
-            limit_headers(req, next, max_header_bytes)
-        }))
-        .layer(
-            TraceLayer::new_for_http()
-                .on_response(tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO))
-                .make_span_with(|req: &Request<_>| {
-                    let id = req
-                        .headers()
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("-");
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
-                }),
-        )
+        .layer(edge::EdgeLayer { max_header_bytes })
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
-}
-
-/// Refuses requests whose headers add up to more than `max` bytes (431).
-async fn limit_headers(req: Request, next: Next, max: usize) -> Response {
-    let size: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if size > max {
-        return AppError::BadRequest {
-            status: axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            code: "INVALID_ARGUMENT",
-            message: format!("request headers are {size} bytes; at most {max}"),
-        }
-        .into_response();
-    }
-    next.run(req).await
+        .layer(SetRequestIdLayer::new(request_id, request_id::MakeId::new()))
 }
 
 async fn not_found(uri: axum::http::Uri) -> AppError {

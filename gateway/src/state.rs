@@ -16,8 +16,11 @@ use crate::upstream::{Transport, Upstream};
 /// One shared item read: the item and how it was served (`hit`, `miss`, `bypass`).
 pub type ItemRead = Result<(Item, &'static str), crate::error::AppError>;
 
-#[derive(Clone)]
-pub struct AppState {
+/// What handlers get: a pointer to the pool. axum clones the state for every
+/// request, so it must be one reference count, not a clone of every client.
+pub type AppState = std::sync::Arc<Shared>;
+
+pub struct Shared {
     pub items: Upstream<ItemServiceClient<Transport>>,
     pub cache: Upstream<CacheServiceClient<Transport>>,
     pub tasks: Upstream<TaskServiceClient<Transport>>,
@@ -40,7 +43,7 @@ pub struct AppState {
     pub item_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
-impl AppState {
+impl Shared {
     /// Each service's replicas as `/readyz` and `/overview` report them.
     pub fn upstream_members(&self) -> [(&'static str, Vec<crate::upstream::MemberView>); 4] {
         [

@@ -575,6 +575,11 @@ async fn request_ids_are_echoed_and_generated() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "req-123");
-    let r = mesh.http.get(mesh.at("/test")).send().await.unwrap();
-    assert_eq!(r.headers()["x-request-id"].len(), 36, "a UUID is generated");
+    let first = mesh.http.get(mesh.at("/test")).send().await.unwrap();
+    let second = mesh.http.get(mesh.at("/test")).send().await.unwrap();
+    let (a, b) = (&first.headers()["x-request-id"], &second.headers()["x-request-id"]);
+    assert!(
+        !a.is_empty() && a != b,
+        "each request without an id gets a new one: {a:?}, {b:?}"
+    );
 }

@@ -109,14 +109,27 @@ pub enum Kind {
 }
 
 /// One service's replicas, as one client of type `C`.
-#[derive(Clone)]
 pub struct Upstream<C> {
     pub name: &'static str,
+    /// Shared, so that each call's handle is one reference count.
+    inner: Arc<Inner<C>>,
+}
+
+struct Inner<C> {
     client: C,
     members: Members,
-    budget: Arc<TpsBudget>,
-    hedge: Option<Arc<hedge::Hedger>>,
+    budget: TpsBudget,
+    hedge: Option<hedge::Hedger>,
     max_in_flight: usize,
+}
+
+impl<C> Clone for Upstream<C> {
+    fn clone(&self) -> Self {
+        Self {
+            name: self.name,
+            inner: self.inner.clone(),
+        }
+    }
 }
 
 impl<C: Clone> Upstream<C> {
@@ -133,20 +146,22 @@ impl<C: Clone> Upstream<C> {
         );
         Self {
             name,
-            client: make(transport),
-            members,
-            budget: Arc::new(TpsBudget::new(
-                Duration::from_secs(10),
-                settings.retry_min_per_sec,
-                settings.retry_ratio,
-            )),
-            hedge: settings.hedge.map(|h| Arc::new(hedge::Hedger::new(h))),
-            max_in_flight: settings.max_in_flight,
+            inner: Arc::new(Inner {
+                client: make(transport),
+                members,
+                budget: TpsBudget::new(
+                    Duration::from_secs(10),
+                    settings.retry_min_per_sec,
+                    settings.retry_ratio,
+                ),
+                hedge: settings.hedge.map(hedge::Hedger::new),
+                max_in_flight: settings.max_in_flight,
+            }),
         }
     }
 
     pub fn members(&self) -> &Members {
-        &self.members
+        &self.inner.members
     }
 
     /// Runs one gRPC call under the gateway's policies. `attempt` makes one
@@ -170,28 +185,28 @@ impl<C: Clone> Upstream<C> {
         let this = self.clone();
         let deadline = call.deadline;
         async move {
-            if this.members.in_rotation() == 0 {
+            if this.inner.members.in_rotation() == 0 {
                 return Err(AppError::Unavailable(format!(
                     "no replica of the {} service is known",
                     this.name
                 )));
             }
-            let one = tower::service_fn(|()| attempt(this.client.clone()));
+            let one = tower::service_fn(|()| attempt(this.inner.client.clone()));
             let run = async {
                 match kind {
                     Kind::Write => one.oneshot(()).await,
                     Kind::Read | Kind::IdempotentWrite => {
-                        this.budget.deposit();
+                        this.inner.budget.deposit();
                         // With one replica a retry can only land on the same
                         // one: allow a single quick retry (a blip), not three.
                         let policy = RetryPolicy {
                             service: this.name,
-                            budget: this.budget.clone(),
-                            attempts_left: if this.members.known() > 1 { 3 } else { 1 },
+                            upstream: &this.inner,
+                            attempts_left: if this.inner.members.known() > 1 { 3 } else { 1 },
                             retried: 0,
                         };
                         let retried = Retry::new(policy, one);
-                        match (&this.hedge, kind) {
+                        match (&this.inner.hedge, kind) {
                             (Some(hedger), Kind::Read) => hedger.run(retried).await,
                             _ => retried.oneshot(()).await,
                         }
@@ -216,7 +231,7 @@ impl<C: Clone> Upstream<C> {
         if is_shed(&status) {
             AppError::Overloaded {
                 service: self.name,
-                limit: self.max_in_flight,
+                limit: self.inner.max_in_flight,
             }
         } else if expired {
             AppError::DeadlineExceeded(self.name)
@@ -259,16 +274,22 @@ fn is_shed(status: &tonic::Status) -> bool {
 
 /// Retries `UNAVAILABLE` and broken connections (the replica could not take
 /// the call; the balancer will likely pick another) while the budget allows.
-#[derive(Clone)]
-struct RetryPolicy {
+struct RetryPolicy<'a, C> {
+    // (Clone by hand below: a derive would demand `C: Clone`.)
     service: &'static str,
-    budget: Arc<TpsBudget>,
+    upstream: &'a Inner<C>,
     attempts_left: u8,
     /// Retries made so far: each waits a little longer (5, 20, 50 ms).
     retried: u8,
 }
 
-impl<R> Policy<(), tonic::Response<R>, tonic::Status> for RetryPolicy {
+impl<C> Clone for RetryPolicy<'_, C> {
+    fn clone(&self) -> Self {
+        Self { ..*self }
+    }
+}
+
+impl<C, R> Policy<(), tonic::Response<R>, tonic::Status> for RetryPolicy<'_, C> {
     type Future = tokio::time::Sleep;
 
     fn retry(&mut self, _: &mut (), result: &mut Result<tonic::Response<R>, tonic::Status>) -> Option<Self::Future> {
@@ -276,7 +297,7 @@ impl<R> Policy<(), tonic::Response<R>, tonic::Status> for RetryPolicy {
         if !(status.code() == tonic::Code::Unavailable || is_broken_connection(status)) || self.attempts_left == 0 {
             return None;
         }
-        if !self.budget.withdraw() {
+        if !self.upstream.budget.withdraw() {
             tracing::warn!(service = self.service, "retry budget exhausted; not retrying");
             return None;
         }
