@@ -142,17 +142,58 @@ pub async fn list(
 #[tracing::instrument(skip_all, fields(id = %id))]
 pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<Response, AppError> {
     let id = parse_id(&id, "id")?;
-    // Concurrent reads of one id share one read path (cache, then items), so
-    // a hot key expiring sends one call to the database, not hundreds.
-    // Keyed by the write epoch too: a read that starts after a write never
-    // joins a read path that began before it (read-your-writes).
-    let epoch = state.item_writes.load(Ordering::Acquire);
-    let read: futures::future::BoxFuture<'static, _> = Box::pin(read_through(state.clone(), call.clone(), id, epoch));
-    let lost = Err(AppError::Unavailable("the item read was interrupted; try again".into()));
-    let (item, how) = state.item_reads.run((id, epoch), read, lost).await?;
+    // The hot path: a cache hit needs nothing shared with other requests.
+    let (item, how) = match cached(&state, &call, id).await {
+        Cached::Hit(item) => (item, "hit"),
+        Cached::Miss | Cached::Unavailable => {
+            // Concurrent misses of one id share one read path (which looks
+            // in the cache again first), so a hot key expiring sends one call
+            // to the database, not hundreds. Keyed by the write epoch too: a
+            // read that starts after a write never joins a read path that
+            // began before it (read-your-writes).
+            let epoch = state.item_writes.load(Ordering::Acquire);
+            let read: futures::future::BoxFuture<'static, _> =
+                Box::pin(read_through(state.clone(), call.clone(), id, epoch));
+            let lost = Err(AppError::Unavailable("the item read was interrupted; try again".into()));
+            state.item_reads.run((id, epoch), read, lost).await?
+        }
+    };
     let mut response = axum::Json(ItemJson::from(item)).into_response();
     response.headers_mut().insert("x-cache", HeaderValue::from_static(how));
     Ok(response)
+}
+
+enum Cached {
+    Hit(pb::Item),
+    Miss,
+    Unavailable,
+}
+
+/// Looks the item up in the cache. A value that does not decode (someone
+/// wrote the key by hand) counts as a miss.
+async fn cached(state: &AppState, call: &Call, id: i64) -> Cached {
+    let get = cache_pb::GetRequest { key: cache_key(id) };
+    let found = state
+        .cache
+        .call(call, Kind::Read, |mut c| {
+            let r = call.req(get.clone());
+            async move { c.get(r).await }
+        })
+        .await;
+    match found {
+        Ok(found) if found.found => match pb::Item::decode(found.value.as_slice()) {
+            Ok(item) => Cached::Hit(item),
+            Err(err) => {
+                tracing::warn!(error = %err, id, "cached item does not decode; refetching");
+                Cached::Miss
+            }
+        },
+        Ok(_) => Cached::Miss,
+        Err(err) => {
+            tracing::warn!(error = %err, "cache unavailable; reading items directly");
+            Cached::Unavailable
+        }
+    }
 }
 
 /// Cache-aside: the cache first (`hit`); on a miss the items service, then
@@ -160,29 +201,10 @@ pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<Strin
 /// (`bypass`).
 async fn read_through(state: AppState, call: Call, id: i64, epoch: u64) -> Result<(pb::Item, &'static str), AppError> {
     let key = cache_key(id);
-    let get = cache_pb::GetRequest { key: key.clone() };
-    let cached = state
-        .cache
-        .call(&call, Kind::Read, |mut c| {
-            let r = call.req(get.clone());
-            async move { c.get(r).await }
-        })
-        .await;
-    match cached {
-        Ok(found) if found.found => match pb::Item::decode(found.value.as_slice()) {
-            Ok(item) => Ok((item, "hit")),
-            Err(err) => {
-                // Not ours (someone wrote the key by hand): treat it as a miss.
-                tracing::warn!(error = %err, key, "cached item does not decode; refetching");
-                Ok((fetch_and_fill(&state, &call, id, key, Some(epoch)).await?, "miss"))
-            }
-        },
-        Ok(_) => Ok((fetch_and_fill(&state, &call, id, key, Some(epoch)).await?, "miss")),
-        Err(err @ AppError::DeadlineExceeded(_)) => Err(err),
-        Err(err) => {
-            tracing::warn!(error = %err, "cache unavailable; reading items directly");
-            Ok((fetch_and_fill(&state, &call, id, key, None).await?, "bypass"))
-        }
+    match cached(&state, &call, id).await {
+        Cached::Hit(item) => Ok((item, "hit")),
+        Cached::Miss => Ok((fetch_and_fill(&state, &call, id, key, Some(epoch)).await?, "miss")),
+        Cached::Unavailable => Ok((fetch_and_fill(&state, &call, id, key, None).await?, "bypass")),
     }
 }
 
