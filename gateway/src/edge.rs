@@ -2,6 +2,8 @@
 //! reaches a route, in one pass:
 //!
 //! - refuse requests whose headers add up to more than the limit (431);
+//! - take the request's `x-request-id`, or give it one, and echo it on the
+//!   response (service calls forward it from the request);
 //! - open the `http` span (method, path, request id) that every log line of
 //!   the request, and every service call's, is tied to, and log the response
 //!   (status, latency) at INFO.
@@ -21,10 +23,14 @@ use axum::response::{IntoResponse, Response};
 use tracing::Instrument;
 
 use crate::error::AppError;
+use crate::request_id::RequestIds;
 
-#[derive(Clone, Copy, Debug)]
+pub const X_REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
+
+#[derive(Clone, Debug)]
 pub struct EdgeLayer {
     pub max_header_bytes: usize,
+    pub ids: RequestIds,
 }
 
 impl<S> tower::Layer<S> for EdgeLayer {
@@ -34,6 +40,7 @@ impl<S> tower::Layer<S> for EdgeLayer {
         Edge {
             inner,
             max_header_bytes: self.max_header_bytes,
+            ids: self.ids.clone(),
         }
     }
 }
@@ -42,6 +49,7 @@ impl<S> tower::Layer<S> for EdgeLayer {
 pub struct Edge<S> {
     inner: S,
     max_header_bytes: usize,
+    ids: RequestIds,
 }
 
 impl<S> tower::Service<Request> for Edge<S>
@@ -57,7 +65,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         let size: usize = request
             .headers()
             .iter()
@@ -71,28 +79,40 @@ where
             };
             return Box::pin(std::future::ready(Ok(refusal.into_response())));
         }
+        let id = match request.headers().get(X_REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.ids.next();
+                request.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
         // Take the service that was made ready, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         if !tracing::enabled!(tracing::Level::INFO) {
-            return Box::pin(inner.call(request));
+            return Box::pin(async move {
+                let mut response = inner.call(request).await?;
+                response.headers_mut().insert(X_REQUEST_ID, id);
+                Ok(response)
+            });
         }
-        let id = request
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let span =
-            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id = %id);
+        let span = tracing::info_span!(
+            "http",
+            method = %request.method(),
+            path = %request.uri().path(),
+            request_id = %id.to_str().unwrap_or("-")
+        );
         let started = Instant::now();
         Box::pin(
             async move {
-                let response = inner.call(request).await?;
+                let mut response = inner.call(request).await?;
                 tracing::info!(
                     status = response.status().as_u16(),
                     latency_ms = started.elapsed().as_secs_f64() * 1000.0,
                     "response"
                 );
+                response.headers_mut().insert(X_REQUEST_ID, id);
                 Ok(response)
             }
             .instrument(span),

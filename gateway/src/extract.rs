@@ -115,6 +115,24 @@ impl FromRequestParts<AppState> for Call {
     }
 }
 
+/// The `Idempotency-Key` header ("" when absent), read without copying the
+/// rest of the headers.
+pub struct IdempotencyKey(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.get("idempotency-key") {
+            None => Ok(IdempotencyKey(String::new())),
+            Some(v) => v
+                .to_str()
+                .map(|k| IdempotencyKey(k.to_owned()))
+                .map_err(|_| AppError::invalid("Idempotency-Key: must be visible ASCII")),
+        }
+    }
+}
+
 /// Parses a path segment that must be a positive id, naming it in the error.
 pub fn parse_id(raw: &str, what: &str) -> Result<i64, AppError> {
     raw.parse::<i64>()

@@ -22,14 +22,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::HeaderName;
 use axum::routing::{get, post};
 use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
 use tokio::net::TcpListener;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::error::AppError;
 use crate::routes::{cache, counter, items, ops, seed, tasks};
@@ -170,9 +168,11 @@ impl Config {
     }
 }
 
+/// axum's `DefaultBodyLimit` when no layer sets another.
+const AXUM_DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
 /// The gateway's router, over a ready client pool.
 pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> Router {
-    let request_id = HeaderName::from_static("x-request-id");
     Router::new()
         .route("/items", post(items::create).get(items::list))
         .route("/items/{id}", get(items::get).patch(items::patch).delete(items::delete))
@@ -196,12 +196,14 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-        // Outermost last: the request id is set first, so the request's span
-        // and every service call carry it, and it is echoed on the response.
-        .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(edge::EdgeLayer { max_header_bytes })
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, request_id::MakeId::new()))
+        // axum's own default body limit is 2 MiB; a layer only for another one.
+        .layer(tower::util::option_layer(
+            (max_body_bytes != AXUM_DEFAULT_BODY_LIMIT).then(|| DefaultBodyLimit::max(max_body_bytes)),
+        ))
+        .layer(edge::EdgeLayer {
+            max_header_bytes,
+            ids: request_id::RequestIds::new(),
+        })
 }
 
 async fn not_found(uri: axum::http::Uri) -> AppError {

@@ -7,25 +7,31 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::http::{HeaderValue, Request};
-use tower_http::request_id::{MakeRequestId, RequestId};
+use axum::http::HeaderValue;
 
-#[derive(Clone)]
-pub struct MakeId {
+#[derive(Clone, Debug)]
+pub struct RequestIds {
     prefix: Arc<str>,
     next: Arc<AtomicU64>,
 }
 
-impl MakeId {
+impl RequestIds {
     pub fn new() -> Self {
         Self {
             prefix: format!("{:016x}", random_u64()).into(),
             next: Arc::default(),
         }
     }
+
+    /// A new id, unique within this process and (by its prefix) across gateways.
+    pub fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // Hex digits and a dash: always a valid header value.
+        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix)).unwrap_or(HeaderValue::from_static("-"))
+    }
 }
 
-impl Default for MakeId {
+impl Default for RequestIds {
     fn default() -> Self {
         Self::new()
     }
@@ -39,26 +45,15 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
-impl MakeRequestId for MakeId {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{}-{n:x}", self.prefix))
-            .ok()
-            .map(RequestId::new)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn ids_are_distinct_and_share_the_process_prefix() {
-        let mut make = MakeId::new();
-        let req = Request::new(());
-        let a = make.make_request_id(&req).unwrap();
-        let b = make.make_request_id(&req).unwrap();
-        let (a, b) = (a.header_value().to_str().unwrap(), b.header_value().to_str().unwrap());
+        let ids = RequestIds::new();
+        let (a, b) = (ids.next(), ids.next());
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
         assert_ne!(a, b);
         assert_eq!(a.split('-').next(), b.split('-').next());
     }

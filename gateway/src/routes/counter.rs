@@ -2,12 +2,11 @@
 //! increment safe to retry: the same key returns the first answer.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use mesh_proto::counter::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
-use crate::extract::{Call, OptionalJson};
+use crate::extract::{Call, IdempotencyKey, OptionalJson};
 use crate::state::AppState;
 use crate::upstream::Kind;
 
@@ -43,28 +42,18 @@ impl From<pb::CounterValue> for CounterJson {
     }
 }
 
-pub fn idempotency_key(headers: &HeaderMap) -> Result<String, AppError> {
-    match headers.get("idempotency-key") {
-        None => Ok(String::new()),
-        Some(v) => v
-            .to_str()
-            .map(str::to_owned)
-            .map_err(|_| AppError::invalid("Idempotency-Key: must be visible ASCII")),
-    }
-}
-
 #[tracing::instrument(skip_all, fields(name = %name))]
 pub async fn increment(
     State(state): State<AppState>,
     call: Call,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     OptionalJson(body): OptionalJson<IncrementBody>,
 ) -> Result<axum::Json<CounterJson>, AppError> {
     let message = pb::IncrementRequest {
         name,
         delta: Some(body.by),
-        idempotency_key: idempotency_key(&headers)?,
+        idempotency_key: key,
     };
     // Only an increment with a key is safe to repeat: without one a retry
     // after a lost answer would count twice.

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::rfc3339;
 use crate::error::AppError;
-use crate::extract::{Call, Json, Query, parse_id};
+use crate::extract::{Call, IdempotencyKey, Json, Query, parse_id};
 use crate::state::AppState;
 use crate::upstream::Kind;
 
@@ -147,7 +147,7 @@ impl From<pb::Task> for TaskJson {
 pub async fn submit(
     State(state): State<AppState>,
     call: Call,
-    headers: axum::http::HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     Json(body): Json<SubmitBody>,
 ) -> Result<Response, AppError> {
     let run_at = body
@@ -171,7 +171,7 @@ pub async fn submit(
             .countdown_ms
             .and_then(|ms| prost_types::Duration::try_from(Duration::from_millis(ms)).ok()),
         queue: body.queue,
-        idempotency_key: super::counter::idempotency_key(&headers)?,
+        idempotency_key: key,
     };
     let task = submit_message(&state, &call, message).await?;
     let mut response = (

@@ -71,7 +71,7 @@ pub struct Config {
     pub queues: Vec<String>,
 
     /// Back-off before the first retry, in ms; it doubles with each attempt
-    /// (with jitter: each wait is between half and all of that).
+    /// (with jitter: each wait is between three quarters and all of that).
     #[arg(long, env = "TASKS_RETRY_BACKOFF_MS", default_value_t = 1000)]
     pub retry_backoff_ms: u64,
 

@@ -146,16 +146,16 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    /// "Equal jitter": half the exponential delay, plus a random part of the
-    /// other half. Retries of many tasks spread out, and each gap is still at
-    /// least as long as the previous one.
+    /// Three quarters of the exponential delay plus a random part of the
+    /// last quarter: retries of many tasks spread out, and (until the cap)
+    /// each wait is longer than the one before, whatever the draw.
     pub fn after(&self, attempt: u32, task_id: i64) -> Duration {
         let exp = self
             .base
             .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
         let full = exp.min(self.max);
-        let half = full / 2;
-        half + half.mul_f64(unit_random(task_id, attempt))
+        let quarter = full / 4;
+        full - quarter + quarter.mul_f64(unit_random(task_id, attempt))
     }
 }
 
@@ -210,6 +210,10 @@ pub struct TaskStore {
     /// Wakes idle local workers when a task is submitted here. Workers also
     /// poll, for tasks submitted through other replicas.
     submitted: std::sync::Arc<Notify>,
+    /// The earliest future `run_at` this process scheduled (a countdown, a
+    /// retry's back-off), so idle workers wake for it on time rather than at
+    /// their next poll.
+    due: std::sync::Arc<std::sync::Mutex<Option<i64>>>,
     /// Ids of tasks this process changed, so watchers answer at once.
     /// (Changes made by other replicas are seen by the watchers' polling.)
     changes: broadcast::Sender<i64>,
@@ -221,6 +225,7 @@ impl TaskStore {
             pool,
             backend,
             submitted: std::sync::Arc::new(Notify::new()),
+            due: Default::default(),
             changes: broadcast::channel(1024).0,
         }
     }
@@ -308,6 +313,9 @@ impl TaskStore {
             return Ok((task_from_row(&row)?, false));
         };
         let task = task_from_row(&row)?;
+        if ready_at > now {
+            self.due_at(ready_at);
+        }
         self.wake();
         self.changed(task.id);
         Ok((task, true))
@@ -316,6 +324,21 @@ impl TaskStore {
     fn wake(&self) {
         self.submitted.notify_waiters();
         self.submitted.notify_one();
+    }
+
+    /// Remembers that a task becomes ready at `at_ms`.
+    fn due_at(&self, at_ms: i64) {
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        if due.is_none_or(|d| at_ms < d || d <= now_ms()) {
+            *due = Some(at_ms);
+        }
+    }
+
+    /// How long until the earliest task this process scheduled becomes
+    /// ready, if that is in the future.
+    pub fn next_due_in(&self) -> Option<Duration> {
+        let due = (*self.due.lock().unwrap_or_else(|p| p.into_inner()))?;
+        u64::try_from(due - now_ms()).ok().map(Duration::from_millis)
     }
 
     pub async fn get(&self, id: i64) -> Result<Task, TaskError> {
@@ -572,7 +595,8 @@ impl TaskStore {
         .execute(&self.pool)
         .await?;
         self.changed(task.id);
-        if status == Status::Queued {
+        if let (Status::Queued, Some(at)) = (status, run_at) {
+            self.due_at(at);
             self.wake();
         }
         Ok((done.rows_affected() == 1).then_some(status))
@@ -780,4 +804,23 @@ fn decode_token(token: &str) -> Result<i64, TaskError> {
         .and_then(|id| id.parse::<i64>().ok())
         .filter(|id| *id > 0)
         .ok_or_else(|| TaskError::invalid("page_token", "not a token this service issued"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_every_attempt_until_the_cap_whatever_the_jitter() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        };
+        for task in 0..200 {
+            let waits: Vec<Duration> = (1..=5).map(|a| b.after(a, task)).collect();
+            assert!(waits.windows(2).all(|w| w[0] < w[1]), "{waits:?}");
+            assert!(waits[0] >= Duration::from_millis(75) && waits[0] <= Duration::from_millis(100));
+        }
+        assert!(b.after(30, 1) <= Duration::from_secs(2), "capped");
+    }
 }

@@ -131,11 +131,16 @@ impl Worker {
         }
     }
 
-    /// Waits for a local submit, the poll interval, or shutdown.
+    /// Waits for a local submit, the poll interval (or, if sooner, the time
+    /// a task scheduled here becomes ready), or shutdown.
     async fn idle(&mut self) {
+        let wait = self
+            .store
+            .next_due_in()
+            .map_or(self.config.poll, |due| due.min(self.config.poll));
         tokio::select! {
             () = self.store.submitted().notified() => {}
-            () = tokio::time::sleep(self.config.poll) => {}
+            () = tokio::time::sleep(wait) => {}
             _ = self.stop.changed() => {}
         }
     }
