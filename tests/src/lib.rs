@@ -185,6 +185,24 @@ pub struct MeshOptions {
     pub gateway_args: Vec<String>,
 }
 
+/// The gateway's four service flags, each a comma-separated endpoint list.
+pub fn gateway_flags(
+    items: impl AsRef<str>,
+    cache: impl AsRef<str>,
+    tasks: impl AsRef<str>,
+    counter: impl AsRef<str>,
+) -> Vec<String> {
+    [
+        ("--items", items.as_ref()),
+        ("--cache", cache.as_ref()),
+        ("--tasks", tasks.as_ref()),
+        ("--counter", counter.as_ref()),
+    ]
+    .into_iter()
+    .flat_map(|(flag, list)| [flag.to_string(), list.to_string()])
+    .collect()
+}
+
 pub fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -205,16 +223,7 @@ impl Mesh {
             Server::start("tasks-service", &tasks_args),
             Server::start("counter-service", &[]),
         );
-        let mut gw_args = args(&[
-            "--items",
-            &items.url(),
-            "--cache",
-            &cache.url(),
-            "--tasks",
-            &tasks.url(),
-            "--counter",
-            &counter.url(),
-        ]);
+        let mut gw_args = gateway_flags(items.url(), cache.url(), tasks.url(), counter.url());
         gw_args.extend(options.gateway_args);
         let gateway = Server::start("gateway", &gw_args).await;
         for s in [&items, &cache, &tasks, &counter] {

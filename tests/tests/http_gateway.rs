@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use mesh_tests::{Mesh, MeshOptions, Server, args};
+use mesh_tests::{Mesh, MeshOptions, Server, args, gateway_flags};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -489,18 +489,11 @@ async fn the_seeds_routes_work_through_the_mesh() {
     let upstream = format!("{}/test", mesh.gateway.url());
     let second = Server::start(
         "gateway",
-        &args(&[
-            "--items",
-            &mesh.items.url(),
-            "--cache",
-            &mesh.cache.url(),
-            "--tasks",
-            &mesh.tasks.url(),
-            "--counter",
-            &mesh.counter.url(),
-            "--upstream",
-            &upstream,
-        ]),
+        &[
+            gateway_flags(mesh.items.url(), mesh.cache.url(), mesh.tasks.url(), mesh.counter.url()),
+            args(&["--upstream", &upstream]),
+        ]
+        .concat(),
     )
     .await;
     let (_, called) = json_of(

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use mesh_tests::backends::{drop_keys, redis, unique};
-use mesh_tests::{Server, args};
+use mesh_tests::{Server, args, gateway_flags};
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -39,16 +39,7 @@ impl Fleet {
         let tasks = Server::start("tasks-service", &args(&["--data-dir", &dir])).await;
         let counter = Server::start("counter-service", &[]).await;
         let list: Vec<String> = items.iter().map(Server::url).collect();
-        let mut gw = args(&[
-            "--items",
-            &list.join(","),
-            "--cache",
-            &cache.url(),
-            "--tasks",
-            &tasks.url(),
-            "--counter",
-            &counter.url(),
-        ]);
+        let mut gw = gateway_flags(list.join(","), cache.url(), tasks.url(), counter.url());
         gw.extend(args(gateway_args));
         let gateway = Server::start("gateway", &gw).await;
         let fleet = Fleet {
@@ -368,18 +359,16 @@ async fn replicas_listed_in_a_file_are_picked_up_without_a_restart() {
     ];
     let gateway = Server::start(
         "gateway",
-        &args(&[
-            "--items",
-            &format!("@{}", list.display()),
-            "--cache",
-            &others[0].url(),
-            "--tasks",
-            &others[0].url(),
-            "--counter",
-            &others[1].url(),
-            "--resolve-interval-ms",
-            "200",
-        ]),
+        &[
+            gateway_flags(
+                format!("@{}", list.display()),
+                others[0].url(),
+                others[0].url(),
+                others[1].url(),
+            ),
+            args(&["--resolve-interval-ms", "200"]),
+        ]
+        .concat(),
     )
     .await;
     let http = reqwest::Client::new();
@@ -427,18 +416,11 @@ async fn a_rolling_restart_of_every_counter_replica_loses_no_idempotent_incremen
     let list: Vec<String> = counters.iter().map(Server::url).collect();
     let gateway = Server::start(
         "gateway",
-        &args(&[
-            "--counter",
-            &list.join(","),
-            "--items",
-            &items.url(),
-            "--cache",
-            &items.url(),
-            "--tasks",
-            &items.url(),
-            "--health-interval-ms",
-            "200",
-        ]),
+        &[
+            gateway_flags(items.url(), items.url(), items.url(), list.join(",")),
+            args(&["--health-interval-ms", "200"]),
+        ]
+        .concat(),
     )
     .await;
     let http = reqwest::Client::new();
@@ -505,20 +487,16 @@ async fn hedged_reads_cut_the_tail_that_stalling_replicas_cause() {
     let list: Vec<String> = fleet.items.iter().map(Server::url).collect();
     let hedged = Server::start(
         "gateway",
-        &args(&[
-            "--items",
-            &list.join(","),
-            "--cache",
-            &fleet._others[0].url(),
-            "--tasks",
-            &fleet._others[1].url(),
-            "--counter",
-            &fleet._others[2].url(),
-            "--hedge-percentile",
-            "70",
-            "--hedge-ratio",
-            "0.5",
-        ]),
+        &[
+            gateway_flags(
+                list.join(","),
+                fleet._others[0].url(),
+                fleet._others[1].url(),
+                fleet._others[2].url(),
+            ),
+            args(&["--hedge-percentile", "70", "--hedge-ratio", "0.5"]),
+        ]
+        .concat(),
     )
     .await;
     /// Sequential reads through `gateway`; how many of the last 100 took over 300 ms.

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use mesh_tests::proto::cache::v1::cache_service_client::CacheServiceClient;
-use mesh_tests::{Server, args, in_ci};
+use mesh_tests::{Server, args, gateway_flags, in_ci};
 use serde_json::json;
 use tokio::process::{Child, Command};
 use tonic_health::pb::HealthCheckRequest;
@@ -91,16 +91,7 @@ async fn services_fail_fast_while_redis_is_down_and_recover_without_restart() {
     let tasks = Server::start("tasks-service", &args(&["--data-dir", &data])).await;
     let gateway = Server::start(
         "gateway",
-        &args(&[
-            "--items",
-            &items.url(),
-            "--cache",
-            &cache.url(),
-            "--tasks",
-            &tasks.url(),
-            "--counter",
-            &counter.url(),
-        ]),
+        &gateway_flags(items.url(), cache.url(), tasks.url(), counter.url()),
     )
     .await;
     let http = reqwest::Client::new();

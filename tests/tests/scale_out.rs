@@ -12,7 +12,7 @@ use mesh_tests::proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_tests::proto::items::v1::{CreateItemRequest, GetItemRequest, UpdateItemRequest};
 use mesh_tests::proto::tasks::v1::task_service_client::TaskServiceClient;
 use mesh_tests::proto::tasks::v1::{GetTaskRequest, SubmitTaskRequest, TaskStatus};
-use mesh_tests::{Server, args};
+use mesh_tests::{Server, args, gateway_flags};
 use serde_json::json;
 use tonic::Code;
 
@@ -50,16 +50,7 @@ async fn three_counter_replicas_on_redis_count_exactly_even_with_retries() {
     .await;
     let gateway = Server::start(
         "gateway",
-        &args(&[
-            "--counter",
-            &urls(&counters),
-            "--items",
-            &items.url(),
-            "--cache",
-            &items.url(),
-            "--tasks",
-            &items.url(),
-        ]),
+        &gateway_flags(items.url(), items.url(), items.url(), urls(&counters)),
     )
     .await;
 

@@ -46,7 +46,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let (pool, backend) = mesh_sql::connect(
+    // Items run the same SQL on either backend, so which one it is does not matter here.
+    let (pool, _) = mesh_sql::connect(
         &config.sql,
         &config.data_dir,
         "items",
@@ -54,7 +55,7 @@ pub async fn run(
         &POSTGRES_MIGRATIONS,
     )
     .await?;
-    let store = ItemStore::new(pool.clone(), backend);
+    let store = ItemStore::new(pool.clone());
     mesh_common::grpc::GrpcServer::new(ItemServiceServer::new(ItemsApi::new(store)))
         .with_probe(move || {
             let pool = pool.clone();

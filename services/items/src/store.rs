@@ -2,7 +2,7 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use mesh_sql::{Backend, now_ms};
+use mesh_sql::now_ms;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
 use crate::error::ItemError;
@@ -57,20 +57,11 @@ const COLUMNS: &str = "id, name, description, price_cents, tags, created_ms, upd
 #[derive(Clone, Debug)]
 pub struct ItemStore {
     pool: AnyPool,
-    backend: Backend,
 }
 
 impl ItemStore {
-    pub fn new(pool: AnyPool, backend: Backend) -> Self {
-        Self { pool, backend }
-    }
-
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
-    pub fn backend(&self) -> Backend {
-        self.backend
+    pub fn new(pool: AnyPool) -> Self {
+        Self { pool }
     }
 
     pub async fn create(&self, new: NewItem) -> Result<Item, ItemError> {

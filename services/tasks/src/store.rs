@@ -230,10 +230,6 @@ impl TaskStore {
         }
     }
 
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
-    }
-
     pub fn submitted(&self) -> &Notify {
         &self.submitted
     }
@@ -487,6 +483,18 @@ impl TaskStore {
             },
             None => Lease::Lost,
         })
+    }
+
+    /// Whether CancelTask was called for this task while it ran.
+    pub async fn cancel_requested(&self, id: i64) -> Result<bool, TaskError> {
+        let row = sqlx::query("SELECT cancel_requested FROM tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<i32, _>(0))
+            .transpose()?
+            .is_some_and(|flag| flag != 0))
     }
 
     /// Records progress a running task reported.

@@ -260,7 +260,7 @@ impl Worker {
     }
 
     async fn cancel_requested(&self, id: i64) -> bool {
-        self.store.get(id).await.is_ok_and(|t| t.cancel_requested)
+        self.store.cancel_requested(id).await.unwrap_or(false)
     }
 
     fn cancelled(&self) -> Outcome {
