@@ -11,15 +11,21 @@
 //! reports `NOT_SERVING` and keeps serving for `--drain-ms`, so health-checking
 //! clients (the gateway) move new calls elsewhere; then it stops accepting and
 //! finishes the calls in flight.
+//!
+//! Beside the gRPC port every service runs an admin listener (plaintext HTTP,
+//! loopback by default, see [`crate::admin`]): `GET /healthz`, and `GET
+//! /readyz`, which answers 200 exactly while the health above is `SERVING`.
+//! It stops with the server.
 
 use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tonic::server::NamedService;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -27,6 +33,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::admin::Health;
 use crate::rpc::RpcLayer;
 
 type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
@@ -41,6 +48,13 @@ pub struct ServeArgs {
     /// load balancers move traffic away before the listener closes, in ms.
     #[arg(long, env = "MESH_DRAIN_MS", default_value_t = 1500)]
     pub drain_ms: u64,
+
+    /// Address of the admin listener (plaintext HTTP: GET /healthz, GET
+    /// /readyz). Default: loopback on the service's own admin port, items
+    /// 127.0.0.1:9051, cache 9052, tasks 9053, counter 9054. Port 0 picks a
+    /// free port (announced on stdout).
+    #[arg(long, env = "MESH_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
 
     /// Test only: delay every call by this many ms (a deliberately slow replica).
     #[arg(long, env = "MESH_DEBUG_DELAY_MS", hide = true)]
@@ -57,6 +71,7 @@ pub struct GrpcServer {
     service_name: &'static str,
     probe: Option<Probe>,
     args: Option<ServeArgs>,
+    admin_port: u16,
 }
 
 /// What health is computed from.
@@ -85,7 +100,16 @@ impl GrpcServer {
             service_name: S::NAME,
             probe: None,
             args: None,
+            admin_port: 0,
         }
+    }
+
+    /// The admin listener's port on 127.0.0.1 when `--admin-listen` is not
+    /// given (each service has its own, so probes can name it); without this,
+    /// a free port.
+    pub fn with_default_admin_port(mut self, port: u16) -> Self {
+        self.admin_port = port;
+        self
     }
 
     /// Checks the backend every second; while `probe` answers false, health is
@@ -112,13 +136,33 @@ impl GrpcServer {
     {
         let args = self.args.unwrap_or(ServeArgs {
             drain_ms: 0,
+            admin_listen: None,
             debug_delay_ms: None,
             debug_delay_every: 1,
         });
+        let admin_addr = args
+            .admin_listen
+            .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port)));
+        let admin_listener = crate::admin::bind(admin_addr).await?;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_all(&health, self.service_name, ServingStatus::Serving).await;
+        let (health_view, health_view_rx) = watch::channel(Health {
+            service: self.service_name,
+            serving: true,
+            backend_up: true,
+            maintenance: false,
+            draining: false,
+        });
+        let (admin_stop, mut admin_stop_rx) = watch::channel(false);
+        let admin = tokio::spawn(crate::admin::serve(
+            admin_listener,
+            crate::admin::router(health_view_rx),
+            async move {
+                let _ = admin_stop_rx.wait_for(|stop| *stop).await;
+            },
+        ));
         let (events, events_rx) = mpsc::channel(16);
-        let health_task = tokio::spawn(track_health(health, self.service_name, events_rx));
+        let health_task = tokio::spawn(track_health(health, health_view, self.service_name, events_rx));
         let prober = self
             .probe
             .map(|probe| tokio::spawn(watch_backend(probe, events.clone())));
@@ -145,7 +189,7 @@ impl GrpcServer {
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let drain = Duration::from_millis(args.drain_ms);
-        Server::builder()
+        let served = Server::builder()
             // Clients that give up on calls (deadlines, a load generator
             // stopping) reset streams; h2's default allows only 20 such resets
             // pending before it tears the whole connection down, which would
@@ -174,8 +218,16 @@ impl GrpcServer {
                     tokio::time::sleep(drain).await;
                 }
             })
-            .await?;
+            .await;
         health_task.abort();
+        // The admin listener goes last: its /readyz says NOT_SERVING while draining.
+        admin_stop.send_replace(true);
+        let admin = admin.await;
+        served?;
+        match admin {
+            Ok(result) => result?,
+            Err(err) => tracing::warn!(error = %err, "admin listener task failed"),
+        }
         tracing::info!("server stopped; in-flight calls finished");
         Ok(())
     }
@@ -187,8 +239,14 @@ async fn set_all(health: &HealthReporter, name: &str, status: ServingStatus) {
     health.set_service_status(name, status).await;
 }
 
-/// Owns the health state; every change arrives as an event.
-async fn track_health(health: HealthReporter, name: &'static str, mut events: mpsc::Receiver<HealthEvent>) {
+/// Owns the health state; every change arrives as an event. `view` mirrors
+/// it for the admin listener's `/readyz`.
+async fn track_health(
+    health: HealthReporter,
+    view: watch::Sender<Health>,
+    name: &'static str,
+    mut events: mpsc::Receiver<HealthEvent>,
+) {
     let (mut backend_up, mut maintenance, mut draining) = (true, false, false);
     let mut serving = true;
     while let Some(event) = events.recv().await {
@@ -198,6 +256,13 @@ async fn track_health(health: HealthReporter, name: &'static str, mut events: mp
             HealthEvent::Draining => draining = true,
         }
         let now = backend_up && !maintenance && !draining;
+        view.send_replace(Health {
+            service: name,
+            serving: now,
+            backend_up,
+            maintenance,
+            draining,
+        });
         if now != serving {
             serving = now;
             let status = if now {

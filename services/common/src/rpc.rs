@@ -1,18 +1,34 @@
 //! The per-call layer every server runs its gRPC routes behind.
 //!
-//! For each call it opens a `rpc` span carrying the method and the caller's
+//! Each call runs inside [`telemetry::scope`] with the caller's
 //! `x-request-id` (the gateway forwards it), so every log line written while
-//! serving the call can be tied to the HTTP request that caused it. It logs
-//! the call's end, and, when the call is dropped unfinished (tonic enforces
-//! the caller's `grpc-timeout` by dropping the handler, which also abandons
-//! any database query in flight), it logs that the work was abandoned.
+//! serving it carries `request_id` and can be tied to the HTTP request that
+//! caused it; no span is created. At its end the call logs:
+//!
+//! - `rpc done` at INFO under the `access` target, only with the access log
+//!   on (`MESH_ACCESS_LOG=1`);
+//! - `slow call` at WARN when it took longer than `MESH_SLOW_MS`;
+//! - `rpc failed` at WARN when it ended with a server-fault code (`UNKNOWN`,
+//!   `DEADLINE_EXCEEDED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS`) and had not
+//!   logged a warning of its own. Codes that are the caller's mistake
+//!   (`NOT_FOUND`, `INVALID_ARGUMENT`, ...) are not logged. The code is read
+//!   from the response head, where tonic puts the status of a call that
+//!   fails before its first message (every unary call); a stream that fails
+//!   later reports its code in trailers, which this layer does not read.
+//!
+//! When the call is dropped unfinished (tonic enforces the caller's
+//! `grpc-timeout` by dropping the handler, which also abandons any database
+//! query in flight), it logs that the work was abandoned.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use tracing::Instrument;
+use http::HeaderValue;
+use tonic::Code;
+
+use crate::telemetry::{self, Millis};
 
 /// Adds [`Rpc`] around a service.
 #[derive(Clone, Debug, Default)]
@@ -63,11 +79,13 @@ pub struct Rpc<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-impl<S, B> tower::Service<http::Request<B>> for Rpc<S>
+impl<S, B, RB> tower::Service<http::Request<B>> for Rpc<S>
 where
-    S: tower::Service<http::Request<B>> + Clone + Send + 'static,
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    S::Error: std::fmt::Display,
     B: Send + 'static,
+    RB: 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -83,46 +101,83 @@ where
             let fut = self.inner.call(request);
             return Box::pin(fut);
         }
-        let method = request.uri().path().rsplit('/').next().unwrap_or("").to_string();
+        // Cheap clones (reference counts), no formatting: the method name is
+        // cut out of the path only if a line is written.
+        let uri = request.uri().clone();
         let request_id = request
             .headers()
             .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("-"));
         let deadline = request
             .headers()
             .get("grpc-timeout")
             .and_then(|v| parse_grpc_timeout(v.to_str().ok()?));
-        let span = tracing::info_span!("rpc", %method, %request_id);
         // Take the service that was made ready, leave a fresh clone behind.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let delay = self.debug_delay.as_ref().and_then(DebugDelay::next);
-        Box::pin(
-            async move {
-                let mut guard = Unfinished {
-                    started: Instant::now(),
-                    deadline,
-                    done: false,
-                };
-                if let Some(delay) = delay {
-                    tokio::time::sleep(delay).await;
-                }
-                let result = inner.call(request).await;
-                guard.done = true;
-                tracing::info!(elapsed_ms = guard.started.elapsed().as_millis() as u64, "rpc done");
-                result
+        Box::pin(telemetry::scope(request_id, async move {
+            let mut guard = Unfinished {
+                started: Instant::now(),
+                deadline,
+                uri,
+                done: false,
+            };
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
             }
-            .instrument(span),
-        )
+            let result = inner.call(request).await;
+            guard.done = true;
+            let elapsed = guard.started.elapsed();
+            let (code, error) = match &result {
+                Ok(response) => (
+                    response
+                        .headers()
+                        .get("grpc-status")
+                        .map_or(Code::Ok, |v| Code::from_bytes(v.as_bytes())),
+                    None,
+                ),
+                Err(err) => (Code::Unknown, Some(err.to_string())),
+            };
+            let method = method_name(&guard.uri);
+            if telemetry::access_log_enabled() {
+                tracing::info!(
+                    target: telemetry::ACCESS,
+                    %method,
+                    code = ?code,
+                    latency_ms = %Millis(elapsed),
+                    "rpc done"
+                );
+            }
+            if telemetry::slow_threshold().is_some_and(|slow| elapsed > slow) {
+                tracing::warn!(%method, code = ?code, latency_ms = %Millis(elapsed), "slow call");
+            } else if is_server_fault(code) && !telemetry::warned() {
+                tracing::warn!(%method, code = ?code, latency_ms = %Millis(elapsed), error, "rpc failed");
+            }
+            result
+        }))
     }
+}
+
+/// Codes that say the server failed, not the caller.
+fn is_server_fault(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown | Code::DeadlineExceeded | Code::Internal | Code::Unavailable | Code::DataLoss
+    )
+}
+
+/// `ListItems` from `/mesh.items.v1.ItemService/ListItems`.
+fn method_name(uri: &http::Uri) -> &str {
+    uri.path().rsplit('/').next().unwrap_or("")
 }
 
 /// Logs, when dropped before the call finished, that its work was abandoned.
 struct Unfinished {
     started: Instant,
     deadline: Option<Duration>,
+    uri: http::Uri,
     done: bool,
 }
 
@@ -132,16 +187,22 @@ impl Drop for Unfinished {
             return;
         }
         let elapsed = self.started.elapsed();
+        let method = method_name(&self.uri);
         // The caller's own timer may fire a moment before ours (it started
         // earlier): within a small margin of the deadline, that is the deadline.
+        // (Dropped inside the call's scope, so the lines carry its request id.)
         const MARGIN: Duration = Duration::from_millis(50);
         match self.deadline {
             Some(deadline) if elapsed + MARGIN >= deadline => tracing::warn!(
+                %method,
                 elapsed_ms = elapsed.as_millis() as u64,
                 deadline_ms = deadline.as_millis() as u64,
                 "deadline passed: abandoned the call's work"
             ),
+            // A client that stops waiting is no fault of ours: an access-log line.
             _ => tracing::info!(
+                target: telemetry::ACCESS,
+                %method,
                 elapsed_ms = elapsed.as_millis() as u64,
                 "caller went away: abandoned the call's work"
             ),
@@ -171,6 +232,60 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use tower::{Layer, Service, ServiceExt};
+
+    /// A call through the layer to a service answering with `grpc-status: code`.
+    async fn call(code: Code) {
+        let inner = tower::service_fn(move |_: http::Request<()>| async move {
+            let mut response = http::Response::new(());
+            let status = HeaderValue::from_str(&(code as i32).to_string()).unwrap();
+            response.headers_mut().insert("grpc-status", status);
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let request = http::Request::builder()
+            .uri("/mesh.items.v1.ItemService/GetItem")
+            .header("x-request-id", "rid-7")
+            .body(())
+            .unwrap();
+        let mut rpc = RpcLayer::default().layer(inner);
+        rpc.ready().await.unwrap().call(request).await.unwrap();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn by_default_a_good_call_costs_no_tracing_work_and_a_failed_one_warns_with_its_id() {
+        let (dispatch, captured) = telemetry::testing::capture("info", false);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        for _ in 0..100 {
+            call(Code::Ok).await;
+        }
+        call(Code::NotFound).await;
+        call(Code::InvalidArgument).await;
+        assert_eq!((captured.spans(), captured.events()), (0, 0), "{}", captured.text());
+        call(Code::Internal).await;
+        let text = captured.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(" WARN "), "{text}");
+        assert!(text.contains("rpc failed method=GetItem code=Internal"), "{text}");
+        assert!(text.trim_end().ends_with("request_id=rid-7"), "{text}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn with_the_access_log_each_call_logs_one_line_with_its_id() {
+        let (dispatch, captured) = telemetry::testing::capture("warn", true);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        for _ in 0..3 {
+            call(Code::Ok).await;
+        }
+        let text = captured.text();
+        let lines: Vec<_> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for line in lines {
+            assert!(line.contains(" INFO access: rpc done"), "{line}");
+            assert!(line.ends_with("request_id=rid-7"), "{line}");
+        }
+        assert_eq!(captured.spans(), 0);
+    }
 
     #[test]
     fn grpc_timeouts_parse_every_unit_and_refuse_junk() {

@@ -25,8 +25,8 @@ pub enum Backend {
 }
 
 /// Connection settings shared by every SQL-backed service (flattened into
-/// each service's clap config).
-#[derive(clap::Args, Clone, Debug)]
+/// each service's clap config). Its `Debug` masks the URL's password.
+#[derive(clap::Args, Clone)]
 pub struct SqlConfig {
     /// PostgreSQL URL (postgres://user@host/db). Unset: an SQLite file in --data-dir.
     #[arg(long, env = "MESH_DATABASE_URL")]
@@ -46,6 +46,20 @@ pub struct SqlConfig {
     /// test runs can share one database without touching each other's tables.
     #[arg(long, env = "MESH_DB_SCHEMA_PREFIX", default_value = "", value_parser = parse_schema_prefix)]
     pub db_schema_prefix: String,
+}
+
+impl std::fmt::Debug for SqlConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlConfig")
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(mesh_common::redact::passwords),
+            )
+            .field("db_max_connections", &self.db_max_connections)
+            .field("db_acquire_timeout_ms", &self.db_acquire_timeout_ms)
+            .field("db_schema_prefix", &self.db_schema_prefix)
+            .finish()
+    }
 }
 
 /// The schema name goes into SQL text (`SET search_path`), so only plain
@@ -103,7 +117,9 @@ pub async fn connect(
     } else if url.starts_with("sqlite:") {
         Backend::Sqlite
     } else {
-        return Err(ConnectError::UnsupportedUrl(url));
+        return Err(ConnectError::UnsupportedUrl(
+            mesh_common::redact::passwords(&url).into_owned(),
+        ));
     };
     let options: AnyConnectOptions = url.parse().map_err(ConnectError::Connect)?;
     let schema = match backend {
@@ -215,4 +231,15 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The one text rule both backends share: PostgreSQL refuses the NUL
+/// character in `TEXT` while SQLite stores it, so a value with one is refused
+/// up front, on either backend, with a message naming the field's problem.
+pub fn check_text(text: &str) -> Result<(), &'static str> {
+    if text.contains('\0') {
+        Err("must not contain the NUL character (U+0000)")
+    } else {
+        Ok(())
+    }
 }
