@@ -38,6 +38,44 @@ pub mod json {
     //! `google.protobuf.Value` <-> `serde_json::Value`.
     use prost_types::{ListValue, Struct, Value, value::Kind};
 
+    /// The deepest nesting of arrays and objects a JSON value in the mesh may
+    /// have (`[[1]]` is 2 deep). Each level costs up to three protobuf message
+    /// levels (`Value`, `Struct`, a map entry), and protobuf decoders stop at
+    /// 100: a message holding a value 32 deep still decodes everywhere.
+    pub const MAX_DEPTH: usize = 32;
+
+    /// How deeply `value` nests arrays and objects (a scalar is 0).
+    pub fn depth(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// Like [`to_proto`], but anything nested deeper than [`MAX_DEPTH`] is
+    /// replaced by a string saying so. For values read back from storage: a
+    /// message must always decode, whatever was stored.
+    pub fn to_proto_bounded(value: serde_json::Value) -> Value {
+        bounded(value, MAX_DEPTH)
+    }
+
+    fn bounded(value: serde_json::Value, levels_left: usize) -> Value {
+        let kind = match value {
+            serde_json::Value::Array(_) | serde_json::Value::Object(_) if levels_left == 0 => {
+                Kind::StringValue(format!("(not shown: nested deeper than {MAX_DEPTH} levels)"))
+            }
+            serde_json::Value::Array(items) => Kind::ListValue(ListValue {
+                values: items.into_iter().map(|v| bounded(v, levels_left - 1)).collect(),
+            }),
+            serde_json::Value::Object(map) => Kind::StructValue(Struct {
+                fields: map.into_iter().map(|(k, v)| (k, bounded(v, levels_left - 1))).collect(),
+            }),
+            scalar => return to_proto(scalar),
+        };
+        Value { kind: Some(kind) }
+    }
+
     /// Converts a JSON value into a protobuf `Value`.
     ///
     /// Integers become doubles, as protobuf's JSON mapping does.
@@ -114,6 +152,47 @@ mod tests {
     fn json_round_trips_through_proto_value() {
         let v = serde_json::json!({"ms": 5, "x": [1.5, "a", null, true], "n": {"deep": -3}});
         assert_eq!(json::from_proto(json::to_proto(v.clone())), v);
+    }
+
+    #[test]
+    fn deep_values_are_measured_and_bounded() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..50 {
+            deep = serde_json::json!([deep]);
+        }
+        assert_eq!(json::depth(&deep), 50);
+        assert_eq!(json::depth(&serde_json::json!({"a": [1, {"b": 2}]})), 3);
+        let shown = json::from_proto(json::to_proto_bounded(deep));
+        assert_eq!(json::depth(&shown), json::MAX_DEPTH);
+        // Every message holding it decodes again (prost stops at 100 levels).
+        use prost::Message;
+        let task = tasks::v1::ListTasksResponse {
+            tasks: vec![tasks::v1::Task {
+                payload: Some(json::to_proto(shown)),
+                ..Default::default()
+            }],
+            next_page_token: String::new(),
+        };
+        assert!(tasks::v1::ListTasksResponse::decode(task.encode_to_vec().as_slice()).is_ok());
+        let shallow = serde_json::json!({"a": [1, 2]});
+        assert_eq!(json::from_proto(json::to_proto_bounded(shallow.clone())), shallow);
+    }
+
+    #[test]
+    fn the_deepest_allowed_object_decodes() {
+        use prost::Message;
+        let mut deep = serde_json::json!(1);
+        for _ in 0..json::MAX_DEPTH {
+            deep = serde_json::json!({ "k": deep });
+        }
+        let task = tasks::v1::ListTasksResponse {
+            tasks: vec![tasks::v1::Task {
+                payload: Some(json::to_proto(deep)),
+                ..Default::default()
+            }],
+            next_page_token: String::new(),
+        };
+        assert!(tasks::v1::ListTasksResponse::decode(task.encode_to_vec().as_slice()).is_ok());
     }
 
     #[test]

@@ -43,6 +43,13 @@ impl From<CacheError> for Status {
         if code != Code::InvalidArgument {
             tracing::warn!(error = %err, "cache call failed");
         }
-        Status::new(code, err.to_string())
+        // The client gets the kind of failure, never the driver's text
+        // (SQL, addresses, internals): that stays in the log line above.
+        let message = match code {
+            Code::Unavailable => "the cache backend is unavailable; try again".to_string(),
+            Code::Internal => "internal error in the cache service; the details are in its log".to_string(),
+            _ => err.to_string(),
+        };
+        Status::new(code, message)
     }
 }

@@ -73,6 +73,7 @@ pub async fn run(
             async move { backend.ping().await }
         })
         .with_args(&config.serve)
+        .with_default_admin_port(9052)
         .serve(listener, shutdown)
         .await
 }

@@ -32,9 +32,10 @@ fn ttl_from_proto(ttl: Option<prost_types::Duration>) -> Result<Option<Duration>
 
 #[tonic::async_trait]
 impl CacheService for CacheApi {
-    #[tracing::instrument(skip_all, fields(key = %request.get_ref().key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let value = self.store.get(&request.get_ref().key).await?;
+        let r = request.get_ref();
+        let value = self.store.get(&r.namespace, &r.key).await?;
         Ok(Response::new(match value {
             Some(value) => pb::GetResponse {
                 found: true,
@@ -44,21 +45,22 @@ impl CacheService for CacheApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(key = %request.get_ref().key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn set(&self, request: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
         let r = request.into_inner();
         let ttl = ttl_from_proto(r.ttl)?;
-        self.store.set(&r.key, Bytes::from(r.value), ttl).await?;
+        self.store.set(&r.namespace, &r.key, Bytes::from(r.value), ttl).await?;
         Ok(Response::new(pb::SetResponse {}))
     }
 
-    #[tracing::instrument(skip_all, fields(key = %request.get_ref().key))]
+    #[tracing::instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
-        let deleted = self.store.delete(&request.get_ref().key).await?;
+        let r = request.get_ref();
+        let deleted = self.store.delete(&r.namespace, &r.key).await?;
         Ok(Response::new(pb::DeleteResponse { deleted }))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn stats(&self, _request: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         let s = self.store.stats().await?;
         Ok(Response::new(pb::StatsResponse {

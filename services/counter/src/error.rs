@@ -2,6 +2,10 @@
 
 use tonic::{Code, Status};
 
+/// The reason a reused idempotency key is refused, in the message and in the
+/// `error-reason` metadata the gateway maps to HTTP 422.
+pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
+
 #[derive(Debug, thiserror::Error)]
 pub enum CounterError {
     #[error("{field}: {message}")]
@@ -9,6 +13,19 @@ pub enum CounterError {
     /// The increment would take the counter past the range of a 64-bit integer.
     #[error("counter {name:?} would overflow: {value} + {delta} is out of range")]
     Overflow { name: String, value: i64, delta: i64 },
+    /// The idempotency key was used before with a different request (another
+    /// delta): answering the first result would silently drop this one.
+    #[error(
+        "{IDEMPOTENCY_KEY_REUSED}: idempotency_key was first used on this counter with delta {first_delta}, \
+         not {delta}; use a new key for a different request"
+    )]
+    IdempotencyKeyReused { first_delta: i64, delta: i64 },
+    /// The in-process backend holds as many counters as it may.
+    #[error(
+        "the in-process counter backend holds its limit of {limit} counters; raise --max-counters, \
+         or use --redis-url for a shared store"
+    )]
+    TooManyCounters { limit: usize },
     #[error("counter backend unavailable: {0}")]
     Unavailable(String),
     #[error("counter backend error: {0}")]
@@ -39,12 +56,25 @@ impl From<CounterError> for Status {
         let code = match &err {
             CounterError::InvalidArgument { .. } => Code::InvalidArgument,
             CounterError::Overflow { .. } => Code::OutOfRange,
+            CounterError::IdempotencyKeyReused { .. } => Code::InvalidArgument,
+            CounterError::TooManyCounters { .. } => Code::ResourceExhausted,
             CounterError::Unavailable(_) => Code::Unavailable,
             CounterError::Internal(_) => Code::Internal,
         };
         if matches!(code, Code::Unavailable | Code::Internal) {
             tracing::warn!(error = %err, "counter call failed");
         }
-        Status::new(code, err.to_string())
+        // The client gets the kind of failure, never the driver's text
+        // (SQL, addresses, internals): that stays in the log line above.
+        let message = match code {
+            Code::Unavailable => "the counter backend is unavailable; try again".to_string(),
+            Code::Internal => "internal error in the counter service; the details are in its log".to_string(),
+            _ => err.to_string(),
+        };
+        let mut status = Status::new(code, message);
+        if matches!(err, CounterError::IdempotencyKeyReused { .. }) {
+            mesh_common::reason::set(&mut status, IDEMPOTENCY_KEY_REUSED);
+        }
+        status
     }
 }

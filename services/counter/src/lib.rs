@@ -44,7 +44,13 @@ pub struct Config {
     #[arg(long, env = "COUNTER_REDIS_PREFIX", default_value = "mesh:counter:")]
     pub redis_prefix: String,
 
-    /// How long an idempotency key is remembered, in seconds.
+    /// The most counters the in-process backend holds (each name is one);
+    /// past it a new name is refused with RESOURCE_EXHAUSTED. Redis has no cap.
+    #[arg(long, env = "COUNTER_MAX_COUNTERS", default_value_t = 100_000)]
+    pub max_counters: usize,
+
+    /// How long an idempotency key is remembered, in seconds. A reset ends
+    /// the keys used on that counter: replayed afterwards, they count again.
     #[arg(long, env = "COUNTER_IDEMPOTENCY_WINDOW_SECS", default_value_t = 600)]
     pub idempotency_window_secs: u64,
 }
@@ -66,7 +72,7 @@ pub async fn run(
         }
         None => {
             tracing::info!("counter backend: in-process");
-            Arc::new(MemoryBackend::new(window))
+            Arc::new(MemoryBackend::new(window, config.max_counters.max(1)))
         }
     };
     let store = CounterStore::new(backend.clone());
@@ -76,6 +82,7 @@ pub async fn run(
             async move { backend.ping().await }
         })
         .with_args(&config.serve)
+        .with_default_admin_port(9054)
         .serve(listener, shutdown)
         .await
 }

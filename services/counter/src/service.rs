@@ -19,7 +19,7 @@ impl CounterApi {
 
 #[tonic::async_trait]
 impl CounterService for CounterApi {
-    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    #[tracing::instrument(level = "debug", skip_all, fields(name = %request.get_ref().name))]
     async fn increment(&self, request: Request<pb::IncrementRequest>) -> Result<Response<pb::CounterValue>, Status> {
         let r = request.into_inner();
         let key = Some(r.idempotency_key.as_str()).filter(|k| !k.is_empty());
@@ -27,14 +27,14 @@ impl CounterService for CounterApi {
         Ok(Response::new(pb::CounterValue { name: r.name, value }))
     }
 
-    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    #[tracing::instrument(level = "debug", skip_all, fields(name = %request.get_ref().name))]
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::CounterValue>, Status> {
         let r = request.into_inner();
         let value = self.store.get(&r.name).await?;
         Ok(Response::new(pb::CounterValue { name: r.name, value }))
     }
 
-    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    #[tracing::instrument(level = "debug", skip_all, fields(name = %request.get_ref().name))]
     async fn reset(&self, request: Request<pb::ResetRequest>) -> Result<Response<pb::CounterValue>, Status> {
         let r = request.into_inner();
         let value = self.store.reset(&r.name).await?;

@@ -52,6 +52,13 @@ impl From<ItemError> for Status {
         if code == Code::Internal || code == Code::Unavailable {
             tracing::error!(error = %err, "items call failed");
         }
-        Status::new(code, err.to_string())
+        // The client gets the kind of failure, never the driver's text
+        // (SQL, addresses, internals): that stays in the log line above.
+        let message = match code {
+            Code::Unavailable => "the database is unavailable; try again".to_string(),
+            Code::Internal => "internal error in the items service; the details are in its log".to_string(),
+            _ => err.to_string(),
+        };
+        Status::new(code, message)
     }
 }

@@ -62,6 +62,7 @@ pub async fn run(
             async move { mesh_sql::ping(&pool, Duration::from_secs(1)).await }
         })
         .with_args(&config.serve)
+        .with_default_admin_port(9051)
         .serve(listener, shutdown)
         .await
 }

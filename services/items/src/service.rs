@@ -33,7 +33,7 @@ fn to_proto(item: Item) -> pb::Item {
 
 #[tonic::async_trait]
 impl ItemService for ItemsApi {
-    #[tracing::instrument(skip_all, fields(name = %request.get_ref().name))]
+    #[tracing::instrument(level = "debug", skip_all, fields(name = %request.get_ref().name))]
     async fn create_item(&self, request: Request<pb::CreateItemRequest>) -> Result<Response<pb::Item>, Status> {
         let r = request.into_inner();
         let item = self
@@ -49,13 +49,13 @@ impl ItemService for ItemsApi {
         Ok(Response::new(to_proto(item)))
     }
 
-    #[tracing::instrument(skip_all, fields(id = request.get_ref().id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(id = request.get_ref().id))]
     async fn get_item(&self, request: Request<pb::GetItemRequest>) -> Result<Response<pb::Item>, Status> {
         let item = self.store.get(request.get_ref().id).await?;
         Ok(Response::new(to_proto(item)))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_items(
         &self,
         request: Request<pb::ListItemsRequest>,
@@ -68,7 +68,7 @@ impl ItemService for ItemsApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(id = request.get_ref().id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(id = request.get_ref().id))]
     async fn update_item(&self, request: Request<pb::UpdateItemRequest>) -> Result<Response<pb::Item>, Status> {
         let r = request.into_inner();
         let patch = ItemPatch {
@@ -81,7 +81,7 @@ impl ItemService for ItemsApi {
         Ok(Response::new(to_proto(item)))
     }
 
-    #[tracing::instrument(skip_all, fields(id = request.get_ref().id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(id = request.get_ref().id))]
     async fn delete_item(
         &self,
         request: Request<pb::DeleteItemRequest>,

@@ -227,6 +227,7 @@ fn validate_id(id: i64) -> Result<(), ItemError> {
 }
 
 fn validate_name(name: &str) -> Result<&str, ItemError> {
+    mesh_sql::check_text(name).map_err(|m| ItemError::invalid("name", m))?;
     let trimmed = name.trim();
     if trimmed.is_empty() {
         return Err(ItemError::invalid("name", "must not be empty"));
@@ -241,6 +242,7 @@ fn validate_name(name: &str) -> Result<&str, ItemError> {
 }
 
 fn validate_description(d: &str) -> Result<(), ItemError> {
+    mesh_sql::check_text(d).map_err(|m| ItemError::invalid("description", m))?;
     if d.chars().count() > MAX_DESCRIPTION {
         return Err(ItemError::invalid(
             "description",
@@ -264,6 +266,7 @@ fn validate_price(p: i64) -> Result<(), ItemError> {
 fn validate_tags(tags: Vec<String>) -> Result<Vec<String>, ItemError> {
     let mut out: Vec<String> = Vec::with_capacity(tags.len());
     for tag in tags {
+        mesh_sql::check_text(&tag).map_err(|m| ItemError::invalid("tags", format!("a tag {m}")))?;
         let tag = tag.trim();
         if tag.is_empty() {
             return Err(ItemError::invalid("tags", "a tag must not be empty"));

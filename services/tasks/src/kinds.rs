@@ -9,9 +9,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use reqwest::header::{HOST, LOCATION};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::{Semaphore, watch};
+
+use crate::fetch_policy::{FetchPolicy, display_dest};
 
 pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
 pub const MAX_HASH_ROUNDS: u64 = 50_000_000;
@@ -41,8 +44,6 @@ pub struct Pools {
     /// CPU-bound work: one permit per core, so a flood of such tasks cannot
     /// take more cores than the machine has.
     cpu: Arc<Semaphore>,
-    /// One HTTP client for every `fetch` task (connection pooling).
-    pub http: reqwest::Client,
 }
 
 impl Pools {
@@ -50,13 +51,6 @@ impl Pools {
         Self {
             blocking: Arc::new(Semaphore::new(blocking_threads.max(1))),
             cpu: Arc::new(Semaphore::new(cpu_threads.max(1))),
-            // A whole request is bounded too: a server that accepts and never
-            // answers must not hold a worker forever.
-            http: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .timeout(FETCH_TIMEOUT)
-                .build()
-                .unwrap_or_default(),
         }
     }
 }
@@ -111,10 +105,6 @@ impl TaskContext {
         })
         .await
         .map_err(|e| format!("worker thread failed: {e}"))
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.pools.http
     }
 }
 
@@ -254,20 +244,112 @@ impl TaskKind for Flaky {
     }
 }
 
-/// Calls an HTTP URL with the shared client (the seed's call to another
-/// service, done as background work). Payload `{"url": "http://..."}`.
-/// A non-2xx answer or no answer fails the attempt.
-pub struct Fetch;
+/// Calls an HTTP URL (the seed's call to another service, done as
+/// background work). Payload `{"url": "http://..."}`. A non-2xx answer or no
+/// answer fails the attempt.
+///
+/// Only destinations the `--fetch-allow` list allows are reached (see
+/// [`FetchPolicy`]): the host is resolved here, only allowed addresses are
+/// kept, and the request goes to exactly such an address (with the original
+/// `Host` header), so DNS rebinding cannot swap the address after the check.
+/// Redirects are followed by hand, each hop checked the same way; proxies
+/// from the environment are ignored. URLs with credentials are refused, and
+/// messages name only `host:port`, never the whole URL.
+pub struct Fetch {
+    policy: FetchPolicy,
+    /// One client for every `fetch` task (connection pooling); connections
+    /// only ever go to checked addresses.
+    client: reqwest::Client,
+}
+
+/// Redirects one `fetch` follows at most.
+pub const MAX_FETCH_REDIRECTS: usize = 5;
+/// The longest connecting to a `fetch` destination may take.
+pub const FETCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Fetch {
+    pub fn new(policy: FetchPolicy) -> Self {
+        if policy.is_empty() {
+            tracing::info!("fetch tasks are disabled: no --fetch-allow destinations");
+        } else {
+            tracing::info!(allow = %policy, "fetch tasks may reach these destinations");
+        }
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(FETCH_CONNECT_TIMEOUT)
+            // A whole request is bounded too: a server that accepts and never
+            // answers must not hold a worker forever.
+            .timeout(FETCH_TIMEOUT)
+            .build()
+            // Only fails on TLS set-up, and this build has no TLS; never fall
+            // back to a default client (it would follow redirects and proxies).
+            .expect("the fetch HTTP client builds");
+        Self { policy, client }
+    }
+
+    /// Resolves `url`, keeps the allowed addresses and sends to the first
+    /// that accepts a connection.
+    async fn send(&self, url: &reqwest::Url) -> Result<reqwest::Response, String> {
+        let dest = display_dest(url);
+        let addrs = self.policy.allowed_addrs(url).await?;
+        let host = match url.port() {
+            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_string(),
+        };
+        let mut last = None;
+        for ip in addrs {
+            let mut direct = url.clone();
+            direct
+                .set_ip_host(ip)
+                .map_err(|()| format!("GET {dest}: cannot address {ip}"))?;
+            direct.set_fragment(None);
+            // hyper keeps an explicit Host header (it only adds one if absent).
+            match self.client.get(direct).header(HOST, &host).send().await {
+                Ok(response) => return Ok(response),
+                Err(e) if e.is_connect() => last = Some(e),
+                Err(e) => return Err(format!("GET {dest}: {}", error_chain(e))),
+            }
+        }
+        Err(format!(
+            "GET {dest}: {}",
+            last.map_or_else(|| "no address".to_string(), error_chain)
+        ))
+    }
+}
+
+/// A reqwest error and its causes, without the URL.
+fn error_chain(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// The rules every URL a `fetch` visits must meet, whatever its host.
+fn check_hop(url: &reqwest::Url) -> Result<(), String> {
+    if url.scheme() != "http" {
+        return Err("only http:// URLs (this build has no TLS)".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL (user:password@) are not allowed".into());
+    }
+    Ok(())
+}
 
 fn fetch_url(payload: &Value) -> Result<reqwest::Url, String> {
     let raw = payload
         .get("url")
         .and_then(Value::as_str)
         .ok_or("payload.url: required, a string")?;
+    // The parser's messages never repeat the input.
     let url = reqwest::Url::parse(raw).map_err(|e| format!("payload.url: {e}"))?;
-    if url.scheme() != "http" {
-        return Err("payload.url: only http:// URLs (this build has no TLS)".into());
-    }
+    check_hop(&url).map_err(|e| format!("payload.url: {e}"))?;
     Ok(url)
 }
 
@@ -277,24 +359,57 @@ impl TaskKind for Fetch {
         "fetch"
     }
     fn validate(&self, payload: &Value) -> Result<(), String> {
-        fetch_url(payload).map(drop)
+        if self.policy.is_empty() {
+            // Say so before anything else: no URL can be right.
+            return Err(format!("payload.url: {}", FetchPolicy::disabled()));
+        }
+        let url = fetch_url(payload)?;
+        self.policy
+            .check_without_dns(&url)
+            .map_err(|e| format!("payload.url: {e}"))
     }
-    async fn run(&self, payload: Value, ctx: &TaskContext) -> Result<Value, String> {
-        let url = fetch_url(&payload)?;
-        let mut response = ctx
-            .http()
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| format!("GET {url}: {e}"))?;
+    async fn run(&self, payload: Value, _ctx: &TaskContext) -> Result<Value, String> {
+        let mut url = fetch_url(&payload)?;
+        let mut redirects = 0;
+        let mut response = loop {
+            let response = self.send(&url).await.map_err(|e| match redirects {
+                0 => e,
+                n => format!("after {n} redirect(s): {e}"),
+            })?;
+            let status = response.status();
+            let location = response.headers().get(LOCATION);
+            let (true, Some(location)) = (status.is_redirection(), location) else {
+                break response;
+            };
+            let dest = display_dest(&url);
+            if redirects == MAX_FETCH_REDIRECTS {
+                return Err(format!(
+                    "GET {dest}: HTTP {}: too many redirects (more than {MAX_FETCH_REDIRECTS})",
+                    status.as_u16()
+                ));
+            }
+            let next = location
+                .to_str()
+                .ok()
+                .and_then(|l| url.join(l).ok())
+                .ok_or_else(|| format!("GET {dest}: HTTP {} with an unreadable Location", status.as_u16()))?;
+            check_hop(&next).map_err(|e| format!("GET {dest}: HTTP {}: redirect refused: {e}", status.as_u16()))?;
+            redirects += 1;
+            url = next;
+        };
+        let dest = display_dest(&url);
         let status = response.status();
         if !status.is_success() {
-            return Err(format!("GET {url}: HTTP {}", status.as_u16()));
+            return Err(format!("GET {dest}: HTTP {}", status.as_u16()));
         }
         // Read at most MAX_FETCH_BODY bytes, however large the body is.
         let mut body = Vec::new();
         while body.len() < MAX_FETCH_BODY {
-            match response.chunk().await.map_err(|e| format!("GET {url}: {e}"))? {
+            match response
+                .chunk()
+                .await
+                .map_err(|e| format!("GET {dest}: {}", error_chain(e)))?
+            {
                 Some(chunk) => body.extend_from_slice(&chunk),
                 None => break,
             }
@@ -314,14 +429,15 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn builtin() -> Self {
+    /// The built-in kinds; `fetch` reaches only what `fetch_policy` allows.
+    pub fn builtin(fetch_policy: FetchPolicy) -> Self {
         Self::new(vec![
             Arc::new(Echo),
             Arc::new(Sleep),
             Arc::new(Hash),
             Arc::new(Ticker),
             Arc::new(Flaky),
-            Arc::new(Fetch),
+            Arc::new(Fetch::new(fetch_policy)),
         ])
     }
 
@@ -343,6 +459,14 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn fetch(allow: &str) -> Fetch {
+        Fetch::new(if allow.is_empty() {
+            FetchPolicy::default()
+        } else {
+            FetchPolicy::parse(allow).unwrap()
+        })
+    }
 
     fn ctx(attempt: u32) -> TaskContext {
         TaskContext::new(1, attempt, Pools::new(2, 1), watch::channel(None).0)
@@ -382,17 +506,66 @@ mod tests {
                 .unwrap_err()
                 .contains("payload.steps")
         );
+        // Without --fetch-allow, every fetch is refused, naming the flag.
+        let off = fetch("");
+        for url in ["http://10.0.0.1/", "http://example.com/", "nope"] {
+            let err = off.validate(&json!({ "url": url })).unwrap_err();
+            assert!(err.starts_with("payload.url: fetch is disabled"), "{err}");
+            assert!(err.contains("--fetch-allow HOST:PORT"), "{err}");
+        }
+        let on = fetch("10.0.0.0/8:80,127.0.0.1:8080");
+        assert!(on.validate(&json!({"url": "http://10.1.2.3/x?y=1"})).is_ok());
+        assert!(on.validate(&json!({"url": "http://127.0.0.1:8080/"})).is_ok());
+        assert!(on.validate(&json!({"url": "http://localhost:8080/"})).is_ok());
+        assert!(on.validate(&json!({"url": "http://service.internal/"})).is_ok());
         assert!(
-            Fetch
-                .validate(&json!({"url": "https://x"}))
+            on.validate(&json!({"url": "https://x"}))
                 .unwrap_err()
                 .contains("http://")
         );
         assert!(
-            Fetch
-                .validate(&json!({"url": "nope"}))
+            on.validate(&json!({"url": "nope"}))
                 .unwrap_err()
                 .contains("payload.url")
         );
+        assert!(on.validate(&json!({})).unwrap_err().contains("payload.url"));
+        for url in [
+            "http://127.0.0.1:9/",
+            "http://localhost:9/",
+            "http://2130706433:9/",
+            "http://[::1]:8080/",
+            "http://169.254.169.254/",
+            "http://11.0.0.1/",
+        ] {
+            let err = on.validate(&json!({ "url": url })).unwrap_err();
+            assert!(err.starts_with("payload.url: destination not allowed"), "{url}: {err}");
+        }
+        // Credentials are refused and never repeated.
+        for url in [
+            "http://user:s3cret@10.1.2.3/",
+            "http://s3cret@10.1.2.3/",
+            "http://:s3cret@10.1.2.3/",
+        ] {
+            let err = on.validate(&json!({ "url": url })).unwrap_err();
+            assert!(err.contains("credentials") && !err.contains("s3cret"), "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_refuses_at_run_time_what_resolves_outside_the_list() {
+        let on = fetch("127.0.0.1:8080");
+        let err = on
+            .run(json!({"url": "http://localhost:9/"}), &ctx(1))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "destination not allowed: localhost:9 (allowed by --fetch-allow: none match)"
+        );
+        let err = fetch("")
+            .run(json!({"url": "http://localhost:9/"}), &ctx(1))
+            .await
+            .unwrap_err();
+        assert!(err.contains("fetch is disabled"), "{err}");
     }
 }

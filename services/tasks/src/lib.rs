@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod fetch_policy;
 pub mod kinds;
 pub mod service;
 pub mod store;
@@ -100,6 +101,13 @@ pub struct Config {
     /// through the same replica is seen at once).
     #[arg(long, env = "TASKS_CANCEL_POLL_MS", default_value_t = 250)]
     pub cancel_poll_ms: u64,
+
+    /// Where `fetch` tasks may connect, comma separated: IP:PORT, [IPv6]:PORT,
+    /// CIDR:PORT (10.0.0.0/8:80, [fd00::/8]:443) or HOSTNAME:PORT; PORT may be `*`.
+    /// Checked after DNS and on every redirect. Loopback, link-local and the like
+    /// need an entry naming them (0.0.0.0/0 does not cover them). Empty: fetch is off.
+    #[arg(long, env = "TASKS_FETCH_ALLOW", value_delimiter = ',', value_parser = fetch_policy::parse_entry)]
+    pub fetch_allow: Vec<fetch_policy::AllowEntry>,
 }
 
 pub async fn run(
@@ -116,7 +124,7 @@ pub async fn run(
     )
     .await?;
     let store = TaskStore::new(pool.clone(), backend);
-    let registry = Registry::builtin();
+    let registry = Registry::builtin(fetch_policy::FetchPolicy::new(config.fetch_allow.clone()));
     for queue in &config.queues {
         store::validate_queue(queue).map_err(|e| anyhow::anyhow!("--queues: {e}"))?;
     }
@@ -150,6 +158,7 @@ pub async fn run(
             async move { mesh_sql::ping(&pool, Duration::from_secs(1)).await }
         })
         .with_args(&config.serve)
+        .with_default_admin_port(9053)
         .serve(listener, async move {
             shutdown.await;
             let _ = stop_tx.send(true);

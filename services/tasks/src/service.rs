@@ -65,11 +65,13 @@ pub fn task_to_proto(t: Task) -> pb::Task {
     pb::Task {
         id: t.id,
         kind: t.kind,
-        payload: Some(mesh_proto::json::to_proto(t.payload)),
+        // Bounded: a row stored before depth was limited must never make a
+        // page undecodable for the client.
+        payload: Some(mesh_proto::json::to_proto_bounded(t.payload)),
         priority: t.priority,
         status: status_to_proto(t.status) as i32,
         attempts: t.attempts,
-        result: t.result.map(mesh_proto::json::to_proto),
+        result: t.result.map(mesh_proto::json::to_proto_bounded),
         error: t.error.unwrap_or_default(),
         create_time: Some(from_millis(t.created_ms)),
         start_time: t.started_ms.map(from_millis),
@@ -99,13 +101,52 @@ pub fn task_to_proto(t: Task) -> pb::Task {
     }
 }
 
+/// Refuses a payload nested deeper than every hop can carry.
+fn check_depth(payload: &serde_json::Value) -> Result<(), TaskError> {
+    let depth = mesh_proto::json::depth(payload);
+    if depth > mesh_proto::json::MAX_DEPTH {
+        return Err(TaskError::invalid(
+            "payload",
+            format!(
+                "nests arrays and objects {depth} levels deep; at most {}",
+                mesh_proto::json::MAX_DEPTH
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn duration_from_proto(field: &'static str, d: Option<prost_types::Duration>) -> Result<Option<Duration>, TaskError> {
     d.map(|d| Duration::try_from(d).map_err(|_| TaskError::invalid(field, "must not be negative")))
         .transpose()
 }
 
+/// What a submit asked for, as a SHA-256 over its fields as given (the
+/// countdown as a duration, not the time it ends, so a retry matches).
+/// Stored with an idempotency key to tell a retry from a different request.
+fn fingerprint(r: &pb::SubmitTaskRequest, payload: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    let millis = |d: &Option<prost_types::Duration>| d.map(|d| (d.seconds, d.nanos));
+    // serde_json's maps are ordered by key, so equal payloads print equally.
+    let fields = serde_json::json!({
+        "kind": r.kind,
+        "payload": payload,
+        "priority": r.priority,
+        "max_attempts": r.max_attempts.max(1),
+        "timeout": millis(&r.timeout),
+        "run_at": r.run_at.map(|t| (t.seconds, t.nanos)),
+        "countdown": millis(&r.countdown),
+        "queue": if r.queue.is_empty() { "default" } else { r.queue.as_str() },
+    });
+    Sha256::digest(fields.to_string().as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Turns a submit request into the store's form, checking every field.
 fn new_task(r: pb::SubmitTaskRequest, payload: serde_json::Value) -> Result<NewTask, TaskError> {
+    let fingerprint = (!r.idempotency_key.is_empty()).then(|| fingerprint(&r, &payload));
     let countdown = duration_from_proto("countdown", r.countdown)?;
     let now = mesh_sql::now_ms();
     let run_at_ms = match (r.run_at, countdown) {
@@ -127,12 +168,13 @@ fn new_task(r: pb::SubmitTaskRequest, payload: serde_json::Value) -> Result<NewT
         run_at_ms,
         queue: if r.queue.is_empty() { "default".into() } else { r.queue },
         idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
+        fingerprint,
     })
 }
 
 #[tonic::async_trait]
 impl TaskService for TasksApi {
-    #[tracing::instrument(skip_all, fields(kind = %request.get_ref().kind, priority = request.get_ref().priority))]
+    #[tracing::instrument(level = "debug", skip_all, fields(kind = %request.get_ref().kind, priority = request.get_ref().priority))]
     async fn submit_task(&self, request: Request<pb::SubmitTaskRequest>) -> Result<Response<pb::Task>, Status> {
         let r = request.into_inner();
         let kind = self.registry.get(&r.kind).ok_or_else(|| {
@@ -150,12 +192,13 @@ impl TaskService for TasksApi {
             .clone()
             .map(mesh_proto::json::from_proto)
             .unwrap_or(serde_json::Value::Null);
+        check_depth(&payload)?;
         kind.validate(&payload).map_err(|m| TaskError::invalid("payload", m))?;
         let (task, created) = self.store.submit(new_task(r, payload)?).await?;
         if created {
-            tracing::info!(task = task.id, "task queued");
+            tracing::debug!(task = task.id, "task queued");
         } else {
-            tracing::info!(
+            tracing::debug!(
                 task = task.id,
                 "idempotency key seen before; returning the existing task"
             );
@@ -163,13 +206,13 @@ impl TaskService for TasksApi {
         Ok(Response::new(task_to_proto(task)))
     }
 
-    #[tracing::instrument(skip_all, fields(task = request.get_ref().id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(task = request.get_ref().id))]
     async fn get_task(&self, request: Request<pb::GetTaskRequest>) -> Result<Response<pb::Task>, Status> {
         let task = self.store.get(request.get_ref().id).await?;
         Ok(Response::new(task_to_proto(task)))
     }
 
-    #[tracing::instrument(skip_all, fields(task = request.get_ref().id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(task = request.get_ref().id))]
     async fn cancel_task(&self, request: Request<pb::CancelTaskRequest>) -> Result<Response<pb::Task>, Status> {
         let task = self.store.cancel(request.get_ref().id).await?;
         if task.status == store::Status::Cancelled {
@@ -180,7 +223,7 @@ impl TaskService for TasksApi {
         Ok(Response::new(task_to_proto(task)))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn list_tasks(
         &self,
         request: Request<pb::ListTasksRequest>,
@@ -194,14 +237,14 @@ impl TaskService for TasksApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(task = request.get_ref().id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(task = request.get_ref().id))]
     async fn retry_task(&self, request: Request<pb::RetryTaskRequest>) -> Result<Response<pb::Task>, Status> {
         let task = self.store.retry(request.get_ref().id).await?;
         tracing::info!("task queued again by RetryTask");
         Ok(Response::new(task_to_proto(task)))
     }
 
-    #[tracing::instrument(skip_all)]
+    #[tracing::instrument(level = "debug", skip_all)]
     async fn queue_stats(
         &self,
         request: Request<pb::QueueStatsRequest>,
@@ -229,7 +272,7 @@ impl TaskService for TasksApi {
 
     type WatchTaskStream = ReceiverStream<Result<pb::Task, Status>>;
 
-    #[tracing::instrument(skip_all, fields(task = request.get_ref().id))]
+    #[tracing::instrument(level = "debug", skip_all, fields(task = request.get_ref().id))]
     async fn watch_task(
         &self,
         request: Request<pb::WatchTaskRequest>,

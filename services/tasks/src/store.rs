@@ -123,6 +123,9 @@ pub struct NewTask {
     pub run_at_ms: i64,
     pub queue: String,
     pub idempotency_key: Option<String>,
+    /// With a key: what the request asked for, so a reuse of the key with a
+    /// different request can be told apart from a retry.
+    pub fingerprint: Option<String>,
 }
 
 /// Queue depth, for `QueueStats`.
@@ -267,6 +270,9 @@ impl TaskStore {
         {
             return Err(TaskError::invalid("idempotency_key", "must be 1 to 256 bytes"));
         }
+        if let Some(key) = &new.idempotency_key {
+            mesh_sql::check_text(key).map_err(|m| TaskError::invalid("idempotency_key", m))?;
+        }
         let timeout_ms = match new.timeout {
             Some(t) if t.is_zero() => return Err(TaskError::invalid("timeout", "must be positive")),
             Some(t) => Some(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
@@ -283,8 +289,8 @@ impl TaskStore {
         let ready_at = new.run_at_ms.max(now);
         let sql = format!(
             "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms, max_attempts, \
-                 timeout_ms, run_at_ms, queued_ms, eff_priority, queue, idempotency_key) \
-             VALUES ($1, $2, $3, 'queued', 0, $4, $4, $5, $6, $7, $7, $3, $8, $9) \
+                 timeout_ms, run_at_ms, queued_ms, eff_priority, queue, idempotency_key, request_fingerprint) \
+             VALUES ($1, $2, $3, 'queued', 0, $4, $4, $5, $6, $7, $7, $3, $8, $9, $10) \
              ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
@@ -297,15 +303,22 @@ impl TaskStore {
             .bind(ready_at)
             .bind(&new.queue)
             .bind(new.idempotency_key.as_deref())
+            .bind(new.fingerprint.as_deref())
             .fetch_optional(&self.pool)
             .await?;
         let Some(row) = row else {
-            // The key was used before: answer with the task it created.
-            let sql = format!("SELECT {COLUMNS} FROM tasks WHERE idempotency_key = $1");
+            // The key was used before (the insert did nothing, so no second
+            // row exists): answer with the task it created, if this is the
+            // same request again.
+            let sql = format!("SELECT {COLUMNS}, request_fingerprint FROM tasks WHERE idempotency_key = $1");
             let row = sqlx::query(&sql)
                 .bind(new.idempotency_key.as_deref())
                 .fetch_one(&self.pool)
                 .await?;
+            let first: Option<String> = row.try_get("request_fingerprint")?;
+            if first.is_some() && first != new.fingerprint {
+                return Err(TaskError::IdempotencyKeyReused);
+            }
             return Ok((task_from_row(&row)?, false));
         };
         let task = task_from_row(&row)?;
@@ -532,7 +545,7 @@ impl TaskStore {
             finished_ms: now,
             error: match &outcome {
                 Outcome::Succeeded(_) => None,
-                Outcome::Failed { error, .. } => Some(error.clone()),
+                Outcome::Failed { error, .. } => Some(error.replace('\0', "\u{FFFD}")),
                 Outcome::Cancelled => Some("cancelled".into()),
             },
             timed_out: matches!(outcome, Outcome::Failed { timed_out: true, .. }),
@@ -549,7 +562,9 @@ impl TaskStore {
                 "cancelled while running".to_string(),
                 None,
             ),
+            // PostgreSQL's TEXT cannot hold NUL; a kind's message must not fail the write.
             Outcome::Failed { error, timed_out } if task.counted_attempts() < task.max_attempts => {
+                let error = error.replace('\0', "\u{FFFD}");
                 let wait = backoff.after(task.counted_attempts(), task.id);
                 let why = if timed_out { "timed out" } else { "failed" };
                 let detail = format!(
@@ -567,6 +582,7 @@ impl TaskStore {
                 )
             }
             Outcome::Failed { error, timed_out } => {
+                let error = error.replace('\0', "\u{FFFD}");
                 let detail = if timed_out {
                     format!(
                         "timed out on its last attempt ({} of {})",
@@ -587,7 +603,9 @@ impl TaskStore {
                  finished_ms = $8, updated_ms = $9, lease_until_ms = NULL, \
                  worker = CASE WHEN $3 = 'queued' THEN NULL ELSE worker END, \
                  run_at_ms = COALESCE($10, run_at_ms), queued_ms = COALESCE($10, queued_ms), \
-                 eff_priority = CASE WHEN $3 = 'queued' THEN priority ELSE eff_priority END \
+                 eff_priority = CASE WHEN $3 = 'queued' THEN priority ELSE eff_priority END, \
+                 progress_percent = CASE WHEN $3 = 'succeeded' THEN 100 ELSE progress_percent END, \
+                 progress_message = CASE WHEN $3 = 'succeeded' THEN 'done' ELSE progress_message END \
              WHERE id = $1 AND worker = $2 AND status = 'running'",
         )
         .bind(task.id)

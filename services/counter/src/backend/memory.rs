@@ -10,15 +10,38 @@ use super::CounterBackend;
 use crate::error::CounterError;
 
 pub struct MemoryBackend {
-    counters: Mutex<HashMap<String, i64>>,
-    /// (counter, idempotency key) -> the value the first call returned.
-    seen: moka::sync::Cache<(String, String), i64>,
+    state: Mutex<State>,
+    /// At most this many counters exist at once; past it a new name is refused.
+    max_counters: usize,
+    /// (counter, idempotency key) -> what the first call did.
+    seen: moka::sync::Cache<(String, String), Seen>,
+}
+
+#[derive(Default)]
+struct State {
+    counters: HashMap<String, Counter>,
+    /// Numbers each counter's life: a counter that is reset and incremented
+    /// again is a new incarnation, and keys seen by an older one no longer apply.
+    next_incarnation: u64,
+}
+
+struct Counter {
+    value: i64,
+    incarnation: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Seen {
+    incarnation: u64,
+    delta: i64,
+    value: i64,
 }
 
 impl MemoryBackend {
-    pub fn new(idempotency_window: Duration) -> Self {
+    pub fn new(idempotency_window: Duration, max_counters: usize) -> Self {
         Self {
-            counters: Mutex::default(),
+            state: Mutex::default(),
+            max_counters,
             seen: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
                 .time_to_live(idempotency_window)
@@ -26,40 +49,72 @@ impl MemoryBackend {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the map half-written
         // (every update is a single insert), so a poisoned lock is still sound.
-        self.counters.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 #[async_trait::async_trait]
 impl CounterBackend for MemoryBackend {
     async fn increment(&self, name: &str, delta: i64, idempotency_key: Option<&str>) -> Result<i64, CounterError> {
-        let mut counters = self.lock();
+        let mut state = self.lock();
         let seen_key = idempotency_key.map(|k| (name.to_string(), k.to_string()));
-        if let Some(first) = seen_key.as_ref().and_then(|k| self.seen.get(k)) {
-            return Ok(first);
+        let current = state.counters.get(name).map(|c| (c.value, c.incarnation));
+        if let Some(first) = seen_key.as_ref().and_then(|k| self.seen.get(k))
+            && current.is_some_and(|(_, incarnation)| incarnation == first.incarnation)
+        {
+            if first.delta != delta {
+                return Err(CounterError::IdempotencyKeyReused {
+                    first_delta: first.delta,
+                    delta,
+                });
+            }
+            return Ok(first.value);
         }
-        let value = counters.get(name).copied().unwrap_or(0);
+        if current.is_none() && state.counters.len() >= self.max_counters {
+            return Err(CounterError::TooManyCounters {
+                limit: self.max_counters,
+            });
+        }
+        let (value, incarnation) = current.unwrap_or_else(|| {
+            state.next_incarnation += 1;
+            (0, state.next_incarnation)
+        });
         let next = value.checked_add(delta).ok_or_else(|| CounterError::Overflow {
             name: name.to_string(),
             value,
             delta,
         })?;
-        counters.insert(name.to_string(), next);
+        state.counters.insert(
+            name.to_string(),
+            Counter {
+                value: next,
+                incarnation,
+            },
+        );
         if let Some(k) = seen_key {
-            self.seen.insert(k, next);
+            self.seen.insert(
+                k,
+                Seen {
+                    incarnation,
+                    delta,
+                    value: next,
+                },
+            );
         }
         Ok(next)
     }
 
     async fn get(&self, name: &str) -> Result<i64, CounterError> {
-        Ok(self.lock().get(name).copied().unwrap_or(0))
+        Ok(self.lock().counters.get(name).map_or(0, |c| c.value))
     }
 
+    /// Removes the counter, which also ends the idempotency keys used on it:
+    /// a key replayed after the reset counts again, on the fresh counter.
     async fn reset(&self, name: &str) -> Result<i64, CounterError> {
-        Ok(self.lock().remove(name).unwrap_or(0))
+        Ok(self.lock().counters.remove(name).map_or(0, |c| c.value))
     }
 
     async fn ping(&self) -> bool {
@@ -74,7 +129,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_increments_are_never_lost() {
-        let b = Arc::new(MemoryBackend::new(Duration::from_secs(60)));
+        let b = Arc::new(MemoryBackend::new(Duration::from_secs(60), 1000));
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let b = b.clone();
@@ -93,7 +148,7 @@ mod tests {
 
     #[tokio::test]
     async fn idempotency_and_overflow() {
-        let b = MemoryBackend::new(Duration::from_secs(60));
+        let b = MemoryBackend::new(Duration::from_secs(60), 1000);
         assert_eq!(b.increment("n", 5, Some("k")).await.unwrap(), 5);
         assert_eq!(b.increment("n", 5, Some("k")).await.unwrap(), 5);
         assert_eq!(
@@ -108,5 +163,48 @@ mod tests {
         assert_eq!(b.get("n").await.unwrap(), 5, "a refused increment changes nothing");
         assert_eq!(b.reset("n").await.unwrap(), 5);
         assert_eq!(b.get("n").await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_key_reused_with_another_delta_is_refused() {
+        let b = MemoryBackend::new(Duration::from_secs(60), 1000);
+        assert_eq!(b.increment("n", 5, Some("k")).await.unwrap(), 5);
+        assert!(matches!(
+            b.increment("n", 100, Some("k")).await,
+            Err(CounterError::IdempotencyKeyReused {
+                first_delta: 5,
+                delta: 100
+            })
+        ));
+        assert_eq!(b.get("n").await.unwrap(), 5, "a refused reuse changes nothing");
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_the_counters_keys() {
+        let b = MemoryBackend::new(Duration::from_secs(60), 1000);
+        assert_eq!(b.increment("n", 5, Some("k")).await.unwrap(), 5);
+        assert_eq!(b.reset("n").await.unwrap(), 5);
+        // The replay counts again, on the fresh counter, and is then remembered.
+        assert_eq!(b.increment("n", 5, Some("k")).await.unwrap(), 5);
+        assert_eq!(b.increment("n", 5, Some("k")).await.unwrap(), 5);
+        assert_eq!(b.get("n").await.unwrap(), 5);
+    }
+
+    #[tokio::test]
+    async fn counters_are_capped() {
+        let b = MemoryBackend::new(Duration::from_secs(60), 2);
+        b.increment("a", 1, None).await.unwrap();
+        b.increment("b", 1, None).await.unwrap();
+        assert!(matches!(
+            b.increment("c", 1, None).await,
+            Err(CounterError::TooManyCounters { limit: 2 })
+        ));
+        assert_eq!(
+            b.increment("a", 1, None).await.unwrap(),
+            2,
+            "existing counters still count"
+        );
+        b.reset("b").await.unwrap();
+        assert_eq!(b.increment("c", 1, None).await.unwrap(), 1, "a reset frees a slot");
     }
 }
