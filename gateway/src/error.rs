@@ -5,11 +5,16 @@
 //! never carries an upstream's internal message; the details go to the log.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tonic::Code;
+
+/// The reason services give when an idempotency key comes back with a
+/// different request: answered 422, as the IETF Idempotency-Key draft says,
+/// the one input error that is not a 400.
+pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum AppError {
@@ -103,6 +108,13 @@ impl AppError {
             AppError::Upstream { service, status } => {
                 let code = status.code();
                 let http = http_status(code);
+                if mesh_common::reason::get(status) == Some(IDEMPOTENCY_KEY_REUSED) {
+                    return (
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        code_name(code),
+                        status.message().to_string(),
+                    );
+                }
                 let message = match code {
                     Code::Unavailable => format!("the {service} service is unavailable; try again"),
                     Code::DeadlineExceeded => {
@@ -138,7 +150,15 @@ impl IntoResponse for AppError {
         if status.is_server_error() && !matches!(self, AppError::Overloaded { .. }) {
             tracing::warn!(error = %self, http = status.as_u16(), "request failed");
         }
-        let mut response = (status, Json(json!({"error": {"code": code, "message": message}}))).into_response();
+        let reason = match &self {
+            AppError::Upstream { status, .. } => mesh_common::reason::get(status),
+            _ => None,
+        };
+        let body = match reason {
+            Some(reason) => json!({"error": {"code": code, "message": message, "reason": reason}}),
+            None => json!({"error": {"code": code, "message": message}}),
+        };
+        let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
@@ -148,24 +168,19 @@ impl IntoResponse for AppError {
     }
 }
 
-impl From<JsonRejection> for AppError {
-    fn from(rejection: JsonRejection) -> Self {
-        let status = rejection.status();
-        let code = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => "PAYLOAD_TOO_LARGE",
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => "UNSUPPORTED_MEDIA_TYPE",
-            _ => "INVALID_ARGUMENT",
-        };
-        Self::BadRequest {
-            status,
-            code,
-            message: rejection.body_text(),
+impl From<BytesRejection> for AppError {
+    fn from(rejection: BytesRejection) -> Self {
+        if let Some(timed_out) = crate::serve::BodyTimedOut::find(&rejection) {
+            return timed_out.clone().into_app_error();
         }
-    }
-}
-
-impl From<QueryRejection> for AppError {
-    fn from(rejection: QueryRejection) -> Self {
-        Self::invalid(rejection.body_text())
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::BadRequest {
+                status,
+                code: "PAYLOAD_TOO_LARGE",
+                message: "the request body is over the gateway's size limit (--max-body-bytes)".into(),
+            };
+        }
+        Self::invalid(format!("the request body could not be read: {}", rejection.body_text()))
     }
 }

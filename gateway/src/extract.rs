@@ -2,15 +2,20 @@
 
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
 use crate::state::AppState;
 
-/// `axum::Json`, but a rejection (bad syntax, wrong types, wrong content type,
-/// too large) becomes an [`AppError`] with the same `{"error": ...}` shape.
+/// The JSON body of a request, as `T`. Every kind of bad input becomes a 400
+/// [`AppError`] whose message is in the API's own terms, naming the field
+/// (`price_cents: expected an integer, got a string`), never a Rust type; a
+/// body that is not a JSON object is refused, not read as a tuple. Wrong
+/// content types get 415 and bodies over the limit 413.
 pub struct Json<T>(pub T);
 
 impl<T, S> FromRequest<S> for Json<T>
@@ -21,8 +26,24 @@ where
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(Json(value))
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(AppError::BadRequest {
+                status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                code: "UNSUPPORTED_MEDIA_TYPE",
+                message: "the request body must be JSON, sent with `Content-Type: application/json`".into(),
+            });
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(AppError::from)?;
+        parse_body(&bytes).map(Json)
     }
 }
 
@@ -47,12 +68,93 @@ where
         if empty {
             return Ok(OptionalJson(T::default()));
         }
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
+        let Json(value) = Json::<T>::from_request(req, state).await?;
         Ok(OptionalJson(value))
     }
 }
 
-/// `axum::extract::Query` with the gateway's error shape.
+/// Parses a request body: JSON syntax, then "an object", then the fields.
+fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| AppError::invalid(format!("the request body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(AppError::invalid(format!(
+            "the request body must be a JSON object, got {}",
+            json_kind(&value)
+        )));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = plain_words(&e.into_inner().to_string());
+        AppError::invalid(if path == "." {
+            message
+        } else {
+            format!("{path}: {message}")
+        })
+    })
+}
+
+/// "an array", "a string", ...: a JSON value's kind, as the API speaks of it.
+fn json_kind(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// Rewrites serde's messages ("invalid type: string \"x\", expected i64")
+/// in the API's terms ("expected an integer, got a string"): JSON kinds,
+/// never Rust types.
+fn plain_words(message: &str) -> String {
+    let expected = |rust: &str| -> String {
+        let rust = rust.trim();
+        let word = match rust {
+            "i8" | "i16" | "i32" | "i64" | "isize" => "an integer",
+            "u8" | "u16" | "u32" | "u64" | "usize" => "a non-negative integer",
+            "f32" | "f64" => "a number",
+            "a sequence" | "a vec" => "an array",
+            "a map" => "an object",
+            "a boolean" | "a string" | "a borrowed string" | "a character" => {
+                return rust.replace("borrowed ", "");
+            }
+            other if other.starts_with("struct ") || other.starts_with("a map") => "an object",
+            other if other.starts_with("a sequence") || other.starts_with("tuple") => "an array",
+            other => return other.to_string(),
+        };
+        word.to_string()
+    };
+    if let Some(rest) = message.strip_prefix("invalid type: ")
+        && let Some((got, want)) = rest.rsplit_once(", expected ")
+    {
+        let got = match got.split_whitespace().next().unwrap_or_default() {
+            "integer" | "floating" => "a number",
+            "string" => "a string",
+            "boolean" => "a boolean",
+            "sequence" => "an array",
+            "map" => "an object",
+            "null" | "unit" => "null",
+            _ => got,
+        };
+        return format!("expected {}, got {got}", expected(want));
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: ")
+        && let Some((got, want)) = rest.rsplit_once(", expected ")
+    {
+        return format!("expected {}, got {}", expected(want), got.replace('`', ""));
+    }
+    if message.starts_with("invalid length") {
+        return "has the wrong number of elements".into();
+    }
+    // "missing field `name`", "unknown field `x`, expected one of `a`, `b`",
+    // "unknown variant ..." already speak of fields and values.
+    message.to_string()
+}
+
+/// `axum::extract::Query` with the gateway's error shape and wording.
 pub struct Query<T>(pub T);
 
 impl<T, S> FromRequestParts<S> for Query<T>
@@ -62,9 +164,46 @@ where
 {
     type Rejection = AppError;
 
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or_default();
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map(Query).map_err(|e| {
+            let path = e.path().to_string();
+            let message = plain_words(&e.into_inner().to_string());
+            AppError::invalid(if path == "." {
+                format!("query string: {message}")
+            } else {
+                format!("query parameter {path}: {message}")
+            })
+        })
+    }
+}
+
+/// One path segment, percent-decoded, with the gateway's error shape (a
+/// segment that is not UTF-8, such as `%ff`, is a 400 JSON error).
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = AppError;
+
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::extract::Query(value) = axum::extract::Query::<T>::from_request_parts(parts, state).await?;
-        Ok(Query(value))
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(axum::extract::rejection::PathRejection::FailedToDeserializePathParams(e)) => {
+                let message = match e.kind() {
+                    axum::extract::path::ErrorKind::InvalidUtf8InPathParam { key } => {
+                        format!("path segment {{{key}}}: not valid UTF-8 once percent-decoded")
+                    }
+                    _ => plain_words(&e.body_text()),
+                };
+                Err(AppError::invalid(message))
+            }
+            Err(other) => Err(AppError::invalid(other.body_text())),
+        }
     }
 }
 
@@ -127,8 +266,10 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             None => Ok(IdempotencyKey(String::new())),
             Some(v) => v
                 .to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 256)
                 .map(|k| IdempotencyKey(k.to_owned()))
-                .map_err(|_| AppError::invalid("Idempotency-Key: must be visible ASCII")),
+                .ok_or_else(|| AppError::invalid("Idempotency-Key: must be 1 to 256 visible ASCII characters")),
         }
     }
 }

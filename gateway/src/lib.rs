@@ -4,7 +4,9 @@
 //! - [`routes`]: one module per service, the seed's routes, and ops (`/healthz`, `/readyz`, `/overview`);
 //! - [`extract`]: JSON/query extractors with the gateway's error shape, and per-call settings;
 //! - [`error`]: the one error type, gRPC code -> HTTP status;
-//! - [`app`] builds the router (tests drive it without a socket); [`run`] serves it.
+//! - [`app`] builds the router (tests drive it without a socket); [`run`] serves it
+//!   with [`serve`] (timeouts for slow and idle clients, a connection cap), and
+//!   [`admin_app`] on the admin listener (full readiness and overview, for operators).
 #![forbid(unsafe_code)]
 
 pub mod edge;
@@ -12,6 +14,7 @@ pub mod error;
 pub mod extract;
 pub mod request_id;
 pub mod routes;
+pub mod serve;
 pub mod singleflight;
 pub mod state;
 pub mod upstream;
@@ -20,6 +23,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -45,6 +49,13 @@ pub struct Config {
     /// Address to serve HTTP on.
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+
+    /// Address of the admin listener (plaintext HTTP for operators: /healthz,
+    /// /readyz and /overview with every replica's address and the recent
+    /// tasks' payloads and results, which the public port does not show).
+    /// Keep it off the public network.
+    #[arg(long, env = "GATEWAY_ADMIN_LISTEN", default_value = "127.0.0.1:9080")]
+    pub admin_listen: SocketAddr,
 
     /// Items service endpoints.
     #[arg(long, env = "GATEWAY_ITEMS", default_value = "http://127.0.0.1:50051")]
@@ -82,6 +93,31 @@ pub struct Config {
     /// Largest total size of request headers accepted, in bytes.
     #[arg(long, env = "GATEWAY_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: usize,
+
+    /// A request's line and headers must arrive within this many ms of the
+    /// server starting to wait for them, else the connection is closed. On
+    /// HTTP/1 the wait also runs while a keep-alive connection is idle, so an
+    /// idle HTTP/1 connection lasts at most the shorter of this and
+    /// --idle-timeout-ms.
+    #[arg(long, env = "GATEWAY_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_read_timeout_ms: u64,
+
+    /// A request's whole body must arrive within this many ms of its headers
+    /// (one deadline, however the bytes trickle in); else 408 and the
+    /// connection is closed.
+    #[arg(long, env = "GATEWAY_BODY_READ_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_read_timeout_ms: u64,
+
+    /// A connection with no request in flight for this many ms is closed
+    /// (HTTP/1 and HTTP/2). A response being sent (server-sent events, a slow
+    /// service call) counts as in flight.
+    #[arg(long, env = "GATEWAY_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub idle_timeout_ms: u64,
+
+    /// Open connections at most. Past it the gateway accepts no more until one
+    /// closes: new clients wait in the listen backlog.
+    #[arg(long, env = "GATEWAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
 
     /// Calls in flight per service before the gateway refuses more (503).
     #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024)]
@@ -135,6 +171,17 @@ impl Config {
         }
     }
 
+    /// How the server treats slow and idle clients.
+    pub fn limits(&self) -> serve::Limits {
+        serve::Limits {
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+            max_header_bytes: self.max_header_bytes,
+        }
+    }
+
     /// Builds the shared client pool. Connections open lazily; endpoint
     /// specs are resolved once here and then kept up to date.
     pub async fn state(&self) -> anyhow::Result<AppState> {
@@ -145,7 +192,10 @@ impl Config {
             Spec::parse("counter", &self.counter)?,
         ];
         if let Some(url) = &self.upstream {
-            reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--upstream {url:?}: {e}"))?;
+            reqwest::Url::parse(url).map_err(|e| {
+                let url = mesh_common::redact::passwords(url);
+                anyhow::anyhow!("--upstream {url:?}: {e}")
+            })?;
         }
         let settings = self.settings();
         let [items, cache, tasks, counter] = specs;
@@ -206,6 +256,17 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
         })
 }
 
+/// The admin listener's router: what operators see and the public does not
+/// (every replica's address and state, recent tasks in full).
+pub fn admin_app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz_detail))
+        .route("/overview", get(ops::overview_detail))
+        .fallback(not_found)
+        .with_state(state)
+}
+
 async fn not_found(uri: axum::http::Uri) -> AppError {
     AppError::NotFound(format!("no route for {}", uri.path()))
 }
@@ -218,21 +279,38 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     }
 }
 
-/// Serves the gateway on `listener` until `shutdown`, then finishes in-flight requests.
+/// Serves the gateway on `listener`, and its admin routes on
+/// `--admin-listen`, until `shutdown`; then stops accepting, ends event
+/// streams and finishes in-flight requests.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = config.state().await?;
+    let admin_listener = mesh_common::admin::bind(config.admin_listen).await?;
     let stopping = state.stopping.clone();
-    let app = app(state, config.max_body_bytes, config.max_header_bytes);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            stopping.send_replace(true);
-        })
-        .await?;
+    let stopped = |stopping: &tokio::sync::watch::Sender<bool>| {
+        let mut stopped = stopping.subscribe();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
+    };
+    let public = serve::serve(
+        listener,
+        app(state.clone(), config.max_body_bytes, config.max_header_bytes),
+        config.limits(),
+        stopped(&stopping),
+    );
+    let admin = mesh_common::admin::serve(admin_listener, admin_app(state), stopped(&stopping));
+    let signal = async move {
+        shutdown.await;
+        // Ends event streams, which would otherwise hold the shutdown up.
+        stopping.send_replace(true);
+    };
+    let ((), public, admin) = tokio::join!(signal, public, admin);
+    public.context("gateway listener")?;
+    admin?;
     tracing::info!("gateway stopped; in-flight requests finished");
     Ok(())
 }

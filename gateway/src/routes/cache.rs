@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine;
 use mesh_proto::cache::v1 as pb;
@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::AppError;
-use crate::extract::{Call, Json};
+use crate::extract::{Call, Json, Path};
 use crate::state::AppState;
 use crate::upstream::Kind;
 
@@ -34,13 +34,16 @@ fn value_json(key: String, value: Vec<u8>) -> Value {
     }
 }
 
-#[tracing::instrument(skip_all, fields(key = %key))]
+#[tracing::instrument(level = "debug", skip_all, fields(key = %key))]
 pub async fn get(
     State(state): State<AppState>,
     call: Call,
     Path(key): Path<String>,
 ) -> Result<axum::Json<Value>, AppError> {
-    let message = pb::GetRequest { key: key.clone() };
+    let message = pb::GetRequest {
+        key: key.clone(),
+        ..Default::default()
+    };
     let found = state
         .cache
         .call(&call, Kind::Read, |mut c| {
@@ -54,7 +57,7 @@ pub async fn get(
     Ok(axum::Json(value_json(key, found.value)))
 }
 
-#[tracing::instrument(skip_all, fields(key = %key))]
+#[tracing::instrument(level = "debug", skip_all, fields(key = %key))]
 pub async fn put(
     State(state): State<AppState>,
     call: Call,
@@ -77,6 +80,7 @@ pub async fn put(
         key: key.clone(),
         value: body.value.clone().into_bytes(),
         ttl,
+        namespace: String::new(),
     };
     // Setting a key to one value twice is harmless: safe to retry.
     state
@@ -91,13 +95,16 @@ pub async fn put(
     ))
 }
 
-#[tracing::instrument(skip_all, fields(key = %key))]
+#[tracing::instrument(level = "debug", skip_all, fields(key = %key))]
 pub async fn delete(
     State(state): State<AppState>,
     call: Call,
     Path(key): Path<String>,
 ) -> Result<StatusCode, AppError> {
-    let message = pb::DeleteRequest { key: key.clone() };
+    let message = pb::DeleteRequest {
+        key: key.clone(),
+        ..Default::default()
+    };
     // Not retried: a retry of a delete that did happen would answer 404.
     let deleted = state
         .cache

@@ -1,12 +1,12 @@
 //! `/counters/{name}`: the counter service. `Idempotency-Key` makes an
 //! increment safe to retry: the same key returns the first answer.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use mesh_proto::counter::v1 as pb;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
-use crate::extract::{Call, IdempotencyKey, OptionalJson};
+use crate::extract::{Call, IdempotencyKey, OptionalJson, Path};
 use crate::state::AppState;
 use crate::upstream::Kind;
 
@@ -42,7 +42,7 @@ impl From<pb::CounterValue> for CounterJson {
     }
 }
 
-#[tracing::instrument(skip_all, fields(name = %name))]
+#[tracing::instrument(level = "debug", skip_all, fields(name = %name))]
 pub async fn increment(
     State(state): State<AppState>,
     call: Call,
@@ -72,7 +72,7 @@ pub async fn increment(
     Ok(axum::Json(value.into()))
 }
 
-#[tracing::instrument(skip_all, fields(name = %name))]
+#[tracing::instrument(level = "debug", skip_all, fields(name = %name))]
 pub async fn get(
     State(state): State<AppState>,
     call: Call,
@@ -90,7 +90,7 @@ pub async fn get(
 }
 
 /// Resets to 0 and returns the value the counter had.
-#[tracing::instrument(skip_all, fields(name = %name))]
+#[tracing::instrument(level = "debug", skip_all, fields(name = %name))]
 pub async fn reset(
     State(state): State<AppState>,
     call: Call,

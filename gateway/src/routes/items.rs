@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mesh_proto::cache::v1 as cache_pb;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rfc3339;
 use crate::error::AppError;
-use crate::extract::{Call, Json, Query, parse_id};
+use crate::extract::{Call, Json, Path, Query, parse_id};
 use crate::state::AppState;
 use crate::upstream::Kind;
 
@@ -84,11 +84,17 @@ pub struct DeleteParams {
     version: Option<i64>,
 }
 
+/// The cache keyspace of the gateway's own entries. The public `/cache`
+/// routes always use the public keyspace (""), so no HTTP client can write
+/// (forge) or read a cached item. (Over gRPC the cache service still takes any
+/// namespace from any caller until callers are authenticated.)
+pub const CACHE_NAMESPACE: &str = "gateway";
+
 pub fn cache_key(id: i64) -> String {
     format!("item:{id}")
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     call: Call,
@@ -115,7 +121,7 @@ pub async fn create(
     Ok(response)
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     call: Call,
@@ -139,7 +145,7 @@ pub async fn list(
     })))
 }
 
-#[tracing::instrument(skip_all, fields(id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<Response, AppError> {
     let id = parse_id(&id, "id")?;
     // The hot path: a cache hit needs nothing shared with other requests.
@@ -169,10 +175,14 @@ enum Cached {
     Unavailable,
 }
 
-/// Looks the item up in the cache. A value that does not decode (someone
-/// wrote the key by hand) counts as a miss.
+/// Looks the item up in the cache. A value that does not decode, or that is
+/// not the item asked for, counts as a miss: the read goes to the items
+/// service and replaces the entry.
 async fn cached(state: &AppState, call: &Call, id: i64) -> Cached {
-    let get = cache_pb::GetRequest { key: cache_key(id) };
+    let get = cache_pb::GetRequest {
+        key: cache_key(id),
+        namespace: CACHE_NAMESPACE.into(),
+    };
     let found = state
         .cache
         .call(call, Kind::Read, |mut c| {
@@ -182,7 +192,11 @@ async fn cached(state: &AppState, call: &Call, id: i64) -> Cached {
         .await;
     match found {
         Ok(found) if found.found => match pb::Item::decode(found.value.as_slice()) {
-            Ok(item) => Cached::Hit(item),
+            Ok(item) if item.id == id => Cached::Hit(item),
+            Ok(item) => {
+                tracing::warn!(id, cached_id = item.id, "cached entry holds another item; refetching");
+                Cached::Miss
+            }
             Err(err) => {
                 tracing::warn!(error = %err, id, "cached item does not decode; refetching");
                 Cached::Miss
@@ -231,6 +245,7 @@ async fn fetch_and_fill(
             key,
             value: item.encode_to_vec(),
             ttl: prost_types::Duration::try_from(state.item_ttl).ok(),
+            namespace: CACHE_NAMESPACE.into(),
         };
         // Setting a key to the same value twice is harmless: safe to retry.
         let filled = state
@@ -247,7 +262,7 @@ async fn fetch_and_fill(
     Ok(item)
 }
 
-#[tracing::instrument(skip_all, fields(id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn patch(
     State(state): State<AppState>,
     call: Call,
@@ -255,6 +270,7 @@ pub async fn patch(
     Json(body): Json<PatchItem>,
 ) -> Result<axum::Json<ItemJson>, AppError> {
     let id = parse_id(&id, "id")?;
+    check_version(body.version)?;
     let message = pb::UpdateItemRequest {
         id,
         name: body.name,
@@ -275,7 +291,7 @@ pub async fn patch(
     Ok(axum::Json(ItemJson::from(item)))
 }
 
-#[tracing::instrument(skip_all, fields(id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn delete(
     State(state): State<AppState>,
     call: Call,
@@ -283,6 +299,7 @@ pub async fn delete(
     Query(params): Query<DeleteParams>,
 ) -> Result<StatusCode, AppError> {
     let id = parse_id(&id, "id")?;
+    check_version(params.version)?;
     let message = pb::DeleteItemRequest {
         id,
         expected_version: params.version,
@@ -299,6 +316,15 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `version` is the HTTP name of the service's `expected_version`: checked
+/// here so that the message names the field the client sent.
+fn check_version(version: Option<i64>) -> Result<(), AppError> {
+    match version {
+        Some(v) if v < 1 => Err(AppError::invalid(format!("version: must be at least 1, got {v}"))),
+        _ => Ok(()),
+    }
+}
+
 /// Drops the cached copy after a write. If the cache is down the entry
 /// expires by its TTL; the write itself has succeeded either way.
 ///
@@ -306,7 +332,10 @@ pub async fn delete(
 /// before either does not fill the cache with what it read.
 async fn invalidate(state: &AppState, call: &Call, id: i64) {
     state.item_writes.fetch_add(1, Ordering::AcqRel);
-    let delete = cache_pb::DeleteRequest { key: cache_key(id) };
+    let delete = cache_pb::DeleteRequest {
+        key: cache_key(id),
+        namespace: CACHE_NAMESPACE.into(),
+    };
     // Deleting twice is harmless: safe to retry.
     let deleted = state
         .cache

@@ -1,4 +1,10 @@
 //! Operational routes: liveness, readiness and the fan-out overview.
+//!
+//! Each comes in two forms. On the public listener, readiness says only
+//! whether each service is ready, and the overview leaves out replica
+//! addresses and the recent tasks' payloads, results and errors (they are
+//! other clients' data). On the admin listener (`--admin-listen`, loopback by
+//! default) both are in full: `*_detail`.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,29 +27,57 @@ pub async fn healthz() -> axum::Json<Value> {
     axum::Json(json!({"status": "ok"}))
 }
 
-/// Each service's replicas as the gateway sees them (from its own health
-/// checks and outlier detection): `{"items": {"ready": true, "replicas": [...]}}`.
-fn replicas(state: &AppState) -> (bool, serde_json::Map<String, Value>) {
+/// Each service's readiness as the gateway sees it (from its own health
+/// checks and outlier detection): `{"items": {"ready": true}}`, and with
+/// `detail` each replica too: `{"items": {"ready": true, "replicas": [...]}}`.
+fn replicas(state: &AppState, detail: bool) -> (bool, serde_json::Map<String, Value>) {
     let mut all_ready = true;
     let mut out = serde_json::Map::new();
     for (name, members) in state.upstream_members() {
         let ready = members.iter().any(|m| m.healthy && !m.ejected);
         all_ready &= ready;
-        out.insert(name.to_string(), json!({"ready": ready, "replicas": members}));
+        let service = if detail {
+            json!({"ready": ready, "replicas": members})
+        } else {
+            json!({"ready": ready})
+        };
+        out.insert(name.to_string(), service);
     }
     (all_ready, out)
 }
 
-/// `GET /readyz`: 200 when every service has a healthy replica, else 503
-/// naming the ones that have none.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
-    let (ready, services) = replicas(&state);
+fn readiness(state: &AppState, detail: bool) -> (StatusCode, axum::Json<Value>) {
+    let (ready, services) = replicas(state, detail);
     let code = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, axum::Json(json!({"ready": ready, "services": services})))
+}
+
+/// `GET /readyz` (public): 200 when every service has a healthy replica, else
+/// 503 naming the ones that have none; no replica addresses.
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
+    readiness(&state, false)
+}
+
+/// `GET /readyz` (admin): the same, with each replica's address and state
+/// (`healthy`, `ejected`, `in_rotation`).
+pub async fn readyz_detail(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
+    readiness(&state, true)
+}
+
+/// A recent task as the public overview shows it: what it is and how it is
+/// doing, without what it was given or produced.
+fn public_task(task: TaskJson) -> Value {
+    let mut task = json!(task);
+    if let Some(fields) = task.as_object_mut() {
+        for private in ["payload", "result", "error", "attempt_log"] {
+            fields.remove(private);
+        }
+    }
+    task
 }
 
 fn part<T: serde::Serialize>(result: Result<T, AppError>) -> Value {
@@ -56,10 +90,22 @@ fn part<T: serde::Serialize>(result: Result<T, AppError>) -> Value {
     }
 }
 
-/// `GET /overview`: one call to each of the four services, concurrently.
-/// A service that is down gets an error in its part; the rest still answer.
+/// `GET /overview` (public): one call to each of the four services,
+/// concurrently. A service that is down gets an error in its part; the rest
+/// still answer. No replica addresses; recent tasks without payloads,
+/// results or errors.
 #[tracing::instrument(skip_all)]
 pub async fn overview(State(state): State<AppState>, call: Call) -> axum::Json<Value> {
+    overview_of(state, call, false).await
+}
+
+/// `GET /overview` (admin): the same in full, with each service's replicas.
+#[tracing::instrument(skip_all)]
+pub async fn overview_detail(State(state): State<AppState>, call: Call) -> axum::Json<Value> {
+    overview_of(state, call, true).await
+}
+
+async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Value> {
     let items = async {
         let page = state
             .items
@@ -104,8 +150,14 @@ pub async fn overview(State(state): State<AppState>, call: Call) -> axum::Json<V
                 async move { c.queue_stats(r).await }
             })
             .await?;
+        let recent = page.tasks.into_iter().map(TaskJson::from);
+        let recent: Vec<Value> = if detail {
+            recent.map(|t| json!(t)).collect()
+        } else {
+            recent.map(public_task).collect()
+        };
         Ok::<_, AppError>(json!({
-            "recent": page.tasks.into_iter().map(TaskJson::from).collect::<Vec<_>>(),
+            "recent": recent,
             "stats": super::tasks::stats_json(stats),
         }))
     };
@@ -122,11 +174,14 @@ pub async fn overview(State(state): State<AppState>, call: Call) -> axum::Json<V
         Ok::<_, AppError>(json!({ SHARED_COUNTER: v.value }))
     };
     let (items, cache, tasks, counter) = tokio::join!(items, cache, tasks, counter);
-    axum::Json(json!({
+    let mut body = json!({
         "items": part(items),
         "cache": part(cache),
         "tasks": part(tasks),
         "counter": part(counter),
-        "replicas": replicas(&state).1,
-    }))
+    });
+    if detail {
+        body["replicas"] = Value::Object(replicas(&state, true).1);
+    }
+    axum::Json(body)
 }

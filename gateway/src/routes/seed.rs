@@ -30,14 +30,17 @@ pub struct KeyParam {
 
 /// `GET /cached-data?key=K`: `{"data": V}`, or the seed's
 /// `{"error": "Data not found in cache."}` (with 200, as the seed answers).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn cached_data(
     State(state): State<AppState>,
     call: Call,
     Query(p): Query<KeyParam>,
 ) -> Result<axum::Json<Value>, AppError> {
     let found = {
-        let message = cache_pb::GetRequest { key: p.key };
+        let message = cache_pb::GetRequest {
+            key: p.key,
+            ..Default::default()
+        };
         state
             .cache
             .call(&call, Kind::Read, |mut c| {
@@ -55,7 +58,7 @@ pub async fn cached_data(
 
 /// `GET /increment`: the seed's locked counter, now one counter for every
 /// gateway and every counter replica.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
     let value = state
         .counter
@@ -73,7 +76,7 @@ pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum
 }
 
 /// `GET /start-task`: the seed's `long_running_task.apply_async()`.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn start_task(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
     let task = submit_task(&state, &call, "echo".into(), json!("Task complete!"), 0).await?;
     Ok(axum::Json(json!({"task_id": task.id})))
@@ -93,7 +96,7 @@ fn five_seconds() -> u64 {
 /// `GET /run-blocking-task[?ms=N]`: the seed's `time.sleep(5)` in a thread
 /// pool, run as a `sleep` task on the tasks service's blocking pool; the
 /// request waits for it and returns its result.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn run_blocking_task(
     State(state): State<AppState>,
     call: Call,
@@ -118,7 +121,7 @@ pub async fn run_blocking_task(
 
 /// `GET /call-another-service`: one call to the configured plain-HTTP
 /// upstream over the shared `reqwest` client.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn call_another_service(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
     let url = state.upstream.as_deref().ok_or_else(|| {
         AppError::Unavailable("no upstream is configured (start the gateway with --upstream URL)".into())

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::rfc3339;
 use crate::error::AppError;
-use crate::extract::{Call, IdempotencyKey, Json, Query, parse_id};
+use crate::extract::{Call, IdempotencyKey, Json, Path, Query, parse_id};
 use crate::state::AppState;
 use crate::upstream::Kind;
 
@@ -143,7 +143,7 @@ impl From<pb::Task> for TaskJson {
 }
 
 /// Queues a task; answers 202 with its id and where to follow it.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn submit(
     State(state): State<AppState>,
     call: Call,
@@ -158,6 +158,13 @@ pub async fn submit(
                 .map_err(|_| AppError::invalid(format!("run_at: {s:?} is not an RFC 3339 time")))
         })
         .transpose()?;
+    let depth = mesh_proto::json::depth(&body.payload);
+    if depth > mesh_proto::json::MAX_DEPTH {
+        return Err(AppError::invalid(format!(
+            "payload: nests arrays and objects {depth} levels deep; at most {}",
+            mesh_proto::json::MAX_DEPTH
+        )));
+    }
     let message = pb::SubmitTaskRequest {
         kind: body.kind,
         payload: Some(mesh_proto::json::to_proto(body.payload)),
@@ -220,7 +227,7 @@ async fn submit_message(state: &AppState, call: &Call, message: pb::SubmitTaskRe
 }
 
 /// `POST /tasks/{id}/retry`: queues a failed or cancelled task again.
-#[tracing::instrument(skip_all, fields(id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn retry(
     State(state): State<AppState>,
     call: Call,
@@ -267,7 +274,7 @@ pub fn stats_json(s: pb::QueueStatsResponse) -> Value {
 }
 
 /// `GET /tasks/stats[?queue=]`: how deep the queues are.
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn stats(
     State(state): State<AppState>,
     call: Call,
@@ -286,7 +293,7 @@ pub async fn stats(
     Ok(axum::Json(stats_json(s)))
 }
 
-#[tracing::instrument(skip_all, fields(id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn get(
     State(state): State<AppState>,
     call: Call,
@@ -303,7 +310,7 @@ pub async fn get(
     Ok(axum::Json(task.into()))
 }
 
-#[tracing::instrument(skip_all, fields(id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn cancel(
     State(state): State<AppState>,
     call: Call,
@@ -320,7 +327,7 @@ pub async fn cancel(
     Ok(axum::Json(task.into()))
 }
 
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     call: Call,
@@ -352,7 +359,7 @@ const WATCH_LIMIT: Duration = Duration::from_secs(3600);
 
 /// Server-sent events: one `task` event per state change, fed by `WatchTask`,
 /// until the task ends. A failure mid-stream becomes an `error` event.
-#[tracing::instrument(skip_all, fields(id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn events(
     State(state): State<AppState>,
     call: Call,
