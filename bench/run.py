@@ -96,6 +96,11 @@ DRAIN_TIMEOUT_S = 300
 MIB = 1024  # KiB per MiB: RSS figures are kept in KiB
 
 MESH_BINARIES = ("items-service", "cache-service", "tasks-service", "counter-service", "gateway")
+# The mesh's logging settings. The Rust servers run with what a user gets when
+# none is set (INFO, no per-request lines, WARN for failed and slow calls);
+# one set in the environment of the run is passed on, and the report says so.
+LOG_VARS = ("RUST_LOG", "MESH_ACCESS_LOG", "MESH_SLOW_MS", "MESH_LOG_ANSI")
+NO_CACHE_GATEWAY_RUST_LOG = "error"
 FASTAPI = "FastAPI (2 uvicorn + nginx)"
 HELLO = "bench-hello"
 MESH = "mesh"
@@ -224,10 +229,16 @@ class Fleet:
         self.procs: list[Proc] = []
         self.crashed: list[str] = []
 
-    def rust(self, name: str, binary: str, *args: str, rust_log: str = "warn") -> Proc:
-        """A Rust server on an ephemeral port; its announce line gives the address."""
+    def rust(self, name: str, binary: str, *args: str, rust_log: str | None = None) -> Proc:
+        """A Rust server on an ephemeral port; its announce line gives the address.
+        It logs with the defaults (see LOG_VARS) unless `rust_log` sets RUST_LOG."""
         log_path = self.run_dir / "logs" / f"{name}.log"
-        env = dict(os.environ, RUST_LOG=rust_log)
+        env = dict(os.environ)
+        if rust_log is not None:
+            env["RUST_LOG"] = rust_log
+        if binary in MESH_BINARIES:
+            # Several replicas run side by side: each admin listener on a free port.
+            args = ("--admin-listen", f"{HOST}:0", *args)
         with open(log_path, "ab") as log_file:
             popen = subprocess.Popen(
                 [str(self.bin_dir / binary), "--listen", f"{HOST}:0", *args],
@@ -638,11 +649,13 @@ class Bench:
                                           str(tasks_dir), "--workers", str(tasks_workers))]
         urls = {kind: ",".join(p.url for p in ps) for kind, ps in procs.items()}
         cache_urls = urls["cache"] if cache else f"http://{HOST}:{free_port()}"
-        # A gateway without a cache logs a warning per request; keep those out.
+        # A gateway without a cache logs a warning per request (the cache-outage
+        # path, not what the scale group measures): that one gateway logs errors
+        # only, and the report says so. Every other process logs as a user's does.
         gateway = self.fleet.rust(
             f"gateway-{tag}", "gateway", "--items", urls["items"], "--cache", cache_urls,
             "--tasks", urls["tasks"], "--counter", urls["counter"],
-            rust_log="warn" if cache else "error")
+            rust_log=None if cache else NO_CACHE_GATEWAY_RUST_LOG)
         wait_http_ok(gateway.url, "/healthz")
         return Mesh(procs, gateway, tasks_dir)
 
@@ -1009,7 +1022,18 @@ def machine_facts(args, tools: dict[str, str]) -> dict:
         "duration_s": args.duration,
         "quick": args.quick,
         "bin_dir": str(args.bin_dir),
+        "logging": logging_fact(),
     }
+
+
+def logging_fact() -> str:
+    """The mesh's logging settings in force, for the report."""
+    set_here = [f"{k}={os.environ[k]}" for k in LOG_VARS if k in os.environ]
+    where = (f"set in this run's environment: {', '.join(set_here)} (NOT the defaults)"
+             if set_here else "the defaults (INFO level, access log off, slow-call WARN at 1000 ms)")
+    return (f"{where}; the scale group's cache-less gateway runs with"
+            f" RUST_LOG={NO_CACHE_GATEWAY_RUST_LOG}, since every read it serves logs a"
+            f" cache-unavailable warning")
 
 
 def command_output(argv: list[str]) -> str:
@@ -1175,7 +1199,7 @@ def render_markdown(bench: Bench, facts: dict, found: list[dict]) -> str:
            " against 127.0.0.1.", "",
            "## Machine", ""]
     for key in ("date", "nproc", "cpu", "memory_gib", "kernel", "rustc", "python", "wrk",
-                "nginx", "commit", "bin_dir"):
+                "nginx", "commit", "bin_dir", "logging"):
         out.append(f"- {key}: {facts[key]}")
     out += ["", "## Targets", ""]
     out += [f"- **{t['status']}** {t['target']}: {t['numbers']}" for t in found]

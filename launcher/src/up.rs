@@ -1,7 +1,7 @@
 //! `mesh` with no subcommand: bring the whole mesh up and keep it up.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -18,6 +18,10 @@ use tonic_health::pb::health_client::HealthClient;
 const SERVICES: [(&str, u16); 4] = [("items", 50051), ("cache", 50052), ("tasks", 50053), ("counter", 50054)];
 /// Replica n of a service listens on its base port + 10 n (items: 50051, 50061, ...).
 const REPLICA_PORT_STEP: u16 = 10;
+/// Each process's admin listener (/healthz, /readyz) is on loopback, at its
+/// service's admin base port + 10 n (items: 9051, 9061, ...); the gateway's on 9080.
+const ADMIN_BASE_PORTS: [(&str, u16); 4] = [("items", 9051), ("cache", 9052), ("tasks", 9053), ("counter", 9054)];
+const GATEWAY_ADMIN_PORT: u16 = 9080;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -55,9 +59,57 @@ pub struct UpArgs {
     #[arg(long, env = "MESH_EPHEMERAL_PORTS")]
     ephemeral_ports: bool,
 
-    /// Plain-HTTP upstream for the gateway's /call-another-service.
+    /// Plain-HTTP upstream for the gateway's /call-another-service (default:
+    /// a small "another service" the launcher runs itself).
     #[arg(long, env = "MESH_UPSTREAM")]
     upstream: Option<String>,
+
+    /// More destinations `fetch` tasks may reach, as tasks-service's
+    /// --fetch-allow takes them (IP:PORT, CIDR:PORT, HOSTNAME:PORT, ...). The
+    /// gateway and the launcher's "another service" are always allowed.
+    #[arg(long, env = "MESH_FETCH_ALLOW", value_delimiter = ',', value_parser = mesh_tasks::fetch_policy::parse_entry)]
+    fetch_allow: Vec<mesh_tasks::fetch_policy::AllowEntry>,
+}
+
+/// What the launcher's "another service" answers, on any path.
+const ANOTHER_BODY: &str = r#"{"service":"another","message":"Hello from another service"}"#;
+
+/// Starts the "another service" in this process: a plain-HTTP JSON answer
+/// for the gateway's `/call-another-service`. Returns the address to call.
+async fn start_another(host: IpAddr) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::new(host, 0))
+        .await
+        .with_context(|| format!("cannot start the another service on {host}"))?;
+    let addr = reachable(listener.local_addr()?);
+    let app =
+        axum::Router::new().fallback(async || ([(axum::http::header::CONTENT_TYPE, "application/json")], ANOTHER_BODY));
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            tracing::error!(error = %err, "the another service stopped");
+        }
+    });
+    Ok(addr)
+}
+
+/// The gateway's address, fixed before the tasks replicas start (they are
+/// told they may fetch from it): port 0 becomes a port free now, which the
+/// gateway binds a moment later.
+fn fix_gateway_port(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
+    if listen.port() != 0 {
+        return Ok(listen);
+    }
+    let probe = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    Ok(probe.local_addr()?)
+}
+
+/// An address to connect to: a wildcard listen address is reached through
+/// loopback.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port()),
+        IpAddr::V6(ip) if ip.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port()),
+        _ => addr,
+    }
 }
 
 fn parse_replicas(s: &str) -> Result<BTreeMap<String, u16>, String> {
@@ -81,11 +133,18 @@ fn parse_replicas(s: &str) -> Result<BTreeMap<String, u16>, String> {
 struct Proc {
     name: String,
     addr: SocketAddr,
+    /// Its admin listener, as it announced it.
+    admin: Option<SocketAddr>,
     child: Child,
 }
 
+/// Where a process's admin listener goes: loopback, on `port` (0 with --ephemeral-ports).
+fn admin_listen(ephemeral: bool, port: u16) -> String {
+    SocketAddr::new(Ipv4Addr::LOCALHOST.into(), if ephemeral { 0 } else { port }).to_string()
+}
+
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    mesh_common::telemetry::init();
+    let _log = mesh_common::telemetry::init(); // flushes the log when run returns
     // Installed now, so a signal at any point stops the children we started.
     let mut shutdown = Box::pin(mesh_common::shutdown::signal());
     let database_url = args.database_url.clone().or_else(|| {
@@ -115,6 +174,26 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
 
+    let gateway_listen = fix_gateway_port(args.gateway_listen)?;
+    // The gateway's --upstream: the user's, or the launcher's own "another service".
+    let another = match &args.upstream {
+        Some(_) => None,
+        None => Some(start_another(args.host).await?),
+    };
+    let upstream = match (&args.upstream, another) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(addr)) => Some(format!("http://{addr}/")),
+        (None, None) => None,
+    };
+    // fetch tasks may reach this mesh's own HTTP services, and what the user adds.
+    let fetch_allow: Vec<String> = [Some(reachable(gateway_listen)), another]
+        .into_iter()
+        .flatten()
+        .map(|addr| addr.to_string())
+        .chain(args.fetch_allow.iter().map(ToString::to_string))
+        .collect();
+    let fetch_allow = fetch_allow.join(",");
+
     let exe = std::env::current_exe().context("cannot find the mesh executable")?;
     let mut procs: Vec<Proc> = Vec::new();
     let mut endpoints: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -127,18 +206,36 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     base + REPLICA_PORT_STEP * replica
                 };
                 let listen = SocketAddr::new(args.host, port);
+                let admin_base = ADMIN_BASE_PORTS
+                    .iter()
+                    .find(|(s, _)| *s == service)
+                    .map_or(0, |(_, p)| *p);
                 let mut cmd = Command::new(&exe);
                 cmd.arg(service).arg("--listen").arg(listen.to_string());
+                cmd.arg("--admin-listen").arg(admin_listen(
+                    args.ephemeral_ports,
+                    admin_base + REPLICA_PORT_STEP * replica,
+                ));
+                // Backend URLs (which may hold a password) go in the child's
+                // environment, not its command line, which any user can list.
                 match service {
                     "items" | "tasks" => {
                         cmd.arg("--data-dir").arg(&args.data_dir);
                         if let Some(url) = &database_url {
-                            cmd.arg("--database-url").arg(url);
+                            cmd.env("MESH_DATABASE_URL", url);
+                        }
+                        if service == "tasks" {
+                            cmd.arg("--fetch-allow").arg(&fetch_allow);
                         }
                     }
                     _ => {
                         if let Some(url) = &redis_url {
-                            cmd.arg("--redis-url").arg(url);
+                            let var = if service == "cache" {
+                                "CACHE_REDIS_URL"
+                            } else {
+                                "COUNTER_REDIS_URL"
+                            };
+                            cmd.env(var, url);
                         }
                     }
                 }
@@ -155,11 +252,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         }
         let mut cmd = Command::new(&exe);
-        cmd.arg("gateway").arg("--listen").arg(args.gateway_listen.to_string());
+        cmd.arg("gateway").arg("--listen").arg(gateway_listen.to_string());
+        cmd.arg("--admin-listen")
+            .arg(admin_listen(args.ephemeral_ports, GATEWAY_ADMIN_PORT));
         for (service, list) in &endpoints {
             cmd.arg(format!("--{service}")).arg(list.join(","));
         }
-        if let Some(upstream) = &args.upstream {
+        if let Some(upstream) = &upstream {
             cmd.arg("--upstream").arg(upstream);
         }
         procs.push(spawn("gateway".into(), cmd).await?);
@@ -178,9 +277,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     for p in &procs {
         println!("  {:<10} {}", p.name, p.addr);
     }
-    let gateway = procs.last().map(|p| p.addr).unwrap_or(args.gateway_listen);
+    if let Some(addr) = another {
+        println!("  {:<10} {addr} (in the launcher; the gateway's --upstream)", "another");
+    }
+    println!("  fetch tasks may reach: {fetch_allow}");
+    println!("\nadmin listeners (loopback: /healthz, /readyz; the gateway's also /overview):");
+    for p in &procs {
+        if let Some(admin) = p.admin {
+            println!("  {:<10} {admin}", p.name);
+        }
+    }
+    let gateway = reachable(procs.last().map(|p| p.addr).unwrap_or(gateway_listen));
     println!(
-        "\ntry:\n  curl http://{gateway}/test\n  curl -X POST http://{gateway}/items -H 'content-type: application/json' -d '{{\"name\":\"pen\",\"price_cents\":150}}'\n  grpcurl -plaintext {} list\n",
+        "\ntry:\n  curl http://{gateway}/test\n  curl http://{gateway}/call-another-service\n  curl -X POST http://{gateway}/items -H 'content-type: application/json' -d '{{\"name\":\"pen\",\"price_cents\":150}}'\n  curl -X POST http://{gateway}/tasks -H 'content-type: application/json' -d '{{\"kind\":\"fetch\",\"payload\":{{\"url\":\"http://{gateway}/test\"}}}}'\n  grpcurl -plaintext {} list\n",
         procs.first().map(|p| p.addr).unwrap_or(gateway)
     );
 
@@ -199,7 +308,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 /// Starts one child, forwards its logs with a name prefix, and reads the
-/// address it announces on stdout.
+/// addresses it announces on stdout (its listener, then its admin listener).
 async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -226,9 +335,22 @@ async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
         .next()
         .and_then(|a| a.parse().ok())
         .with_context(|| format!("{name} announced {line:?}, not an address"))?;
+    // The admin line follows once the server's start-up is done.
+    let line = tokio::time::timeout(READY_TIMEOUT, lines.next_line())
+        .await
+        .with_context(|| format!("{name} did not start in time"))??
+        .with_context(|| format!("{name} exited during start-up (see its log above)"))?;
+    let admin = line
+        .split_once(" admin listening on ")
+        .and_then(|(_, a)| a.trim().parse().ok());
     // Keep draining stdout so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Proc { name, addr, child })
+    Ok(Proc {
+        name,
+        addr,
+        admin,
+        child,
+    })
 }
 
 /// Polls `grpc.health.v1` until the server reports SERVING.

@@ -2,7 +2,9 @@
 //! a full start and stop of the mesh on spare ports.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 #[test]
@@ -28,6 +30,18 @@ fn unknown_services_in_replicas_are_usage_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("billing"));
 }
 
+/// Kills a whole process group with SIGKILL when dropped, also when the
+/// test fails: the launcher runs in a group of its own with every child it
+/// starts, so nothing is left running.
+struct ProcessGroupGuard(i32);
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        // ESRCH (nobody left) is the expected case after a clean stop.
+        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.0), nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
 /// Starts the mesh with two items and two tasks replicas on free ports,
 /// checks the summary, then stops it with SIGTERM.
 #[test]
@@ -46,17 +60,35 @@ fn starts_everything_with_replicas_and_stops_cleanly() {
         .env("MESH_LOG_ANSI", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
+    let group = ProcessGroupGuard(i32::try_from(child.id()).unwrap());
+    // Read the summary on a thread, so a launcher that hangs silently fails
+    // the test at the deadline instead of blocking it.
+    let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
-    let started = Instant::now();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
     let mut summary = String::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
-        summary.push_str(&line);
-        summary.push('\n');
-        if line.starts_with("try:") || started.elapsed() > Duration::from_secs(60) {
-            break;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                summary.push_str(&line);
+                summary.push('\n');
+                if line.starts_with("try:") {
+                    break;
+                }
+            }
+            Err(e) => panic!("no complete summary from mesh ({e}):\n{summary}"),
         }
     }
     for name in [
@@ -70,12 +102,16 @@ fn starts_everything_with_replicas_and_stops_cleanly() {
     ] {
         assert!(summary.contains(name), "{name} missing from:\n{summary}");
     }
-    nix_kill(child.id());
-    let status = child.wait().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(group.0), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "mesh did not exit within 60 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(status.success(), "mesh exited {status}");
-}
-
-fn nix_kill(pid: u32) {
-    let out = Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
-    assert!(out.success());
+    // Stopped cleanly; the guard still makes sure no child outlives it.
+    drop(group);
 }
