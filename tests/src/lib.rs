@@ -4,15 +4,21 @@
 //! it bound on stdout, so tests never guess ports and never race for them.
 //! A [`Server`] is killed when dropped, also when a test fails, and keeps its
 //! log so a test can assert on it (or print it when something goes wrong).
+//!
+//! Tests wait for states with [`eventually`] (a bounded poll, never a fixed
+//! sleep) and assert behaviour, not speed. What a test creates outside
+//! itself is removed by a guard even when it fails: [`backends::SchemaGuard`],
+//! [`backends::KeysGuard`], [`ProcessGroupGuard`].
 #![forbid(unsafe_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -45,13 +51,17 @@ pub fn bin(name: &str) -> PathBuf {
 pub struct Server {
     pub name: String,
     pub addr: SocketAddr,
+    /// Its admin listener (`/healthz`, `/readyz`; the gateway's `/overview`),
+    /// from its second stdout line; `None` if it printed none (or exited first).
+    pub admin: Option<SocketAddr>,
     child: Child,
     log: Arc<Mutex<String>>,
 }
 
 impl Server {
-    /// Starts binary `name` with `args` plus `--listen 127.0.0.1:0` and
-    /// waits for the address it announces.
+    /// Starts binary `name` with `args` plus `--listen 127.0.0.1:0` (and
+    /// `--admin-listen 127.0.0.1:0` unless `args` has one) and waits for the
+    /// addresses it announces.
     pub async fn start(name: &str, args: &[String]) -> Server {
         Self::start_on(name, args, "127.0.0.1:0").await
     }
@@ -59,13 +69,35 @@ impl Server {
     /// Like [`Server::start`], on a given address (for restarting a server
     /// where its clients expect it).
     pub async fn start_on(name: &str, args: &[String], listen: &str) -> Server {
+        Self::start_with_env(name, args, listen, &[]).await
+    }
+
+    /// Like [`Server::start_on`], with `env` applied over the fixture's
+    /// defaults: `(name, Some(value))` sets a variable, `(name, None)` removes it.
+    ///
+    /// The defaults: `MESH_LOG_ANSI=0`, and `RUST_LOG=info` and the access log
+    /// on (`MESH_ACCESS_LOG=1`: tests count calls by their `rpc done` lines)
+    /// unless the test run's own environment sets them.
+    pub async fn start_with_env(name: &str, args: &[String], listen: &str, env: &[(&str, Option<&str>)]) -> Server {
         let mut cmd = Command::new(bin(name));
-        cmd.args(args)
-            .arg("--listen")
-            .arg(listen)
-            .env("MESH_LOG_ANSI", "0")
+        cmd.args(args).arg("--listen").arg(listen);
+        if !args.iter().any(|a| a.starts_with("--admin-listen")) {
+            // Never the fixed default admin ports: tests run side by side.
+            cmd.arg("--admin-listen").arg("127.0.0.1:0");
+        }
+        cmd.env("MESH_LOG_ANSI", "0")
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
+            .env(
+                "MESH_ACCESS_LOG",
+                std::env::var("MESH_ACCESS_LOG").unwrap_or_else(|_| "1".into()),
+            );
+        for (key, value) in env {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -73,7 +105,7 @@ impl Server {
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = log.clone();
-        tokio::spawn(async move {
+        let mut stderr_done = tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let mut log = sink.lock().unwrap_or_else(|p| p.into_inner());
@@ -85,22 +117,34 @@ impl Server {
         let line = match tokio::time::timeout(START_TIMEOUT, stdout.next_line()).await {
             Ok(Ok(Some(line))) => line,
             other => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                // Whatever it said before dying (or hanging) is in its log:
+                // stop it, and wait for the log to be read to its end.
+                let _ = child.start_kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut stderr_done).await;
                 panic!(
                     "{name} did not announce its address ({other:?}); log:\n{}",
                     log.lock().unwrap()
                 );
             }
         };
-        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
         let addr = line
             .rsplit(' ')
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("{name} announced {line:?}"));
+        // The admin line follows once the server's start-up is done; a server
+        // that exits (or never prints one) leaves `admin` empty.
+        let admin = match tokio::time::timeout(START_TIMEOUT, stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line
+                .split_once(" admin listening on ")
+                .and_then(|(_, a)| a.trim().parse().ok()),
+            _ => None,
+        };
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
         Server {
             name: name.to_string(),
             addr,
+            admin,
             child,
             log,
         }
@@ -108,6 +152,14 @@ impl Server {
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// `http://<admin address>`; panics if the server announced none.
+    pub fn admin_url(&self) -> String {
+        let admin = self
+            .admin
+            .unwrap_or_else(|| panic!("{} announced no admin listener; log:\n{}", self.name, self.logs()));
+        format!("http://{admin}")
     }
 
     /// A lazily connecting channel to this server.
@@ -121,20 +173,12 @@ impl Server {
     /// Waits until `grpc.health.v1` reports SERVING for the whole server.
     pub async fn wait_serving(&self) {
         let mut client = HealthClient::new(self.channel());
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        loop {
-            let r = client.check(HealthCheckRequest { service: String::new() }).await;
-            if matches!(&r, Ok(r) if r.get_ref().status == 1) {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never reported SERVING: {r:?}\n{}",
-                self.name,
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let what = format!("{} reports SERVING", self.name);
+        let serving = async || match client.check(HealthCheckRequest { service: String::new() }).await {
+            Ok(r) if r.get_ref().status == 1 => Ok(()),
+            other => Err(format!("{other:?}\n{}", self.logs())),
+        };
+        eventually(&what, START_TIMEOUT, serving).await;
     }
 
     pub fn logs(&self) -> String {
@@ -162,6 +206,126 @@ impl Server {
 
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;
+    }
+}
+
+/// A generous deadline for a state change that normally takes well under a
+/// second: on a busy two-core machine it may take many times longer, and a
+/// test must not fail for that. Tests assert what happens, not how fast.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// How often [`eventually`] polls.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// One poll of [`eventually`]: ready with a value, or not yet (with what was
+/// seen, for the failure message).
+pub trait Attempt {
+    type Value;
+    fn ready(self) -> Result<Self::Value, String>;
+}
+
+impl<T> Attempt for Option<T> {
+    type Value = T;
+    fn ready(self) -> Result<T, String> {
+        self.ok_or_else(|| "None".to_string())
+    }
+}
+
+impl<T, E: std::fmt::Debug> Attempt for Result<T, E> {
+    type Value = T;
+    fn ready(self) -> Result<T, String> {
+        self.map_err(|e| format!("{e:?}"))
+    }
+}
+
+impl Attempt for bool {
+    type Value = ();
+    fn ready(self) -> Result<(), String> {
+        if self { Ok(()) } else { Err("false".to_string()) }
+    }
+}
+
+/// Polls `f` every [`POLL_INTERVAL`] until it returns `Some`, `Ok` or `true`,
+/// and returns that value. Past `deadline` it panics, naming `what` and the
+/// last value seen (an `Err`'s contents say what was wrong).
+///
+/// Use it wherever a test waits for a state; a fixed sleep is a guess that a
+/// busy machine eventually proves wrong.
+pub async fn eventually<T, A>(what: &str, deadline: Duration, mut f: impl AsyncFnMut() -> A) -> T
+where
+    A: Attempt<Value = T>,
+{
+    let started = std::time::Instant::now();
+    let mut polls = 0u32;
+    loop {
+        polls += 1;
+        match f().await.ready() {
+            Ok(value) => return value,
+            Err(last) if started.elapsed() >= deadline => {
+                panic!("{what}: not within {deadline:?} ({polls} polls); last seen: {last}")
+            }
+            Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+        }
+    }
+}
+
+/// Kills a whole process group with SIGKILL when dropped: also when the test
+/// fails, so a launcher's children are never left running. Start the
+/// launcher with `process_group(0)` and guard its pid.
+pub struct ProcessGroupGuard {
+    pgid: i32,
+}
+
+impl ProcessGroupGuard {
+    /// `leader` is the pid of a process started with `process_group(0)`.
+    pub fn new(leader: u32) -> ProcessGroupGuard {
+        ProcessGroupGuard {
+            pgid: i32::try_from(leader).expect("pid fits i32"),
+        }
+    }
+
+    pub fn pgid(&self) -> i32 {
+        self.pgid
+    }
+}
+
+impl Drop for ProcessGroupGuard {
+    fn drop(&mut self) {
+        // ESRCH (nobody left in the group) is the expected case after a clean stop.
+        let _ = killpg(Pid::from_raw(self.pgid), Signal::SIGKILL);
+    }
+}
+
+/// Runs async clean-up from a `Drop` (which cannot await): on a thread of its
+/// own with a small runtime, and waits for it. A failure is reported; it
+/// panics only if the test is not already panicking (a second panic would
+/// abort the whole test binary).
+fn clean_up<F, Fut>(what: String, work: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let outcome = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("clean-up runtime")
+            .block_on(async move { tokio::time::timeout(Duration::from_secs(60), work()).await.is_ok() })
+    })
+    .join();
+    let problem = match outcome {
+        Ok(true) => return,
+        Ok(false) => "timed out after 60 s".to_string(),
+        Err(panic) => panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "panicked".to_string()),
+    };
+    if std::thread::panicking() {
+        eprintln!("clean-up failed: {what}: {problem}");
+    } else {
+        panic!("clean-up failed: {what}: {problem}");
     }
 }
 
@@ -347,6 +511,61 @@ pub mod backends {
             .expect("keys");
         if !keys.is_empty() {
             let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.expect("del");
+        }
+    }
+
+    /// Drops PostgreSQL schemas when dropped: at the end of the test, and also
+    /// when it fails. Create it before the servers that use the schemas, so
+    /// that they are stopped first (locals drop in reverse order).
+    pub struct SchemaGuard {
+        url: String,
+        schemas: Vec<String>,
+    }
+
+    impl SchemaGuard {
+        pub fn new<S: Into<String>>(url: &str, schemas: impl IntoIterator<Item = S>) -> SchemaGuard {
+            SchemaGuard {
+                url: url.to_string(),
+                schemas: schemas.into_iter().map(Into::into).collect(),
+            }
+        }
+    }
+
+    impl Drop for SchemaGuard {
+        fn drop(&mut self) {
+            let url = self.url.clone();
+            let schemas = std::mem::take(&mut self.schemas);
+            super::clean_up(format!("drop schemas {schemas:?}"), move || async move {
+                for schema in &schemas {
+                    drop_schema(&url, schema).await;
+                }
+            });
+        }
+    }
+
+    /// Deletes every Redis key under a prefix when dropped: at the end of the
+    /// test, and also when it fails. Create it before the servers that write
+    /// the keys, so that they are stopped first.
+    pub struct KeysGuard {
+        url: String,
+        prefix: String,
+    }
+
+    impl KeysGuard {
+        pub fn new(url: &str, prefix: &str) -> KeysGuard {
+            KeysGuard {
+                url: url.to_string(),
+                prefix: prefix.to_string(),
+            }
+        }
+    }
+
+    impl Drop for KeysGuard {
+        fn drop(&mut self) {
+            let (url, prefix) = (self.url.clone(), self.prefix.clone());
+            super::clean_up(format!("delete keys {prefix}*"), move || async move {
+                drop_keys(&url, &prefix).await;
+            });
         }
     }
 }

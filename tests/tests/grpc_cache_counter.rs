@@ -1,75 +1,92 @@
 //! The cache and counter services over gRPC.
 
-use std::time::Duration;
-
-use mesh_tests::Server;
 use mesh_tests::proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_tests::proto::cache::v1::*;
 use mesh_tests::proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_tests::proto::counter::v1::{GetRequest as CounterGet, IncrementRequest, ResetRequest};
+use mesh_tests::{Server, WAIT, eventually};
 use tonic::Code;
 
 #[tokio::test]
 async fn cache_set_get_delete_stats_and_ttl() {
     let server = Server::start("cache-service", &[]).await;
     let mut c = CacheServiceClient::new(server.channel());
-    let miss = c.get(GetRequest { key: "k".into() }).await.unwrap().into_inner();
+    let miss = c
+        .get(GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!miss.found);
     c.set(SetRequest {
         key: "k".into(),
         value: b"v\x00\xff".to_vec(),
         ttl: None,
+        ..Default::default()
     })
     .await
     .unwrap();
-    let hit = c.get(GetRequest { key: "k".into() }).await.unwrap().into_inner();
+    let hit = c
+        .get(GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(hit.found);
     assert_eq!(hit.value, b"v\x00\xff", "bytes come back unaltered");
 
-    let short = prost_types::Duration {
-        seconds: 0,
-        nanos: 300_000_000,
-    };
+    // Long enough to be read back on a stalled machine; then polled until it expires.
+    let short = prost_types::Duration { seconds: 3, nanos: 0 };
     c.set(SetRequest {
         key: "short".into(),
         value: b"x".to_vec(),
         ttl: Some(short),
+        ..Default::default()
     })
     .await
     .unwrap();
-    assert!(
-        c.get(GetRequest { key: "short".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(
-        !c.get(GetRequest { key: "short".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .found,
-        "expired"
-    );
+    let read_short = GetRequest {
+        key: "short".into(),
+        ..Default::default()
+    };
+    assert!(c.get(read_short.clone()).await.unwrap().into_inner().found);
+    let mut hits_while_waiting = 0;
+    eventually("the short entry expires", WAIT, async || {
+        let found = c.get(read_short.clone()).await.unwrap().into_inner().found;
+        hits_while_waiting += u64::from(found);
+        !found
+    })
+    .await;
 
     let stats = c.stats(StatsRequest {}).await.unwrap().into_inner();
-    assert_eq!((stats.hits, stats.misses, stats.entries), (2, 2, 1));
+    assert_eq!(
+        (stats.hits, stats.misses, stats.entries),
+        (2 + hits_while_waiting, 2, 1)
+    );
 
     assert!(
-        c.delete(DeleteRequest { key: "k".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .deleted
+        c.delete(DeleteRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deleted
     );
     assert!(
-        !c.delete(DeleteRequest { key: "k".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .deleted
+        !c.delete(DeleteRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .deleted
     );
 }
 
@@ -83,6 +100,7 @@ async fn cache_refuses_bad_input_by_field() {
                 key: String::new(),
                 value: vec![],
                 ttl: None,
+                ..Default::default()
             },
             "key",
         ),
@@ -91,6 +109,7 @@ async fn cache_refuses_bad_input_by_field() {
                 key: "k".repeat(513),
                 value: vec![],
                 ttl: None,
+                ..Default::default()
             },
             "key",
         ),
@@ -99,6 +118,7 @@ async fn cache_refuses_bad_input_by_field() {
                 key: "k".into(),
                 value: vec![0; 1024 * 1024 + 1],
                 ttl: None,
+                ..Default::default()
             },
             "value",
         ),
@@ -107,6 +127,7 @@ async fn cache_refuses_bad_input_by_field() {
                 key: "k".into(),
                 value: vec![],
                 ttl: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+                ..Default::default()
             },
             "ttl",
         ),
@@ -115,6 +136,7 @@ async fn cache_refuses_bad_input_by_field() {
                 key: "k".into(),
                 value: vec![],
                 ttl: Some(prost_types::Duration { seconds: -5, nanos: 0 }),
+                ..Default::default()
             },
             "ttl",
         ),
@@ -124,7 +146,13 @@ async fn cache_refuses_bad_input_by_field() {
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().starts_with(field), "{field}: {err:?}");
     }
-    let err = c.get(GetRequest { key: String::new() }).await.unwrap_err();
+    let err = c
+        .get(GetRequest {
+            key: String::new(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 

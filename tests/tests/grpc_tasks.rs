@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use mesh_tests::proto::tasks::v1::task_service_client::TaskServiceClient;
 use mesh_tests::proto::tasks::v1::*;
-use mesh_tests::{Server, args};
+use mesh_tests::{Server, WAIT, args, eventually};
 use serde_json::json;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -177,13 +177,15 @@ async fn higher_priority_runs_first_when_the_worker_is_busy() {
         .unwrap()
         .into_inner();
     // Wait until the one worker holds the busy task.
-    for _ in 0..100 {
+    eventually("the worker runs the busy task", WAIT, async || {
         let t = c.get_task(GetTaskRequest { id: busy.id }).await.unwrap().into_inner();
         if t.status == TaskStatus::Running as i32 {
-            break;
+            Ok(())
+        } else {
+            Err(t)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let low = c
         .submit_task(submit("echo", json!("low"), 1))
         .await

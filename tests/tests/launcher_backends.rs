@@ -4,7 +4,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use mesh_tests::backends::{drop_keys, drop_schema, postgres, redis, unique};
+use mesh_tests::ProcessGroupGuard;
+use mesh_tests::backends::{KeysGuard, SchemaGuard, postgres, redis, unique};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
@@ -20,6 +21,11 @@ async fn the_launcher_runs_replicas_on_postgres_and_redis() {
     let tag = unique("launch");
     let schema_prefix = format!("{tag}_");
     let key_prefix = format!("{tag}:");
+    // Dropped last: the schemas and keys go once every process is gone.
+    let _schemas = SchemaGuard::new(&pg, [format!("{schema_prefix}items"), format!("{schema_prefix}tasks")]);
+    let _keys = KeysGuard::new(&redis, &key_prefix);
+    // The launcher in a process group of its own, with every replica it
+    // starts: if the test fails anywhere, the guard kills them all.
     let mut mesh = Command::new(mesh_tests::bin("mesh"))
         .args([
             "--backend",
@@ -42,9 +48,11 @@ async fn the_launcher_runs_replicas_on_postgres_and_redis() {
         .env("MESH_LOG_ANSI", "0")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let _group = ProcessGroupGuard::new(mesh.id().expect("launcher pid"));
     let mut lines = BufReader::new(mesh.stdout.take().unwrap()).lines();
     let mut summary = String::new();
     let gateway = tokio::time::timeout(Duration::from_secs(60), async {
@@ -119,7 +127,5 @@ async fn the_launcher_runs_replicas_on_postgres_and_redis() {
         .unwrap()
         .unwrap();
     assert!(status.success(), "mesh exited {status}");
-    drop_schema(&pg, &format!("{schema_prefix}items")).await;
-    drop_schema(&pg, &format!("{schema_prefix}tasks")).await;
-    drop_keys(&redis, &key_prefix).await;
+    // The guards then kill anything left in the group and drop the data.
 }

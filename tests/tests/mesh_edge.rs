@@ -1,11 +1,13 @@
 //! The gateway as a mesh edge: a client should not notice when a replica
 //! dies, hangs, slows down or drains, and an overload is refused quickly.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mesh_tests::backends::{drop_keys, redis, unique};
-use mesh_tests::{Server, args, gateway_flags};
+use mesh_tests::backends::{KeysGuard, redis, unique};
+use mesh_tests::{Server, WAIT, args, eventually, gateway_flags};
 use nix::sys::signal::Signal;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -57,10 +59,12 @@ impl Fleet {
         format!("{}{path}", self.gateway.url())
     }
 
+    /// The items replicas as the gateway's admin `/readyz` shows them (the
+    /// public one has no per-replica detail).
     async fn items_replicas(&self) -> Vec<Value> {
         let ready: Value = self
             .http
-            .get(self.at("/readyz"))
+            .get(format!("{}/readyz", self.gateway.admin_url()))
             .send()
             .await
             .unwrap()
@@ -75,23 +79,15 @@ impl Fleet {
 
     /// Waits until `n` items replicas are in rotation.
     async fn wait_rotation(&self, n: usize) {
-        let started = Instant::now();
-        loop {
+        eventually(&format!("{n} items replicas in rotation"), WAIT, async || {
             let replicas = self.items_replicas().await;
-            if replicas
+            let in_rotation = replicas
                 .iter()
                 .filter(|r| r["in_rotation"] == true && r["healthy"] == true)
-                .count()
-                == n
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "not {n} in rotation: {replicas:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .count();
+            if in_rotation == n { Ok(()) } else { Err(replicas) }
+        })
+        .await;
     }
 }
 
@@ -129,13 +125,16 @@ async fn a_killed_replica_costs_no_reads_and_is_used_again_once_back() {
     let _serial = TIMING.lock().await;
     let fleet = Fleet::start(&[vec![], vec![], vec![]], &[]).await;
     let mut fleet = fleet;
+    // Reads, 8 at a time, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let load = {
         let http = fleet.http.clone();
         let url = fleet.at("/items?page_size=2");
+        let (stop, answered) = (stop.clone(), answered.clone());
         tokio::spawn(async move {
             let mut statuses = Vec::new();
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_secs(3) {
+            while !stop.load(Ordering::Relaxed) {
                 let batch = futures::future::join_all((0..8).map(|_| async {
                     match http.get(&url).send().await {
                         Ok(r) if r.status() == StatusCode::OK => (StatusCode::OK, String::new()),
@@ -145,15 +144,26 @@ async fn a_killed_replica_costs_no_reads_and_is_used_again_once_back() {
                 }))
                 .await;
                 statuses.extend(batch);
+                answered.fetch_add(8, Ordering::Relaxed);
             }
             statuses
         })
     };
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The victim is serving part of the load when it is killed.
+    eventually("the replica to kill serves reads", WAIT, async || {
+        list_calls(&fleet.items[1]) > 0
+    })
+    .await;
     let victim = fleet.items[1].addr;
     fleet.items[1].signal(Signal::SIGKILL);
     fleet.items[1].wait().await;
-    let killed_at = Instant::now();
+    // Plenty of reads after the kill, then stop.
+    let after_kill = answered.load(Ordering::Relaxed);
+    eventually("400 more reads answered after the kill", WAIT, async || {
+        answered.load(Ordering::Relaxed) >= after_kill + 400
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
     let statuses = load.await.unwrap();
     let failed: Vec<_> = statuses.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
     assert!(
@@ -163,22 +173,20 @@ async fn a_killed_replica_costs_no_reads_and_is_used_again_once_back() {
         statuses.len()
     );
 
-    // Out of rotation within a bounded time (health checks every 500 ms).
-    loop {
+    // Out of rotation (health checks every 500 ms; the bound is generous).
+    eventually("the killed replica leaves the rotation", WAIT, async || {
         let replicas = fleet.items_replicas().await;
         let dead = replicas
             .iter()
             .find(|r| r["address"] == format!("http://{victim}"))
             .unwrap();
         if dead["in_rotation"] == false {
-            break;
+            Ok(())
+        } else {
+            Err(replicas)
         }
-        assert!(
-            killed_at.elapsed() < Duration::from_secs(3),
-            "still in rotation: {replicas:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
 
     // Restarted on its address, it gets traffic again.
     let dir = fleet.data.path().display().to_string();
@@ -205,18 +213,18 @@ async fn a_slow_replica_gets_a_clearly_smaller_share() {
 async fn a_not_serving_replica_receives_no_new_calls() {
     let fleet = Fleet::start(&[vec![], vec![]], &[]).await;
     fleet.items[1].signal(Signal::SIGUSR1); // maintenance: NOT_SERVING, still running
-    let started = Instant::now();
-    loop {
+    eventually("the NOT_SERVING replica leaves the rotation", WAIT, async || {
         let replicas = fleet.items_replicas().await;
         if replicas
             .iter()
             .any(|r| r["healthy"] == false && r["in_rotation"] == false)
         {
-            break;
+            Ok(())
+        } else {
+            Err(replicas)
         }
-        assert!(started.elapsed() < Duration::from_secs(3), "{replicas:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     let before = list_calls(&fleet.items[1]);
     let statuses = reads(&fleet, 200, 8).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
@@ -247,43 +255,56 @@ async fn two_hundred_concurrent_reads_of_a_cold_item_make_one_items_call() {
     let url = fleet.at(&format!("/items/{}", created["id"]));
     let statuses = futures::future::join_all((0..200).map(|_| fleet.http.get(&url).send())).await;
     assert!(statuses.into_iter().all(|r| r.unwrap().status() == StatusCode::OK));
-    let gets = fleet.items[0]
-        .logs()
-        .lines()
-        .filter(|l| l.contains("method=GetItem") && l.contains("rpc done"))
-        .count();
-    assert_eq!(gets, 1, "one items call for 200 concurrent cold reads");
+    // Log lines are written by a background thread: wait for the first.
+    let gets = || {
+        fleet.items[0]
+            .logs()
+            .lines()
+            .filter(|l| l.contains("method=GetItem") && l.contains("rpc done"))
+            .count()
+    };
+    eventually("the items call is logged", WAIT, async || gets() > 0).await;
+    assert_eq!(gets(), 1, "one items call for 200 concurrent cold reads");
 }
 
 #[tokio::test]
 async fn a_passed_deadline_is_a_quick_504_and_the_service_abandons_the_work() {
     let _serial = TIMING.lock().await;
-    let fleet = Fleet::start(&[args(&["--debug-delay-ms", "3000"])], &["--route-timeout-ms", "300"]).await;
+    // The replica would answer after 10 s; the route's deadline is 300 ms.
+    const REPLICA_DELAY: Duration = Duration::from_secs(10);
+    let fleet = Fleet::start(&[args(&["--debug-delay-ms", "10000"])], &["--route-timeout-ms", "300"]).await;
     let started = Instant::now();
     let r = fleet.http.get(fleet.at("/items?page_size=1")).send().await.unwrap();
     let took = started.elapsed();
     assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "DEADLINE_EXCEEDED", "{body}");
-    assert!(took < Duration::from_millis(300 + 250), "504 after {took:?}");
-    let started = Instant::now();
-    while !fleet.items[0]
-        .logs()
-        .contains("deadline passed: abandoned the call's work")
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "no abandon log:\n{}",
-            fleet.items[0].logs()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // An order, not a speed: the 504 came at the deadline, not when the
+    // slow replica would have answered.
+    assert!(
+        took < REPLICA_DELAY,
+        "504 after {took:?}: the gateway waited for the replica"
+    );
+    eprintln!("504 after {took:?} with a 300 ms route deadline (information only)");
+    // The service drops the work itself, and says so.
+    eventually("the replica abandons the call's work", WAIT, async || {
+        if fleet.items[0]
+            .logs()
+            .contains("deadline passed: abandoned the call's work")
+        {
+            Ok(())
+        } else {
+            Err(fleet.items[0].logs())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn past_the_in_flight_cap_the_gateway_refuses_fast_and_recovers() {
     let _serial = TIMING.lock().await;
-    let fleet = Fleet::start(&[args(&["--debug-delay-ms", "1000"])], &["--max-in-flight", "4"]).await;
+    // Each call the replica serves takes 3 s.
+    let fleet = Fleet::start(&[args(&["--debug-delay-ms", "3000"])], &["--max-in-flight", "4"]).await;
     let timed = futures::future::join_all((0..40).map(|_| {
         let http = fleet.http.clone();
         let url = fleet.at("/items?page_size=1");
@@ -312,14 +333,26 @@ async fn past_the_in_flight_cap_the_gateway_refuses_fast_and_recovers() {
         calls <= 8,
         "the replica got {calls} calls; refusals must not be retried"
     );
-    // A refusal does not wait for a slot: the typical one is answered at
-    // once, and even the slowest (connection set-up on a busy machine) well
-    // before the 1 s a served call takes.
+    // A refusal does not wait for a slot: every one is answered before any
+    // served call (each of which takes the replica's 3 s) is. An order, not
+    // a speed; the times are printed for information.
     let mut refusals: Vec<Duration> = shed.iter().map(|(_, _, d)| *d).collect();
     refusals.sort();
-    let (median, slowest) = (refusals[refusals.len() / 2], refusals[refusals.len() - 1]);
-    assert!(median < Duration::from_millis(250), "median refusal took {median:?}");
-    assert!(slowest < Duration::from_millis(500), "slowest refusal took {slowest:?}");
+    let slowest_refusal = refusals[refusals.len() - 1];
+    let first_served = timed
+        .iter()
+        .filter(|(s, _, _)| *s == StatusCode::OK)
+        .map(|(_, _, d)| *d)
+        .min()
+        .unwrap();
+    assert!(
+        slowest_refusal < first_served,
+        "a refusal ({slowest_refusal:?}) waited as long as a served call ({first_served:?})"
+    );
+    eprintln!(
+        "refusals: median {:?}, slowest {slowest_refusal:?}; first served call {first_served:?}",
+        refusals[refusals.len() / 2]
+    );
     // Load gone: served again.
     let r = fleet.http.get(fleet.at("/items?page_size=1")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
@@ -336,13 +369,20 @@ async fn the_request_id_reaches_the_services_log_line() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    let logs = fleet.items[0].logs();
-    let line = logs
-        .lines()
-        .find(|l| l.contains("request_id=trace-me-42"))
-        .unwrap_or_else(|| panic!("no line:\n{logs}"));
+    // Log lines are written by a background thread: wait for them.
+    let tagged = |server: &Server| {
+        server
+            .logs()
+            .lines()
+            .find(|l| l.contains("request_id=trace-me-42"))
+            .map(str::to_owned)
+    };
+    let line = eventually("the items service logs the request id", WAIT, async || {
+        tagged(&fleet.items[0])
+    })
+    .await;
     assert!(line.contains("method=ListItems"), "{line}");
-    assert!(fleet.gateway.logs().contains("request_id=trace-me-42"));
+    eventually("the gateway logs the request id", WAIT, async || tagged(&fleet.gateway)).await;
 }
 
 #[tokio::test]
@@ -382,15 +422,15 @@ async fn replicas_listed_in_a_file_are_picked_up_without_a_restart() {
     let next = data.path().join("items.endpoints.next");
     std::fs::write(&next, format!("{}\n{}\n", a.url(), b.url())).unwrap();
     std::fs::rename(&next, &list).unwrap();
-    let started = Instant::now();
-    while list_calls(&b) == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the new replica never got a call; gateway log:\n{}",
-            gateway.logs()
-        );
+    eventually("the replica added to the file gets calls", WAIT, async || {
         futures::future::join_all((0..4).map(|_| http.get(&url).send())).await;
-    }
+        if list_calls(&b) > 0 {
+            Ok(())
+        } else {
+            Err(gateway.logs())
+        }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -400,6 +440,7 @@ async fn a_rolling_restart_of_every_counter_replica_loses_no_idempotent_incremen
         return;
     };
     let prefix = format!("{}:", unique("rolling"));
+    let _keys = KeysGuard::new(&url, &prefix);
     let counter_args = args(&["--redis-url", &url, "--redis-prefix", &prefix, "--drain-ms", "800"]);
     let mut counters = Vec::new();
     for _ in 0..3 {
@@ -425,14 +466,20 @@ async fn a_rolling_restart_of_every_counter_replica_loses_no_idempotent_incremen
     .await;
     let http = reqwest::Client::new();
     let inc = format!("{}/counters/rolling/increment", gateway.url());
-    const TOTAL: usize = 1500;
+    // Increments, each with its own idempotency key, 8 at a time, until told
+    // to stop; `answered` counts the answers so far.
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
     let stream = tokio::spawn({
         let http = http.clone();
+        let (stop, answered) = (stop.clone(), answered.clone());
         async move {
-            futures::stream::iter(0..TOTAL)
+            futures::stream::iter(0..)
+                .take_while(move |_| std::future::ready(!stop.load(Ordering::Relaxed)))
                 .map(|i| {
                     let http = http.clone();
                     let inc = inc.clone();
+                    let answered = answered.clone();
                     async move {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                         let r = http
@@ -441,7 +488,9 @@ async fn a_rolling_restart_of_every_counter_replica_loses_no_idempotent_incremen
                             .send()
                             .await
                             .unwrap();
-                        (r.status(), r.text().await.unwrap_or_default())
+                        let answer = (r.status(), r.text().await.unwrap_or_default());
+                        answered.fetch_add(1, Ordering::Relaxed);
+                        answer
                     }
                 })
                 .buffer_unordered(8)
@@ -449,16 +498,25 @@ async fn a_rolling_restart_of_every_counter_replica_loses_no_idempotent_incremen
                 .await
         }
     });
-    // Restart each replica in turn, on its own address, while the stream runs.
-    for replica in counters.iter_mut() {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    // Restart each replica in turn, on its own address, while the stream
+    // runs: before each restart, and after the last, the stream makes
+    // progress (counted, not timed).
+    let progress = async |what: String| {
+        let from = answered.load(Ordering::Relaxed);
+        eventually(&what, WAIT, async || answered.load(Ordering::Relaxed) >= from + 100).await;
+    };
+    for (n, replica) in counters.iter_mut().enumerate() {
+        progress(format!("100 increments answered before restart {}", n + 1)).await;
         let addr = replica.addr.to_string();
         assert!(replica.terminate().await.success());
         let fresh = Server::start_on("counter-service", &counter_args, &addr).await;
         fresh.wait_serving().await;
         *replica = fresh;
     }
+    progress("100 increments answered after the last restart".into()).await;
+    stop.store(true, Ordering::Relaxed);
     let results = stream.await.unwrap();
+    let sent = results.len();
     let failed: Vec<_> = results.iter().filter(|(s, _)| *s != StatusCode::OK).collect();
     assert!(
         failed.is_empty(),
@@ -474,8 +532,10 @@ async fn a_rolling_restart_of_every_counter_replica_loses_no_idempotent_incremen
         .json()
         .await
         .unwrap();
-    assert_eq!(total["value"], TOTAL as i64);
-    drop_keys(&url, &prefix).await;
+    assert_eq!(
+        total["value"], sent as i64,
+        "every one of the {sent} increments counted once"
+    );
 }
 
 #[tokio::test]
@@ -499,7 +559,10 @@ async fn hedged_reads_cut_the_tail_that_stalling_replicas_cause() {
         .concat(),
     )
     .await;
-    /// Sequential reads through `gateway`; how many of the last 100 took over 300 ms.
+    /// Sequential reads through `gateway`; how many of the last 100 took at
+    /// least the 400 ms a stall takes. (Not a speed threshold: an unhedged
+    /// read that meets a stall cannot take less; a hedged one need not wait
+    /// for it.)
     async fn slow_reads(http: &reqwest::Client, gateway: &Server) -> usize {
         let url = format!("{}/items?page_size=1", gateway.url());
         let mut slow = 0;
@@ -507,7 +570,7 @@ async fn hedged_reads_cut_the_tail_that_stalling_replicas_cause() {
             let started = Instant::now();
             assert_eq!(http.get(&url).send().await.unwrap().status(), StatusCode::OK);
             // The first 40 teach the hedger the usual latency.
-            if i >= 40 && started.elapsed() > Duration::from_millis(300) {
+            if i >= 40 && started.elapsed() >= Duration::from_millis(400) {
                 slow += 1;
             }
         }

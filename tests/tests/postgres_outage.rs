@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use mesh_tests::backends::{drop_schema, postgres, unique};
+use mesh_tests::backends::{SchemaGuard, postgres, unique};
 use mesh_tests::proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_tests::proto::items::v1::{CreateItemRequest, GetItemRequest};
-use mesh_tests::{Server, TcpProxy, args};
+use mesh_tests::{Server, TcpProxy, args, eventually};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
@@ -21,14 +21,6 @@ async fn status(server: &Server) -> i32 {
     c.check(HealthCheckRequest { service: String::new() })
         .await
         .map_or(-1, |r| r.into_inner().status)
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < NOTICE, "{what}: not within {NOTICE:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test]
@@ -47,6 +39,7 @@ async fn items_fail_fast_while_postgres_is_unreachable_and_recover() {
     via_proxy.set_host(Some("127.0.0.1")).unwrap();
     via_proxy.set_port(Some(proxy.addr.port())).unwrap();
     let prefix = format!("{}_", unique("pgdown"));
+    let _schemas = SchemaGuard::new(&url, [format!("{prefix}items")]);
     let items = Server::start(
         "items-service",
         &args(&[
@@ -75,19 +68,20 @@ async fn items_fail_fast_while_postgres_is_unreachable_and_recover() {
     let err = c.get_item(GetItemRequest { id: item.id }).await.unwrap_err();
     assert!(started.elapsed() < FAIL_FAST, "took {:?} to fail", started.elapsed());
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    eventually("NOT_SERVING while the database is unreachable", async || {
+    eventually("NOT_SERVING while the database is unreachable", NOTICE, async || {
         status(&items).await == 2
     })
     .await;
 
     let _proxy = TcpProxy::start_on(listen, target).await;
-    eventually("SERVING again once it is back", async || status(&items).await == 1).await;
-    eventually("reads work again, without a restart", async || {
+    eventually("SERVING again once it is back", NOTICE, async || {
+        status(&items).await == 1
+    })
+    .await;
+    eventually("reads work again, without a restart", NOTICE, async || {
         c.get_item(GetItemRequest { id: item.id }).await.is_ok()
     })
     .await;
     let again = c.get_item(GetItemRequest { id: item.id }).await.unwrap().into_inner();
     assert_eq!(again, item, "nothing was lost");
-    drop(items);
-    drop_schema(&url, &format!("{prefix}items")).await;
 }

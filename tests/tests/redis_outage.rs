@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use mesh_tests::proto::cache::v1::cache_service_client::CacheServiceClient;
-use mesh_tests::{Server, args, gateway_flags, in_ci};
+use mesh_tests::{Server, args, eventually, gateway_flags, in_ci};
 use serde_json::json;
 use tokio::process::{Child, Command};
 use tonic_health::pb::HealthCheckRequest;
@@ -51,14 +51,6 @@ async fn health(server: &Server) -> i32 {
     match c.check(HealthCheckRequest { service: String::new() }).await {
         Ok(r) => r.into_inner().status,
         Err(_) => -1,
-    }
-}
-
-async fn eventually(what: &str, limit: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

@@ -2,10 +2,9 @@
 //! health, and graceful shutdown.
 
 use std::process::Command;
-use std::time::Duration;
 
 use futures::StreamExt;
-use mesh_tests::{Mesh, Server, args, in_ci};
+use mesh_tests::{Mesh, Server, WAIT, args, eventually, in_ci};
 use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
@@ -188,10 +187,10 @@ async fn every_service_exits_zero_on_sigterm() {
 #[tokio::test]
 async fn the_gateway_finishes_in_flight_requests_on_sigterm() {
     let mut mesh = Mesh::start().await;
-    // A request that takes ~1.5 s, in flight when the gateway is told to stop.
+    // A request that takes ~3 s, in flight when the gateway is told to stop.
     let slow = tokio::spawn({
         let http = mesh.http.clone();
-        let url = mesh.at("/run-blocking-task?ms=1500");
+        let url = mesh.at("/run-blocking-task?ms=3000");
         async move { http.get(url).send().await }
     });
     let quick: Vec<_> = (0..20)
@@ -201,7 +200,29 @@ async fn the_gateway_finishes_in_flight_requests_on_sigterm() {
             tokio::spawn(async move { http.get(url).send().await })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Stop only once the gateway has every request: the slow one is running
+    // (its task started) and the quick ones reached the counter service.
+    eventually("the slow request's task runs", WAIT, async || {
+        mesh.tasks
+            .logs()
+            .lines()
+            .any(|l| l.contains("kind=sleep") && l.contains("task started"))
+    })
+    .await;
+    eventually("the quick requests reach the counter service", WAIT, async || {
+        let increments = mesh
+            .counter
+            .logs()
+            .lines()
+            .filter(|l| l.contains("method=Increment") && l.contains("rpc done"))
+            .count();
+        if increments >= 20 { Ok(()) } else { Err(increments) }
+    })
+    .await;
+    assert!(
+        !slow.is_finished(),
+        "the slow request must still be in flight at SIGTERM"
+    );
     let gateway_exit = tokio::spawn(async move {
         let status = mesh.gateway.terminate().await;
         (status, mesh)

