@@ -5,9 +5,9 @@
 //! never carries an upstream's internal message; the details go to the log.
 
 use axum::Json;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mesh_upstream::UpstreamError;
 use serde_json::json;
 use tonic::Code;
 
@@ -168,19 +168,20 @@ impl IntoResponse for AppError {
     }
 }
 
-impl From<BytesRejection> for AppError {
-    fn from(rejection: BytesRejection) -> Self {
-        if let Some(timed_out) = crate::serve::BodyTimedOut::find(&rejection) {
-            return timed_out.clone().into_app_error();
+/// What a failed service call means to the HTTP client. Exhaustive: a new
+/// way to fail must choose its HTTP form here.
+impl From<UpstreamError> for AppError {
+    fn from(err: UpstreamError) -> Self {
+        match err {
+            UpstreamError::Status { service, status } => AppError::Upstream { service, status },
+            UpstreamError::NoReplica { service } => {
+                AppError::Unavailable(format!("no replica of the {service} service is known"))
+            }
+            UpstreamError::ConnectionBroken { service } => {
+                AppError::Unavailable(format!("the connection to the {service} service broke; try again"))
+            }
+            UpstreamError::DeadlineExceeded { service } => AppError::DeadlineExceeded(service),
+            UpstreamError::Overloaded { service, limit } => AppError::Overloaded { service, limit },
         }
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::BadRequest {
-                status,
-                code: "PAYLOAD_TOO_LARGE",
-                message: "the request body is over the gateway's size limit (--max-body-bytes)".into(),
-            };
-        }
-        Self::invalid(format!("the request body could not be read: {}", rejection.body_text()))
     }
 }

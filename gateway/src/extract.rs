@@ -1,14 +1,16 @@
-//! Extractors that turn every kind of bad input into the gateway's JSON error.
-
-use std::time::Duration;
+//! Extractors that turn every kind of bad input into the gateway's JSON error,
+//! and the one that gives a handler its call settings ([`Call`]).
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use mesh_upstream::CallContext;
 use serde::de::DeserializeOwned;
 
 use crate::error::AppError;
+use crate::serve::BodyTimedOut;
 use crate::state::AppState;
 
 /// The JSON body of a request, as `T`. Every kind of bad input becomes a 400
@@ -44,6 +46,25 @@ where
         }
         let bytes = Bytes::from_request(req, state).await.map_err(AppError::from)?;
         parse_body(&bytes).map(Json)
+    }
+}
+
+/// A body that could not be read: too slow (408, found in the rejection's
+/// source chain), over the size limit (413), or cut off (400).
+impl From<BytesRejection> for AppError {
+    fn from(rejection: BytesRejection) -> Self {
+        if let Some(timed_out) = BodyTimedOut::find(&rejection) {
+            return timed_out.clone().into_app_error();
+        }
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::BadRequest {
+                status,
+                code: "PAYLOAD_TOO_LARGE",
+                message: "the request body is over the gateway's size limit (--max-body-bytes)".into(),
+            };
+        }
+        Self::invalid(format!("the request body could not be read: {}", rejection.body_text()))
     }
 }
 
@@ -207,35 +228,17 @@ where
     }
 }
 
-/// Per-request call settings: the deadline every service call of the request
-/// shares (sent to services as `grpc-timeout`, so they stop working when the
-/// caller has stopped waiting), and the request id each call forwards.
+/// The request's call settings ([`CallContext`]: the deadline every service
+/// call of the request shares, and the request id each one forwards), read
+/// from the request: the deadline is `--route-timeout-ms` from now.
 #[derive(Clone, Debug)]
-pub struct Call {
-    pub request_id: Option<String>,
-    pub deadline: tokio::time::Instant,
-}
+pub struct Call(pub CallContext);
 
-impl Call {
-    /// Wraps a message for a gRPC call: `grpc-timeout` is the time left
-    /// until the deadline, and `x-request-id` the request's id.
-    pub fn req<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        let left = self.deadline.saturating_duration_since(tokio::time::Instant::now());
-        request.set_timeout(left.max(Duration::from_millis(1)));
-        if let Some(id) = self.request_id.as_deref().and_then(|id| id.parse().ok()) {
-            request.metadata_mut().insert("x-request-id", id);
-        }
-        request
-    }
+impl std::ops::Deref for Call {
+    type Target = CallContext;
 
-    /// The same call settings with a later deadline (for routes that wait on
-    /// long work on purpose).
-    pub fn with_timeout(&self, timeout: Duration) -> Call {
-        Call {
-            request_id: self.request_id.clone(),
-            deadline: tokio::time::Instant::now() + timeout,
-        }
+    fn deref(&self) -> &CallContext {
+        &self.0
     }
 }
 
@@ -243,14 +246,12 @@ impl FromRequestParts<AppState> for Call {
     type Rejection = std::convert::Infallible;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        Ok(Call {
-            request_id: parts
-                .headers
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-            deadline: tokio::time::Instant::now() + state.route_timeout,
-        })
+        let request_id = parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok(Call(CallContext::new(request_id, state.route_timeout)))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The mesh's HTTP/JSON edge.
 //!
-//! - [`state`]: the shared client pool (one tonic channel per service, one reqwest client);
+//! - [`state`]: the shared client pool (one balanced client per service, over the
+//!   `mesh-upstream` crate's traffic policies; one reqwest client);
 //! - [`routes`]: one module per service, the seed's routes, and ops (`/healthz`, `/readyz`, `/overview`);
 //! - [`extract`]: JSON/query extractors with the gateway's error shape, and per-call settings;
 //! - [`error`]: the one error type, gRPC code -> HTTP status;
@@ -17,7 +18,6 @@ pub mod routes;
 pub mod serve;
 pub mod singleflight;
 pub mod state;
-pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,13 +30,14 @@ use axum::routing::{get, post};
 use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_proto::items::v1::item_service_client::ItemServiceClient;
+use mesh_proto::services::{self, Service};
 use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
+use mesh_upstream::{Client, HedgeSettings, PerTryTimeout, Settings, Spec, Upstream};
 use tokio::net::TcpListener;
 
 use crate::error::AppError;
 use crate::routes::{cache, counter, items, ops, seed, tasks};
 use crate::state::AppState;
-use crate::upstream::{HedgeSettings, Settings, Spec, Upstream};
 
 /// gateway: the mesh's HTTP/JSON front door.
 ///
@@ -58,19 +59,19 @@ pub struct Config {
     pub admin_listen: SocketAddr,
 
     /// Items service endpoints.
-    #[arg(long, env = "GATEWAY_ITEMS", default_value = "http://127.0.0.1:50051")]
+    #[arg(long = services::ITEMS.flag, env = "GATEWAY_ITEMS", default_value_t = local_endpoint(&services::ITEMS))]
     pub items: String,
 
     /// Cache service endpoints.
-    #[arg(long, env = "GATEWAY_CACHE", default_value = "http://127.0.0.1:50052")]
+    #[arg(long = services::CACHE.flag, env = "GATEWAY_CACHE", default_value_t = local_endpoint(&services::CACHE))]
     pub cache: String,
 
     /// Tasks service endpoints.
-    #[arg(long, env = "GATEWAY_TASKS", default_value = "http://127.0.0.1:50053")]
+    #[arg(long = services::TASKS.flag, env = "GATEWAY_TASKS", default_value_t = local_endpoint(&services::TASKS))]
     pub tasks: String,
 
     /// Counter service endpoints.
-    #[arg(long, env = "GATEWAY_COUNTER", default_value = "http://127.0.0.1:50054")]
+    #[arg(long = services::COUNTER.flag, env = "GATEWAY_COUNTER", default_value_t = local_endpoint(&services::COUNTER))]
     pub counter: String,
 
     /// Plain-HTTP upstream that `GET /call-another-service` calls.
@@ -143,6 +144,14 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_RETRY_RATIO", default_value_t = 0.2)]
     pub retry_ratio: f32,
 
+    /// How long one attempt of a read or a keyed write may go unanswered, in
+    /// ms, before it is cut and retried on another replica (each retry paid
+    /// from the retry budget; the last attempt is never cut). Unset: 3 times
+    /// the service's recent p99 latency, at least 50 ms and at most half the
+    /// time the call has left. 0 turns it off.
+    #[arg(long, env = "GATEWAY_PER_TRY_TIMEOUT_MS")]
+    pub per_try_timeout_ms: Option<u64>,
+
     /// Hedge reads still outstanding past this latency percentile (e.g. 95). Off when unset.
     #[arg(long, env = "GATEWAY_HEDGE_PERCENTILE")]
     pub hedge_percentile: Option<f64>,
@@ -164,6 +173,11 @@ impl Config {
             max_in_flight: self.max_in_flight,
             retry_ratio: self.retry_ratio.clamp(0.0, 10.0),
             retry_min_per_sec: 10,
+            per_try_timeout: match self.per_try_timeout_ms {
+                None => PerTryTimeout::Derived,
+                Some(0) => PerTryTimeout::Off,
+                Some(ms) => PerTryTimeout::Fixed(Duration::from_millis(ms)),
+            },
             hedge: self.hedge_percentile.map(|p| HedgeSettings {
                 percentile: p.clamp(1.0, 99.9),
                 ratio: self.hedge_ratio.clamp(0.0, 1.0),
@@ -182,15 +196,25 @@ impl Config {
         }
     }
 
+    /// Each service's endpoint list, in the services table's order: the one
+    /// place that pairs the table with the flags above.
+    fn endpoints(&self) -> [(&'static Service, &str); 4] {
+        [
+            (&services::ITEMS, &self.items),
+            (&services::CACHE, &self.cache),
+            (&services::TASKS, &self.tasks),
+            (&services::COUNTER, &self.counter),
+        ]
+    }
+
     /// Builds the shared client pool. Connections open lazily; endpoint
     /// specs are resolved once here and then kept up to date.
     pub async fn state(&self) -> anyhow::Result<AppState> {
-        let specs = [
-            Spec::parse("items", &self.items)?,
-            Spec::parse("cache", &self.cache)?,
-            Spec::parse("tasks", &self.tasks)?,
-            Spec::parse("counter", &self.counter)?,
-        ];
+        let specs = self
+            .endpoints()
+            .into_iter()
+            .map(|(service, list)| Ok((service, Spec::parse(service.flag, list)?)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         if let Some(url) = &self.upstream {
             reqwest::Url::parse(url).map_err(|e| {
                 let url = mesh_common::redact::passwords(url);
@@ -198,12 +222,23 @@ impl Config {
             })?;
         }
         let settings = self.settings();
-        let [items, cache, tasks, counter] = specs;
+        let mut upstreams = Vec::with_capacity(specs.len());
+        for (service, spec) in specs {
+            upstreams.push(Upstream::start(service.name, spec, &settings).await);
+        }
+        let upstream = |service: &Service| {
+            upstreams
+                .iter()
+                .find(|u| u.name() == service.name)
+                .cloned()
+                .with_context(|| format!("no upstream for the {} service", service.name))
+        };
         Ok(std::sync::Arc::new(state::Shared {
-            items: Upstream::start("items", items, &settings, ItemServiceClient::new).await,
-            cache: Upstream::start("cache", cache, &settings, CacheServiceClient::new).await,
-            tasks: Upstream::start("tasks", tasks, &settings, TaskServiceClient::new).await,
-            counter: Upstream::start("counter", counter, &settings, CounterServiceClient::new).await,
+            items: Client::new(upstream(&services::ITEMS)?, ItemServiceClient::new),
+            cache: Client::new(upstream(&services::CACHE)?, CacheServiceClient::new),
+            tasks: Client::new(upstream(&services::TASKS)?, TaskServiceClient::new),
+            counter: Client::new(upstream(&services::COUNTER)?, CounterServiceClient::new),
+            upstreams,
             http: reqwest::Client::builder()
                 .connect_timeout(settings.connect_timeout)
                 .pool_idle_timeout(Duration::from_secs(60))
@@ -216,6 +251,11 @@ impl Config {
             stopping: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
         }))
     }
+}
+
+/// A service's default endpoint: its default port on loopback.
+fn local_endpoint(service: &Service) -> String {
+    format!("http://127.0.0.1:{}", service.default_port)
 }
 
 /// axum's `DefaultBodyLimit` when no layer sets another.

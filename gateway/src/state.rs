@@ -1,6 +1,6 @@
 //! The gateway's shared client pool, built once at start-up and cloned into
-//! every handler: one balanced, policy-wrapped client per service (see
-//! [`crate::upstream`]) and one `reqwest::Client` for plain-HTTP upstreams.
+//! every handler: one balanced, policy-wrapped client per service (see the
+//! `mesh-upstream` crate) and one `reqwest::Client` for plain-HTTP upstreams.
 
 use std::time::Duration;
 
@@ -9,9 +9,9 @@ use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_proto::items::v1::Item;
 use mesh_proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
+use mesh_upstream::{Client, Transport, Upstream};
 
 use crate::singleflight::SingleFlight;
-use crate::upstream::{Transport, Upstream};
 
 /// One shared item read: the item and how it was served (`hit`, `miss`, `bypass`).
 pub type ItemRead = Result<(Item, &'static str), crate::error::AppError>;
@@ -21,10 +21,13 @@ pub type ItemRead = Result<(Item, &'static str), crate::error::AppError>;
 pub type AppState = std::sync::Arc<Shared>;
 
 pub struct Shared {
-    pub items: Upstream<ItemServiceClient<Transport>>,
-    pub cache: Upstream<CacheServiceClient<Transport>>,
-    pub tasks: Upstream<TaskServiceClient<Transport>>,
-    pub counter: Upstream<CounterServiceClient<Transport>>,
+    pub items: Client<ItemServiceClient<Transport>>,
+    pub cache: Client<CacheServiceClient<Transport>>,
+    pub tasks: Client<TaskServiceClient<Transport>>,
+    pub counter: Client<CounterServiceClient<Transport>>,
+    /// Every service's upstream, in the order of `mesh_proto::services::ALL`
+    /// (what `/readyz` and `/overview` report on).
+    pub upstreams: Vec<Upstream>,
     pub http: reqwest::Client,
     pub upstream: Option<String>,
     /// Every route's deadline, shared by all the calls it makes.
@@ -41,16 +44,4 @@ pub struct Shared {
     /// they read nor are joined by reads that begin after it. (Writes through
     /// another gateway are bounded by the cache TTL instead.)
     pub item_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl Shared {
-    /// Each service's replicas as `/readyz` and `/overview` report them.
-    pub fn upstream_members(&self) -> [(&'static str, Vec<crate::upstream::MemberView>); 4] {
-        [
-            (self.items.name, self.items.members().snapshot()),
-            (self.cache.name, self.cache.members().snapshot()),
-            (self.tasks.name, self.tasks.members().snapshot()),
-            (self.counter.name, self.counter.members().snapshot()),
-        ]
-    }
 }

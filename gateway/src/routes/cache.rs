@@ -6,13 +6,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use base64::Engine;
 use mesh_proto::cache::v1 as pb;
+use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
+use mesh_upstream::Kind;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::AppError;
 use crate::extract::{Call, Json, Path};
 use crate::state::AppState;
-use crate::upstream::Kind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,10 +47,7 @@ pub async fn get(
     };
     let found = state
         .cache
-        .call(&call, Kind::Read, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.get(r).await }
-        })
+        .unary(&call, Kind::Read, message, CacheServiceClient::get)
         .await?;
     if !found.found {
         return Err(AppError::NotFound(format!("key {key:?} is not in the cache")));
@@ -85,10 +83,7 @@ pub async fn put(
     // Setting a key to one value twice is harmless: safe to retry.
     state
         .cache
-        .call(&call, Kind::IdempotentWrite, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.set(r).await }
-        })
+        .unary(&call, Kind::IdempotentWrite, message, CacheServiceClient::set)
         .await?;
     Ok(axum::Json(
         json!({"key": key, "value": body.value, "ttl_seconds": body.ttl_seconds}),
@@ -108,10 +103,7 @@ pub async fn delete(
     // Not retried: a retry of a delete that did happen would answer 404.
     let deleted = state
         .cache
-        .call(&call, Kind::Write, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.delete(r).await }
-        })
+        .unary(&call, Kind::Write, message, CacheServiceClient::delete)
         .await?
         .deleted;
     if deleted {

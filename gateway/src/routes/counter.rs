@@ -3,12 +3,13 @@
 
 use axum::extract::State;
 use mesh_proto::counter::v1 as pb;
+use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
+use mesh_upstream::Kind;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
 use crate::extract::{Call, IdempotencyKey, OptionalJson, Path};
 use crate::state::AppState;
-use crate::upstream::Kind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,10 +65,7 @@ pub async fn increment(
     };
     let value = state
         .counter
-        .call(&call, kind, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.increment(r).await }
-        })
+        .unary(&call, kind, message, CounterServiceClient::increment)
         .await?;
     Ok(axum::Json(value.into()))
 }
@@ -81,10 +79,7 @@ pub async fn get(
     let message = pb::GetRequest { name };
     let value = state
         .counter
-        .call(&call, Kind::Read, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.get(r).await }
-        })
+        .unary(&call, Kind::Read, message, CounterServiceClient::get)
         .await?;
     Ok(axum::Json(value.into()))
 }
@@ -99,10 +94,7 @@ pub async fn reset(
     let message = pb::ResetRequest { name };
     let value = state
         .counter
-        .call(&call, Kind::Write, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.reset(r).await }
-        })
+        .unary(&call, Kind::Write, message, CounterServiceClient::reset)
         .await?;
     Ok(axum::Json(value.into()))
 }

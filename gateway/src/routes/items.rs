@@ -11,7 +11,10 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use mesh_proto::cache::v1 as cache_pb;
+use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_proto::items::v1 as pb;
+use mesh_proto::items::v1::item_service_client::ItemServiceClient;
+use mesh_upstream::Kind;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +22,6 @@ use super::rfc3339;
 use crate::error::AppError;
 use crate::extract::{Call, Json, Path, Query, parse_id};
 use crate::state::AppState;
-use crate::upstream::Kind;
 
 #[derive(Serialize)]
 pub struct ItemJson {
@@ -108,10 +110,7 @@ pub async fn create(
     };
     let item = state
         .items
-        .call(&call, Kind::Write, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.create_item(r).await }
-        })
+        .unary(&call, Kind::Write, message, ItemServiceClient::create_item)
         .await?;
     let location = HeaderValue::from_str(&format!("/items/{}", item.id)).ok();
     let mut response = (StatusCode::CREATED, axum::Json(ItemJson::from(item))).into_response();
@@ -133,10 +132,7 @@ pub async fn list(
     };
     let page = state
         .items
-        .call(&call, Kind::Read, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.list_items(r).await }
-        })
+        .unary(&call, Kind::Read, message, ItemServiceClient::list_items)
         .await?;
     let items: Vec<ItemJson> = page.items.into_iter().map(ItemJson::from).collect();
     Ok(axum::Json(serde_json::json!({
@@ -183,13 +179,7 @@ async fn cached(state: &AppState, call: &Call, id: i64) -> Cached {
         key: cache_key(id),
         namespace: CACHE_NAMESPACE.into(),
     };
-    let found = state
-        .cache
-        .call(call, Kind::Read, |mut c| {
-            let r = call.req(get.clone());
-            async move { c.get(r).await }
-        })
-        .await;
+    let found = state.cache.unary(call, Kind::Read, get, CacheServiceClient::get).await;
     match found {
         Ok(found) if found.found => match pb::Item::decode(found.value.as_slice()) {
             Ok(item) if item.id == id => Cached::Hit(item),
@@ -235,10 +225,7 @@ async fn fetch_and_fill(
 ) -> Result<pb::Item, AppError> {
     let item = state
         .items
-        .call(call, Kind::Read, |mut c| {
-            let r = call.req(pb::GetItemRequest { id });
-            async move { c.get_item(r).await }
-        })
+        .unary(call, Kind::Read, pb::GetItemRequest { id }, ItemServiceClient::get_item)
         .await?;
     if fill.is_some_and(|epoch| state.item_writes.load(Ordering::Acquire) == epoch) {
         let set = cache_pb::SetRequest {
@@ -250,10 +237,7 @@ async fn fetch_and_fill(
         // Setting a key to the same value twice is harmless: safe to retry.
         let filled = state
             .cache
-            .call(call, Kind::IdempotentWrite, |mut c| {
-                let r = call.req(set.clone());
-                async move { c.set(r).await }
-            })
+            .unary(call, Kind::IdempotentWrite, set, CacheServiceClient::set)
             .await;
         if let Err(err) = filled {
             tracing::warn!(error = %err, "cannot fill the cache");
@@ -282,10 +266,7 @@ pub async fn patch(
     state.item_writes.fetch_add(1, Ordering::AcqRel);
     let item = state
         .items
-        .call(&call, Kind::Write, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.update_item(r).await }
-        })
+        .unary(&call, Kind::Write, message, ItemServiceClient::update_item)
         .await?;
     invalidate(&state, &call, id).await;
     Ok(axum::Json(ItemJson::from(item)))
@@ -307,10 +288,7 @@ pub async fn delete(
     state.item_writes.fetch_add(1, Ordering::AcqRel);
     state
         .items
-        .call(&call, Kind::Write, |mut c| {
-            let r = call.req(message);
-            async move { c.delete_item(r).await }
-        })
+        .unary(&call, Kind::Write, message, ItemServiceClient::delete_item)
         .await?;
     invalidate(&state, &call, id).await;
     Ok(StatusCode::NO_CONTENT)
@@ -339,10 +317,7 @@ async fn invalidate(state: &AppState, call: &Call, id: i64) {
     // Deleting twice is harmless: safe to retry.
     let deleted = state
         .cache
-        .call(call, Kind::IdempotentWrite, |mut c| {
-            let r = call.req(delete.clone());
-            async move { c.delete(r).await }
-        })
+        .unary(call, Kind::IdempotentWrite, delete, CacheServiceClient::delete)
         .await;
     if let Err(err) = deleted {
         tracing::warn!(error = %err, id, "cannot invalidate the cached item; it expires by TTL");

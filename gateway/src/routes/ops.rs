@@ -9,9 +9,14 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use mesh_proto::cache::v1 as cache_pb;
+use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_proto::counter::v1 as counter_pb;
+use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_proto::items::v1 as items_pb;
+use mesh_proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_proto::tasks::v1 as tasks_pb;
+use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
+use mesh_upstream::Kind;
 use serde_json::{Value, json};
 
 use super::items::ItemJson;
@@ -20,7 +25,6 @@ use super::tasks::TaskJson;
 use crate::error::AppError;
 use crate::extract::Call;
 use crate::state::AppState;
-use crate::upstream::Kind;
 
 /// `GET /healthz`: the gateway process is up.
 pub async fn healthz() -> axum::Json<Value> {
@@ -33,7 +37,8 @@ pub async fn healthz() -> axum::Json<Value> {
 fn replicas(state: &AppState, detail: bool) -> (bool, serde_json::Map<String, Value>) {
     let mut all_ready = true;
     let mut out = serde_json::Map::new();
-    for (name, members) in state.upstream_members() {
+    for upstream in &state.upstreams {
+        let members = upstream.members().snapshot();
         let ready = members.iter().any(|m| m.healthy && !m.ejected);
         all_ready &= ready;
         let service = if detail {
@@ -41,7 +46,7 @@ fn replicas(state: &AppState, detail: bool) -> (bool, serde_json::Map<String, Va
         } else {
             json!({"ready": ready})
         };
-        out.insert(name.to_string(), service);
+        out.insert(upstream.name().to_string(), service);
     }
     (all_ready, out)
 }
@@ -90,7 +95,7 @@ fn part<T: serde::Serialize>(result: Result<T, AppError>) -> Value {
     }
 }
 
-/// `GET /overview` (public): one call to each of the four services,
+/// `GET /overview` (public): one call to each service,
 /// concurrently. A service that is down gets an error in its part; the rest
 /// still answer. No replica addresses; recent tasks without payloads,
 /// results or errors.
@@ -109,13 +114,15 @@ async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Va
     let items = async {
         let page = state
             .items
-            .call(&call, Kind::Read, |mut c| {
-                let r = call.req(items_pb::ListItemsRequest {
+            .unary(
+                &call,
+                Kind::Read,
+                items_pb::ListItemsRequest {
                     page_size: 5,
                     page_token: String::new(),
-                });
-                async move { c.list_items(r).await }
-            })
+                },
+                ItemServiceClient::list_items,
+            )
             .await?;
         Ok::<_, AppError>(json!({
             "first": page.items.into_iter().map(ItemJson::from).collect::<Vec<_>>(),
@@ -125,30 +132,31 @@ async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Va
     let cache = async {
         let s = state
             .cache
-            .call(&call, Kind::Read, |mut c| {
-                let r = call.req(cache_pb::StatsRequest {});
-                async move { c.stats(r).await }
-            })
+            .unary(&call, Kind::Read, cache_pb::StatsRequest {}, CacheServiceClient::stats)
             .await?;
         Ok::<_, AppError>(json!({"hits": s.hits, "misses": s.misses, "entries": s.entries}))
     };
     let tasks = async {
         let page = state
             .tasks
-            .call(&call, Kind::Read, |mut c| {
-                let r = call.req(tasks_pb::ListTasksRequest {
+            .unary(
+                &call,
+                Kind::Read,
+                tasks_pb::ListTasksRequest {
                     page_size: 5,
                     ..Default::default()
-                });
-                async move { c.list_tasks(r).await }
-            })
+                },
+                TaskServiceClient::list_tasks,
+            )
             .await?;
         let stats = state
             .tasks
-            .call(&call, Kind::Read, |mut c| {
-                let r = call.req(tasks_pb::QueueStatsRequest::default());
-                async move { c.queue_stats(r).await }
-            })
+            .unary(
+                &call,
+                Kind::Read,
+                tasks_pb::QueueStatsRequest::default(),
+                TaskServiceClient::queue_stats,
+            )
             .await?;
         let recent = page.tasks.into_iter().map(TaskJson::from);
         let recent: Vec<Value> = if detail {
@@ -164,24 +172,29 @@ async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Va
     let counter = async {
         let v = state
             .counter
-            .call(&call, Kind::Read, |mut c| {
-                let r = call.req(counter_pb::GetRequest {
+            .unary(
+                &call,
+                Kind::Read,
+                counter_pb::GetRequest {
                     name: SHARED_COUNTER.into(),
-                });
-                async move { c.get(r).await }
-            })
+                },
+                CounterServiceClient::get,
+            )
             .await?;
         Ok::<_, AppError>(json!({ SHARED_COUNTER: v.value }))
     };
     let (items, cache, tasks, counter) = tokio::join!(items, cache, tasks, counter);
-    let mut body = json!({
-        "items": part(items),
-        "cache": part(cache),
-        "tasks": part(tasks),
-        "counter": part(counter),
-    });
-    if detail {
-        body["replicas"] = Value::Object(replicas(&state, true).1);
+    let mut body = serde_json::Map::new();
+    for (upstream, part) in [
+        (state.items.upstream(), part(items)),
+        (state.cache.upstream(), part(cache)),
+        (state.tasks.upstream(), part(tasks)),
+        (state.counter.upstream(), part(counter)),
+    ] {
+        body.insert(upstream.name().to_string(), part);
     }
-    axum::Json(body)
+    if detail {
+        body.insert("replicas".into(), Value::Object(replicas(&state, true).1));
+    }
+    axum::Json(Value::Object(body))
 }

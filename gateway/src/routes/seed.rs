@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use axum::extract::State;
 use mesh_proto::cache::v1 as cache_pb;
+use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_proto::counter::v1 as counter_pb;
+use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
+use mesh_proto::tasks::v1::TaskStatus;
+use mesh_upstream::Kind;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -13,7 +17,6 @@ use super::tasks::{status_name, submit_task, wait_for};
 use crate::error::AppError;
 use crate::extract::{Call, Query};
 use crate::state::AppState;
-use crate::upstream::Kind;
 
 /// The counter behind `/increment` (the seed's `shared_resource`).
 pub const SHARED_COUNTER: &str = "shared_resource";
@@ -43,10 +46,7 @@ pub async fn cached_data(
         };
         state
             .cache
-            .call(&call, Kind::Read, |mut c| {
-                let r = call.req(message.clone());
-                async move { c.get(r).await }
-            })
+            .unary(&call, Kind::Read, message, CacheServiceClient::get)
             .await?
     };
     Ok(axum::Json(if found.found {
@@ -62,14 +62,16 @@ pub async fn cached_data(
 pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
     let value = state
         .counter
-        .call(&call, Kind::Write, |mut c| {
-            let r = call.req(counter_pb::IncrementRequest {
+        .unary(
+            &call,
+            Kind::Write,
+            counter_pb::IncrementRequest {
                 name: SHARED_COUNTER.into(),
                 delta: Some(1),
                 idempotency_key: String::new(),
-            });
-            async move { c.increment(r).await }
-        })
+            },
+            CounterServiceClient::increment,
+        )
         .await?
         .value;
     Ok(axum::Json(json!({"shared_resource": value})))
@@ -106,15 +108,18 @@ pub async fn run_blocking_task(
     // Queueing and running may take a while; allow the sleep plus a margin.
     let limit = Duration::from_millis(p.ms) + state.route_timeout * 2;
     let done = wait_for(&state, &call, task.id, limit).await?;
+    let status = done.status();
     let result = done.result.map(mesh_proto::json::from_proto);
-    match (status_name(done.status), result) {
-        ("succeeded", Some(result)) => Ok(axum::Json(json!({
+    match (status, result) {
+        (TaskStatus::Succeeded, Some(result)) => Ok(axum::Json(json!({
             "result": result.get("message").cloned().unwrap_or(result),
             "task_id": done.id,
         }))),
         (status, _) => Err(AppError::Unavailable(format!(
-            "task {} ended {status}: {}",
-            done.id, done.error
+            "task {} ended {}: {}",
+            done.id,
+            status_name(status),
+            done.error
         ))),
     }
 }

@@ -9,6 +9,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use mesh_proto::tasks::v1 as pb;
+use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
+use mesh_upstream::{CallContext, Kind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -16,7 +18,6 @@ use super::rfc3339;
 use crate::error::AppError;
 use crate::extract::{Call, IdempotencyKey, Json, Path, Query, parse_id};
 use crate::state::AppState;
-use crate::upstream::Kind;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,41 +76,44 @@ pub struct TaskJson {
     pub finished_at: Option<String>,
 }
 
-pub fn status_name(raw: i32) -> &'static str {
-    match pb::TaskStatus::try_from(raw) {
-        Ok(pb::TaskStatus::Queued) => "queued",
-        Ok(pb::TaskStatus::Running) => "running",
-        Ok(pb::TaskStatus::Succeeded) => "succeeded",
-        Ok(pb::TaskStatus::Failed) => "failed",
-        Ok(pb::TaskStatus::Cancelled) => "cancelled",
-        Ok(pb::TaskStatus::Unspecified) | Err(_) => "unknown",
+/// A task state's name in the gateway's JSON (`queued`, `succeeded`, ...):
+/// the one place the gateway spells them. Query parameters are parsed back
+/// through it too ([`parse_status`]).
+pub fn status_name(status: pb::TaskStatus) -> &'static str {
+    match status {
+        pb::TaskStatus::Queued => "queued",
+        pb::TaskStatus::Running => "running",
+        pb::TaskStatus::Succeeded => "succeeded",
+        pb::TaskStatus::Failed => "failed",
+        pb::TaskStatus::Cancelled => "cancelled",
+        pb::TaskStatus::Unspecified => "unknown",
     }
 }
 
-fn parse_status(s: &str) -> Result<pb::TaskStatus, AppError> {
-    Ok(match s {
-        "queued" => pb::TaskStatus::Queued,
-        "running" => pb::TaskStatus::Running,
-        "succeeded" => pb::TaskStatus::Succeeded,
-        "failed" => pb::TaskStatus::Failed,
-        "cancelled" => pb::TaskStatus::Cancelled,
-        other => {
-            return Err(AppError::invalid(format!(
-                "status: {other:?} is not one of queued, running, succeeded, failed, cancelled"
-            )));
-        }
+/// Every state a task can be in, in the proto's order (from 1: 0 is
+/// `UNSPECIFIED`, which no task is in).
+fn task_states() -> impl Iterator<Item = pb::TaskStatus> {
+    (1..).map_while(|n| pb::TaskStatus::try_from(n).ok())
+}
+
+/// The state named `name` in the gateway's JSON.
+fn parse_status(name: &str) -> Result<pb::TaskStatus, AppError> {
+    task_states().find(|s| status_name(*s) == name).ok_or_else(|| {
+        let names: Vec<&str> = task_states().map(status_name).collect();
+        AppError::invalid(format!("status: {name:?} is not one of {}", names.join(", ")))
     })
 }
 
 impl From<pb::Task> for TaskJson {
     fn from(t: pb::Task) -> Self {
+        let status = status_name(t.status());
         Self {
             id: t.id,
             kind: t.kind,
             payload: t.payload.map(mesh_proto::json::from_proto).unwrap_or(Value::Null),
             priority: t.priority,
             queue: t.queue,
-            status: status_name(t.status),
+            status,
             detail: t.detail,
             attempts: t.attempts,
             max_attempts: t.max_attempts,
@@ -183,7 +187,7 @@ pub async fn submit(
     let task = submit_message(&state, &call, message).await?;
     let mut response = (
         StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({"task_id": task.id, "status": status_name(task.status)})),
+        axum::Json(serde_json::json!({"task_id": task.id, "status": status_name(task.status())})),
     )
         .into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/tasks/{}", task.id)) {
@@ -217,13 +221,10 @@ async fn submit_message(state: &AppState, call: &Call, message: pb::SubmitTaskRe
     } else {
         Kind::IdempotentWrite
     };
-    state
+    Ok(state
         .tasks
-        .call(call, kind, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.submit_task(r).await }
-        })
-        .await
+        .unary(call, kind, message, TaskServiceClient::submit_task)
+        .await?)
 }
 
 /// `POST /tasks/{id}/retry`: queues a failed or cancelled task again.
@@ -236,10 +237,12 @@ pub async fn retry(
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
-        .call(&call, Kind::Write, |mut c| {
-            let r = call.req(pb::RetryTaskRequest { id });
-            async move { c.retry_task(r).await }
-        })
+        .unary(
+            &call,
+            Kind::Write,
+            pb::RetryTaskRequest { id },
+            TaskServiceClient::retry_task,
+        )
         .await?;
     Ok(axum::Json(task.into()))
 }
@@ -285,10 +288,7 @@ pub async fn stats(
     };
     let s = state
         .tasks
-        .call(&call, Kind::Read, |mut c| {
-            let r = call.req(message.clone());
-            async move { c.queue_stats(r).await }
-        })
+        .unary(&call, Kind::Read, message, TaskServiceClient::queue_stats)
         .await?;
     Ok(axum::Json(stats_json(s)))
 }
@@ -302,10 +302,12 @@ pub async fn get(
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
-        .call(&call, Kind::Read, |mut c| {
-            let r = call.req(pb::GetTaskRequest { id });
-            async move { c.get_task(r).await }
-        })
+        .unary(
+            &call,
+            Kind::Read,
+            pb::GetTaskRequest { id },
+            TaskServiceClient::get_task,
+        )
         .await?;
     Ok(axum::Json(task.into()))
 }
@@ -319,10 +321,12 @@ pub async fn cancel(
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
-        .call(&call, Kind::Write, |mut c| {
-            let r = call.req(pb::CancelTaskRequest { id });
-            async move { c.cancel_task(r).await }
-        })
+        .unary(
+            &call,
+            Kind::Write,
+            pb::CancelTaskRequest { id },
+            TaskServiceClient::cancel_task,
+        )
         .await?;
     Ok(axum::Json(task.into()))
 }
@@ -342,10 +346,7 @@ pub async fn list(
         };
         state
             .tasks
-            .call(&call, Kind::Read, |mut c| {
-                let r = call.req(message.clone());
-                async move { c.list_tasks(r).await }
-            })
+            .unary(&call, Kind::Read, message, TaskServiceClient::list_tasks)
             .await?
     };
     let tasks: Vec<TaskJson> = page.tasks.into_iter().map(TaskJson::from).collect();
@@ -372,18 +373,15 @@ pub async fn events(
     let stream = stream.take_until(async move {
         let _ = stopping.wait_for(|stop| *stop).await;
     });
-    let events = stream.map(|item| {
+    let service = state.tasks.upstream().name();
+    let events = stream.map(move |item| {
         Ok(match item {
             Ok(task) => Event::default()
                 .event("task")
                 .json_data(TaskJson::from(task))
                 .unwrap_or_else(|_| Event::default().event("error").data("cannot encode task")),
             Err(status) => {
-                let (_, code, message) = AppError::Upstream {
-                    service: "tasks",
-                    status,
-                }
-                .parts();
+                let (_, code, message) = AppError::Upstream { service, status }.parts();
                 Event::default()
                     .event("error")
                     .json_data(serde_json::json!({"error": {"code": code, "message": message}}))
@@ -394,15 +392,14 @@ pub async fn events(
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }
 
-/// Opens a `WatchTask` stream that lasts until `call`'s deadline.
-async fn watch(state: &AppState, call: &Call, id: i64) -> Result<tonic::Streaming<pb::Task>, AppError> {
-    state
+/// Opens a `WatchTask` stream that lasts until `call`'s deadline. (Opening
+/// is a read, repeatable; the stream itself is never repeated.)
+async fn watch(state: &AppState, call: &CallContext, id: i64) -> Result<tonic::Streaming<pb::Task>, AppError> {
+    let message = pb::WatchTaskRequest { id };
+    Ok(state
         .tasks
-        .call(call, Kind::Read, |mut c| {
-            let r = call.req(pb::WatchTaskRequest { id });
-            async move { c.watch_task(r).await }
-        })
-        .await
+        .unary(call, Kind::Read, message, TaskServiceClient::watch_task)
+        .await?)
 }
 
 /// Waits for a task to end through `WatchTask`, returning its last state.
@@ -410,7 +407,7 @@ pub async fn wait_for(state: &AppState, call: &Call, id: i64, limit: Duration) -
     let mut stream = watch(state, &call.with_timeout(limit), id).await?;
     let mut last = None;
     while let Some(task) = stream.next().await {
-        last = Some(task.map_err(AppError::upstream("tasks"))?);
+        last = Some(task.map_err(AppError::upstream(state.tasks.upstream().name()))?);
     }
     last.ok_or_else(|| AppError::Unavailable("the tasks service ended the watch without an answer".into()))
 }

@@ -1,7 +1,11 @@
 //! Passive outlier detection, per replica: a tower layer that watches each
 //! call's result and, after `threshold` consecutive `UNAVAILABLE` answers or
-//! one failed connection, asks discovery to eject the replica for a while, as
-//! Envoy's outlier detection does.
+//! one failed connection, asks the controller to eject the replica for a
+//! while, as Envoy's outlier detection does.
+//!
+//! An attempt the caller gives up on (a per-try timeout, a deadline) ends
+//! here with no result, so it is never counted: a slow replica is the
+//! balancer's business (its latency estimate), not an outlier.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,8 +14,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
-
-use super::discovery::Event;
 
 /// `grpc-status` 14: the replica itself says it cannot serve.
 const UNAVAILABLE: &[u8] = b"14";
@@ -22,17 +24,24 @@ pub struct Outlier<S> {
     key: Arc<str>,
     failures: Arc<AtomicU32>,
     threshold: u32,
-    events: mpsc::Sender<Event>,
+    /// Where to ask for this replica's ejection (the controller).
+    ejections: mpsc::Sender<Arc<str>>,
 }
 
 impl<S> Outlier<S> {
-    pub fn new(inner: S, key: Arc<str>, failures: Arc<AtomicU32>, threshold: u32, events: mpsc::Sender<Event>) -> Self {
+    pub fn new(
+        inner: S,
+        key: Arc<str>,
+        failures: Arc<AtomicU32>,
+        threshold: u32,
+        ejections: mpsc::Sender<Arc<str>>,
+    ) -> Self {
         Self {
             inner,
             key,
             failures,
             threshold: threshold.max(1),
-            events,
+            ejections,
         }
     }
 }
@@ -54,11 +63,11 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let call = self.inner.call(request);
-        let (key, failures, threshold, events) = (
+        let (key, failures, threshold, ejections) = (
             self.key.clone(),
             self.failures.clone(),
             self.threshold,
-            self.events.clone(),
+            self.ejections.clone(),
         );
         Box::pin(async move {
             let result = call.await;
@@ -81,11 +90,11 @@ where
                 failures.store(0, Ordering::Relaxed);
             } else {
                 let before = failures.fetch_add(weight, Ordering::Relaxed);
-                // Report every failure at or past the threshold: discovery
-                // ignores reports about a replica already ejected, and a
-                // report lost to a full channel is simply made again.
+                // Report every failure at or past the threshold: the
+                // controller ignores reports about a replica already ejected,
+                // and a report lost to a full channel is simply made again.
                 if before + weight >= threshold {
-                    let _ = events.try_send(Event::Eject(key));
+                    let _ = ejections.try_send(key);
                 }
             }
             result

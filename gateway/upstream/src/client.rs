@@ -1,0 +1,111 @@
+//! [`Client`]: a generated gRPC client over an [`Upstream`], and
+//! [`Client::unary`], the one way a call is made through it:
+//!
+//! ```ignore
+//! let page = state.items.unary(&call, Kind::Read, message, ItemServiceClient::list_items).await?;
+//! ```
+
+use std::future::Future;
+use std::sync::Arc;
+
+use crate::context::CallContext;
+use crate::error::UpstreamError;
+use crate::kind::Kind;
+use crate::transport::Transport;
+use crate::upstream::Upstream;
+
+/// A generated client (`ItemServiceClient<Transport>`) over one service's
+/// upstream. Cloning it is two reference counts.
+pub struct Client<C> {
+    upstream: Upstream,
+    client: Arc<C>,
+}
+
+impl<C> Clone for Client<C> {
+    fn clone(&self) -> Self {
+        Self {
+            upstream: self.upstream.clone(),
+            client: self.client.clone(),
+        }
+    }
+}
+
+impl<C> Client<C> {
+    /// A client over `upstream`; `make` is the generated client's `new`
+    /// (`ItemServiceClient::new`).
+    pub fn new(upstream: Upstream, make: impl FnOnce(Transport) -> C) -> Self {
+        let client = Arc::new(make(upstream.transport()));
+        Self { upstream, client }
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.upstream
+    }
+}
+
+impl<C: Clone + Send + Sync + 'static> Client<C> {
+    /// Makes one call of `method` (a generated client's method, such as
+    /// `ItemServiceClient::list_items`) with `message`, under the upstream's
+    /// policies for `kind`: each attempt gets a fresh client handle and a
+    /// copy of `message`, carrying `call`'s deadline and request id.
+    ///
+    /// Also opens server streams (`TaskServiceClient::watch_task`): opening
+    /// is the call; the stream itself is never repeated.
+    ///
+    /// The returned future owns what it uses, so it is `Send` and `'static`
+    /// for any caller, including spawned tasks.
+    pub fn unary<M, R, F>(
+        &self,
+        call: &CallContext,
+        kind: Kind,
+        message: M,
+        method: F,
+    ) -> impl Future<Output = Result<R, UpstreamError>> + Send + 'static
+    where
+        M: Clone + Send + Sync + 'static,
+        R: Send + 'static,
+        F: for<'c> Method<'c, C, M, Response = R> + Send + Sync + 'static,
+    {
+        let this = self.clone();
+        let call = call.clone();
+        async move {
+            let attempt = || {
+                let mut client = C::clone(&this.client);
+                let request = call.request(message.clone());
+                let method = &method;
+                async move { method.invoke(&mut client, request).await }
+            };
+            this.upstream
+                .run(&call, kind, attempt)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    }
+}
+
+/// A generated client's method, as a value: `ItemServiceClient::list_items`
+/// is a `Method<'c, ItemServiceClient<T>, ListItemsRequest>`.
+///
+/// A trait rather than an `Fn` bound because the future a method returns
+/// borrows the client: its type depends on that borrow's lifetime `'c`,
+/// which a plain `Fn(&mut C, _) -> Fut` bound cannot say.
+pub trait Method<'c, C: 'c, M> {
+    type Response;
+    type Future: Future<Output = Result<tonic::Response<Self::Response>, tonic::Status>> + Send + 'c;
+
+    fn invoke(&self, client: &'c mut C, request: tonic::Request<M>) -> Self::Future;
+}
+
+impl<'c, C, M, R, F, Fut> Method<'c, C, M> for F
+where
+    C: 'c,
+    F: Fn(&'c mut C, tonic::Request<M>) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>> + Send + 'c,
+{
+    type Response = R;
+    type Future = Fut;
+
+    fn invoke(&self, client: &'c mut C, request: tonic::Request<M>) -> Fut {
+        self(client, request)
+    }
+}

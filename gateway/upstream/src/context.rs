@@ -1,0 +1,48 @@
+//! [`CallContext`]: what every service call made on behalf of one request
+//! carries: the deadline they share and the request's id.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Per-request call settings: the deadline every service call of the request
+/// shares (sent to services as `grpc-timeout`, so they stop working when the
+/// caller has stopped waiting), and the request id each call forwards (so
+/// every service's log line for the request carries it).
+#[derive(Clone, Debug)]
+pub struct CallContext {
+    pub request_id: Option<String>,
+    pub deadline: Instant,
+}
+
+impl CallContext {
+    /// Settings for a request that may take `timeout` from now.
+    pub fn new(request_id: Option<String>, timeout: Duration) -> CallContext {
+        CallContext {
+            request_id,
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// The same request with a later deadline (for routes that wait on long
+    /// work on purpose).
+    pub fn with_timeout(&self, timeout: Duration) -> CallContext {
+        CallContext::new(self.request_id.clone(), timeout)
+    }
+
+    /// What is left until the deadline (zero once it has passed).
+    pub fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Wraps a message for one gRPC attempt: `grpc-timeout` is the time left
+    /// until the deadline, and `x-request-id` the request's id.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request.set_timeout(self.time_left().max(Duration::from_millis(1)));
+        if let Some(id) = self.request_id.as_deref().and_then(|id| id.parse().ok()) {
+            request.metadata_mut().insert("x-request-id", id);
+        }
+        request
+    }
+}

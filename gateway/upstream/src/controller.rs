@@ -1,0 +1,275 @@
+//! Which replicas of a service are in rotation, kept up to date at run time.
+//!
+//! One controller task per service owns the member list and feeds changes to
+//! the p2c balancer as `tower::discover::Change`s. A replica is in rotation
+//! while it is (1) resolved from the endpoint spec ([`crate::resolver`], every
+//! `resolve_interval`), (2) healthy by its last check ([`crate::health`]),
+//! and (3) not ejected by passive outlier detection ([`crate::outlier`]).
+//! If that leaves nobody, every resolved replica is used (Envoy's panic
+//! mode), so callers get the real error at once instead of waiting for a
+//! deadline.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tower::discover::Change;
+use tower::load::{CompleteOnResponse, PeakEwma};
+
+use crate::health::{self, Verdict};
+use crate::members::{MemberView, Members};
+use crate::outlier::Outlier;
+use crate::resolver::Resolver;
+use crate::settings::Settings;
+use crate::spec::Spec;
+
+/// A replica's service as the balancer sees it: latency-weighted (peak
+/// EWMA), with outlier detection underneath.
+pub type Replica = PeakEwma<Outlier<Channel>>;
+
+/// The balancer's view of membership: replicas coming and going.
+pub type Changes = UnboundedReceiverStream<Result<Change<Arc<str>, Replica>, Infallible>>;
+
+/// The latency a replica is assumed to have until it has answered: low, so a
+/// new or returning replica is tried soon and then judged by what it measures.
+const NEW_REPLICA_RTT: Duration = Duration::from_millis(1);
+
+/// How far back a replica's peak-EWMA latency remembers.
+const RTT_DECAY: Duration = Duration::from_secs(10);
+
+/// Starts the controller of service `name`. Resolves the spec once before
+/// returning, so the balancer starts with every replica the spec names.
+pub async fn start(name: &'static str, spec: Spec, settings: Settings) -> (Changes, Members) {
+    // Unbounded: the balancer takes changes only when a call polls it, and
+    // the controller must never wait for that (an idle gateway still has to
+    // follow health and resolution). Changes are few: one per membership event.
+    let (changes, changes_rx) = mpsc::unbounded_channel();
+    let (ejections, ejections_rx) = mpsc::channel(256);
+    let (verdicts, verdicts_rx) = mpsc::channel(256);
+    let members = Members::default();
+    let mut controller = Controller {
+        name,
+        settings,
+        ejections,
+        verdicts,
+        changes,
+        view: members.clone(),
+        members: BTreeMap::new(),
+        in_balancer: BTreeSet::new(),
+        panicking: false,
+    };
+    let mut resolver = Resolver::new(spec);
+    let initial = resolver.resolve().await;
+    if initial.is_empty() {
+        tracing::warn!(service = name, "no replica resolved yet; calls fail until one is");
+    }
+    controller.resolved(initial);
+    // The receiving end is still held here, so this cannot fail.
+    let _ = controller.reconcile();
+    tokio::spawn(controller.run(resolver, ejections_rx, verdicts_rx));
+    (UnboundedReceiverStream::new(changes_rx), members)
+}
+
+struct Member {
+    channel: Channel,
+    failures: Arc<AtomicU32>,
+    healthy: bool,
+    ejected_until: Option<Instant>,
+    ejections: u32,
+    last_ejection: Option<Instant>,
+    checker: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.checker.abort();
+    }
+}
+
+struct Controller {
+    name: &'static str,
+    settings: Settings,
+    /// Handed to each replica's outlier layer.
+    ejections: mpsc::Sender<Arc<str>>,
+    /// Handed to each replica's health checker.
+    verdicts: mpsc::Sender<Verdict>,
+    changes: mpsc::UnboundedSender<Result<Change<Arc<str>, Replica>, Infallible>>,
+    view: Members,
+    members: BTreeMap<Arc<str>, Member>,
+    in_balancer: BTreeSet<Arc<str>>,
+    panicking: bool,
+}
+
+impl Controller {
+    async fn run(
+        mut self,
+        mut resolver: Resolver,
+        mut ejections: mpsc::Receiver<Arc<str>>,
+        mut verdicts: mpsc::Receiver<Verdict>,
+    ) {
+        let mut resolve = tokio::time::interval(self.settings.resolve_interval);
+        resolve.tick().await;
+        // Ejections end on their own; look for that a few times a second.
+        let mut expiry = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                Some(key) = ejections.recv() => self.eject(key),
+                Some(verdict) = verdicts.recv() => self.health(verdict),
+                _ = resolve.tick() => {
+                    let set = resolver.resolve().await;
+                    self.resolved(set);
+                }
+                _ = expiry.tick() => {}
+            }
+            if self.reconcile().is_err() {
+                return; // the balancer is gone: the gateway is shutting down
+            }
+        }
+    }
+
+    fn resolved(&mut self, set: BTreeSet<String>) {
+        self.members.retain(|key, _| {
+            let keep = set.contains(key.as_ref());
+            if !keep {
+                tracing::info!(service = self.name, replica = %key, "replica no longer resolved; removed");
+            }
+            keep
+        });
+        for address in set {
+            if self.members.contains_key(address.as_str()) {
+                continue;
+            }
+            let Ok(endpoint) = Endpoint::from_shared(address.clone()) else {
+                continue;
+            };
+            let channel = endpoint
+                .connect_timeout(self.settings.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+                .connect_lazy();
+            let key: Arc<str> = address.into();
+            let checker = tokio::spawn(health::watch(
+                key.clone(),
+                channel.clone(),
+                self.settings.health_interval,
+                self.verdicts.clone(),
+            ));
+            tracing::info!(service = self.name, replica = %key, "replica added");
+            self.members.insert(
+                key,
+                Member {
+                    channel,
+                    failures: Arc::default(),
+                    healthy: true,
+                    ejected_until: None,
+                    ejections: 0,
+                    last_ejection: None,
+                    checker,
+                },
+            );
+        }
+    }
+
+    fn health(&mut self, Verdict { replica, healthy }: Verdict) {
+        if let Some(m) = self.members.get_mut(&replica) {
+            if m.healthy != healthy {
+                tracing::info!(service = self.name, replica = %replica, healthy, "health changed");
+            }
+            m.healthy = healthy;
+        }
+    }
+
+    fn eject(&mut self, key: Arc<str>) {
+        let Some(m) = self.members.get_mut(&key) else {
+            return;
+        };
+        let now = Instant::now();
+        // A replica that behaved for a minute starts its back-off over.
+        if m.last_ejection.is_some_and(|t| now - t > Duration::from_secs(60)) {
+            m.ejections = 0;
+        }
+        m.ejections += 1;
+        m.last_ejection = Some(now);
+        let backoff = (self.settings.eject_base * 2u32.saturating_pow(m.ejections - 1)).min(self.settings.eject_max);
+        m.ejected_until = Some(now + backoff);
+        m.failures.store(0, Ordering::Relaxed);
+        tracing::warn!(service = self.name, replica = %key, backoff_ms = backoff.as_millis() as u64, "replica failed repeatedly; ejected");
+    }
+
+    /// Brings the balancer's set in line with the members' state.
+    fn reconcile(&mut self) -> Result<(), ()> {
+        let now = Instant::now();
+        for (key, m) in &mut self.members {
+            if m.ejected_until.is_some_and(|t| t <= now) {
+                m.ejected_until = None;
+                tracing::info!(service = self.name, replica = %key, "ejection over; back in rotation");
+            }
+        }
+        let mut desired: BTreeSet<Arc<str>> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.healthy && m.ejected_until.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let panicking = desired.is_empty() && !self.members.is_empty();
+        if panicking {
+            desired = self.members.keys().cloned().collect();
+        }
+        if panicking != self.panicking {
+            self.panicking = panicking;
+            if panicking {
+                tracing::warn!(
+                    service = self.name,
+                    "no replica is healthy; using all of them (panic mode)"
+                );
+            } else {
+                tracing::info!(service = self.name, "healthy replicas again; panic mode over");
+            }
+        }
+        for key in self.in_balancer.difference(&desired).cloned().collect::<Vec<_>>() {
+            self.changes.send(Ok(Change::Remove(key.clone()))).map_err(drop)?;
+            self.in_balancer.remove(&key);
+        }
+        for key in desired.difference(&self.in_balancer).cloned().collect::<Vec<_>>() {
+            let Some(m) = self.members.get(&key) else {
+                continue;
+            };
+            let outlier = Outlier::new(
+                m.channel.clone(),
+                key.clone(),
+                m.failures.clone(),
+                self.settings.eject_after,
+                self.ejections.clone(),
+            );
+            let replica = PeakEwma::new(
+                outlier,
+                NEW_REPLICA_RTT,
+                RTT_DECAY.as_nanos() as f64,
+                CompleteOnResponse::default(),
+            );
+            self.changes
+                .send(Ok(Change::Insert(key.clone(), replica)))
+                .map_err(drop)?;
+            self.in_balancer.insert(key);
+        }
+        self.view.set(
+            self.members
+                .iter()
+                .map(|(k, m)| MemberView {
+                    address: k.to_string(),
+                    healthy: m.healthy,
+                    ejected: m.ejected_until.is_some(),
+                    in_rotation: self.in_balancer.contains(k),
+                })
+                .collect(),
+        );
+        Ok(())
+    }
+}

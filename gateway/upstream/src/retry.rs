@@ -1,0 +1,108 @@
+//! Retries of repeatable calls ([`crate::kind::Kind::is_repeatable`]):
+//! which failures are worth another attempt, how many attempts, the pauses
+//! between them, and the per-try timeout that cuts an attempt short.
+//!
+//! Every repeat, whatever its cause, is paid for from the service's retry
+//! budget (tower's `TpsBudget`: a fraction of the calls made plus a few a
+//! second), so repeats can never multiply the load on a struggling service.
+//! (tower's `retry` middleware needs a cloneable request, which an
+//! `http::Request` is not, so repeats happen at the typed-call level.)
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::per_try::PerTry;
+use crate::transport::{is_broken_connection, is_shed};
+
+/// Pauses before the 1st, 2nd and later retries of a failed attempt: short,
+/// to let discovery act on the failure (an ejection) first.
+const PAUSES_MS: [u64; 3] = [5, 20, 50];
+
+/// How one call is repeated.
+pub struct Retry<'a> {
+    pub service: &'static str,
+    pub budget: &'a TpsBudget,
+    /// Repeats allowed after the first attempt.
+    pub retries: u8,
+    /// Each attempt that may be followed by another is cut after this long.
+    pub per_try: Option<Duration>,
+    /// Told each answered attempt's latency.
+    pub latency: &'a PerTry,
+}
+
+impl Retry<'_> {
+    /// Runs `attempt` until it is answered with something other than
+    /// `UNAVAILABLE` or a broken connection, or no repeat is left.
+    ///
+    /// An attempt that outlives the per-try timeout is dropped (which resets
+    /// its HTTP/2 stream: the replica abandons the work) and another is sent,
+    /// if the budget allows; if it does not, the attempt is waited for after
+    /// all. The last attempt is never cut: it has the rest of the deadline.
+    pub async fn run<R, A, Fut>(&self, attempt: &A) -> Result<tonic::Response<R>, tonic::Status>
+    where
+        A: Fn() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let mut retried: u8 = 0;
+        loop {
+            let can_retry = retried < self.retries;
+            let started = Instant::now();
+            let one = attempt();
+            tokio::pin!(one);
+            let result = match self.per_try.filter(|_| can_retry) {
+                None => one.await,
+                Some(limit) => match tokio::time::timeout(limit, &mut one).await {
+                    Ok(result) => result,
+                    Err(_) if self.budget.withdraw() => {
+                        tracing::info!(
+                            service = self.service,
+                            per_try_ms = limit.as_millis() as u64,
+                            "no answer within the per-try timeout; cut, retrying"
+                        );
+                        retried += 1;
+                        continue;
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            service = self.service,
+                            "retry budget exhausted; waiting on past the per-try timeout"
+                        );
+                        one.await
+                    }
+                },
+            };
+            let status = match &result {
+                Ok(_) => {
+                    self.latency.record(started.elapsed());
+                    return result;
+                }
+                Err(status) if is_shed(status) => return result,
+                Err(status) if !is_retryable(status) => {
+                    self.latency.record(started.elapsed());
+                    return result;
+                }
+                Err(status) => status,
+            };
+            if !can_retry {
+                return result;
+            }
+            if !self.budget.withdraw() {
+                tracing::warn!(service = self.service, "retry budget exhausted; not retrying");
+                return result;
+            }
+            tracing::info!(service = self.service, code = ?status.code(), error = %status.message(), "replica could not serve the call; retrying");
+            let pause = PAUSES_MS[usize::from(retried).min(PAUSES_MS.len() - 1)];
+            retried += 1;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+    }
+}
+
+/// `UNAVAILABLE` and broken connections: the replica could not take the
+/// call, and the balancer will likely pick another.
+fn is_retryable(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable || is_broken_connection(status)
+}

@@ -1,0 +1,145 @@
+//! [`Upstream`]: one service's replicas behind one shared transport, and the
+//! policies each call runs under, in one place: the call's deadline, retries
+//! of repeatable calls under a retry budget with per-try timeouts, hedged
+//! reads, and telling the gateway's own refusals from the service's answers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use crate::context::CallContext;
+use crate::controller;
+use crate::error::UpstreamError;
+use crate::hedge::Hedger;
+use crate::kind::Kind;
+use crate::members::Members;
+use crate::per_try::PerTry;
+use crate::retry::Retry;
+use crate::settings::Settings;
+use crate::spec::Spec;
+use crate::transport::{self, Transport, is_broken_connection, is_shed};
+
+/// Repeats of a failed or slow attempt allowed when the service has several
+/// replicas. With one, a repeat can only land on the same replica: one quick
+/// repeat (a blip), not three.
+const RETRIES: u8 = 3;
+
+/// One service's replicas, with the mesh's traffic policies. Cloning it is
+/// one reference count.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    name: &'static str,
+    transport: Transport,
+    members: Members,
+    budget: TpsBudget,
+    per_try: PerTry,
+    hedge: Option<Hedger>,
+    max_in_flight: usize,
+}
+
+impl Upstream {
+    /// Resolves the spec, starts discovery and builds the transport stack.
+    pub async fn start(name: &'static str, spec: Spec, settings: &Settings) -> Upstream {
+        let (changes, members) = controller::start(name, spec, settings.clone()).await;
+        Upstream {
+            inner: Arc::new(Inner {
+                name,
+                transport: transport::stack(changes, settings.max_in_flight),
+                members,
+                budget: TpsBudget::new(
+                    Duration::from_secs(10),
+                    settings.retry_min_per_sec,
+                    settings.retry_ratio,
+                ),
+                per_try: PerTry::new(settings.per_try_timeout),
+                hedge: settings.hedge.map(Hedger::new),
+                max_in_flight: settings.max_in_flight,
+            }),
+        }
+    }
+
+    /// The service's name (`items`, ...), as errors and logs give it.
+    pub fn name(&self) -> &'static str {
+        self.inner.name
+    }
+
+    pub fn members(&self) -> &Members {
+        &self.inner.members
+    }
+
+    /// The stack every call to the service goes through (a cheap clone).
+    pub fn transport(&self) -> Transport {
+        self.inner.transport.clone()
+    }
+
+    /// Runs one call under the policies. `attempt` makes one attempt; it
+    /// runs more than once only for repeatable kinds.
+    pub(crate) async fn run<R, A, Fut>(
+        &self,
+        call: &CallContext,
+        kind: Kind,
+        attempt: A,
+    ) -> Result<tonic::Response<R>, UpstreamError>
+    where
+        A: Fn() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+    {
+        let inner = &*self.inner;
+        if inner.members.in_rotation() == 0 {
+            return Err(UpstreamError::NoReplica { service: inner.name });
+        }
+        let deadline = call.deadline;
+        let run = async {
+            if !kind.is_repeatable() {
+                return attempt().await;
+            }
+            inner.budget.deposit();
+            let retry = Retry {
+                service: inner.name,
+                budget: &inner.budget,
+                retries: if inner.members.known() > 1 { RETRIES } else { 1 },
+                per_try: inner.per_try.limit(call.time_left()),
+                latency: &inner.per_try,
+            };
+            match (&inner.hedge, kind) {
+                (Some(hedger), Kind::Read) => hedger.run(|| retry.run(&attempt)).await,
+                _ => retry.run(&attempt).await,
+            }
+        };
+        match tokio::time::timeout_at(deadline, run).await {
+            Err(_) => Err(UpstreamError::DeadlineExceeded { service: inner.name }),
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(status)) => Err(self.classify(status, deadline)),
+        }
+    }
+
+    /// Tells the gateway's own refusals apart from the service's answers.
+    fn classify(&self, status: tonic::Status, deadline: Instant) -> UpstreamError {
+        let service = self.inner.name;
+        // A service enforcing the deadline we sent may answer (CANCELLED,
+        // "Timeout expired") a moment before our own timer fires: same cause.
+        let deadline_passed = Instant::now() + Duration::from_millis(10) >= deadline;
+        let expired = status.code() == tonic::Code::DeadlineExceeded
+            || (status.code() == tonic::Code::Cancelled && deadline_passed);
+        if is_shed(&status) {
+            UpstreamError::Overloaded {
+                service,
+                limit: self.inner.max_in_flight,
+            }
+        } else if expired {
+            UpstreamError::DeadlineExceeded { service }
+        } else if is_broken_connection(&status) {
+            tracing::warn!(service, error = %status, "connection to a replica broke mid-call");
+            UpstreamError::ConnectionBroken { service }
+        } else {
+            UpstreamError::Status { service, status }
+        }
+    }
+}
