@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use mesh_proto::services::{self, Service};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -15,12 +16,9 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const SERVICES: [(&str, u16); 4] = [("items", 50051), ("cache", 50052), ("tasks", 50053), ("counter", 50054)];
-/// Replica n of a service listens on its base port + 10 n (items: 50051, 50061, ...).
-const REPLICA_PORT_STEP: u16 = 10;
-/// Each process's admin listener (/healthz, /readyz) is on loopback, at its
-/// service's admin base port + 10 n (items: 9051, 9061, ...); the gateway's on 9080.
-const ADMIN_BASE_PORTS: [(&str, u16); 4] = [("items", 9051), ("cache", 9052), ("tasks", 9053), ("counter", 9054)];
+/// The gateway's admin listener (/healthz, /readyz, /overview), on loopback.
+/// (Each service's, and where replica n of a service listens, is in
+/// `mesh_proto::services`: items on 50051, 50061, ..., admin 9051, 9061, ....)
 const GATEWAY_ADMIN_PORT: u16 = 9080;
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -118,8 +116,9 @@ fn parse_replicas(s: &str) -> Result<BTreeMap<String, u16>, String> {
         let (name, n) = part
             .split_once('=')
             .ok_or_else(|| format!("{part:?}: expected SERVICE=N, e.g. items=2"))?;
-        if !SERVICES.iter().any(|(s, _)| *s == name) {
-            return Err(format!("{name:?} is not a service (items, cache, tasks, counter)"));
+        if services::by_name(name).is_none() {
+            let names: Vec<&str> = services::ALL.iter().map(|s| s.name).collect();
+            return Err(format!("{name:?} is not a service ({})", names.join(", ")));
         }
         let n: u16 = n.parse().map_err(|_| format!("{part:?}: N must be a whole number"))?;
         if !(1..=9).contains(&n) {
@@ -164,7 +163,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             bail!("--backend {b:?}: expected postgres, redis or both");
         }
     }
-    for stateful in ["cache", "counter"] {
+    for stateful in [services::CACHE.name, services::COUNTER.name] {
         let n = args.replicas.get(stateful).copied().unwrap_or(1);
         if n > 1 && redis_url.is_none() {
             bail!(
@@ -196,41 +195,34 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let exe = std::env::current_exe().context("cannot find the mesh executable")?;
     let mut procs: Vec<Proc> = Vec::new();
-    let mut endpoints: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut endpoints: Vec<(&Service, Vec<String>)> = Vec::new();
     let started = async {
-        for (service, base) in SERVICES {
-            for replica in 0..args.replicas.get(service).copied().unwrap_or(1) {
-                let port = if args.ephemeral_ports {
-                    0
-                } else {
-                    base + REPLICA_PORT_STEP * replica
-                };
+        for service in services::ALL {
+            let mut listed = Vec::new();
+            for replica in 0..args.replicas.get(service.name).copied().unwrap_or(1) {
+                let (port, admin_port) = service.replica_ports(replica);
+                let port = if args.ephemeral_ports { 0 } else { port };
                 let listen = SocketAddr::new(args.host, port);
-                let admin_base = ADMIN_BASE_PORTS
-                    .iter()
-                    .find(|(s, _)| *s == service)
-                    .map_or(0, |(_, p)| *p);
                 let mut cmd = Command::new(&exe);
-                cmd.arg(service).arg("--listen").arg(listen.to_string());
-                cmd.arg("--admin-listen").arg(admin_listen(
-                    args.ephemeral_ports,
-                    admin_base + REPLICA_PORT_STEP * replica,
-                ));
+                cmd.arg(service.name).arg("--listen").arg(listen.to_string());
+                cmd.arg("--admin-listen")
+                    .arg(admin_listen(args.ephemeral_ports, admin_port));
                 // Backend URLs (which may hold a password) go in the child's
                 // environment, not its command line, which any user can list.
-                match service {
-                    "items" | "tasks" => {
+                // Items and tasks keep their rows in SQL; cache and counter in Redis.
+                match *service {
+                    services::ITEMS | services::TASKS => {
                         cmd.arg("--data-dir").arg(&args.data_dir);
                         if let Some(url) = &database_url {
                             cmd.env("MESH_DATABASE_URL", url);
                         }
-                        if service == "tasks" {
+                        if service == &services::TASKS {
                             cmd.arg("--fetch-allow").arg(&fetch_allow);
                         }
                     }
                     _ => {
                         if let Some(url) = &redis_url {
-                            let var = if service == "cache" {
+                            let var = if service == &services::CACHE {
                                 "CACHE_REDIS_URL"
                             } else {
                                 "COUNTER_REDIS_URL"
@@ -239,24 +231,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                         }
                     }
                 }
-                let name = format!("{service}-{}", replica + 1);
+                let name = format!("{}-{}", service.name, replica + 1);
                 // One at a time: replicas on one SQLite file must not race
                 // each other through the first migration.
                 let proc = spawn(name, cmd).await?;
                 wait_serving(&proc).await?;
-                endpoints
-                    .entry(service)
-                    .or_default()
-                    .push(format!("http://{}", proc.addr));
+                listed.push(format!("http://{}", proc.addr));
                 procs.push(proc);
             }
+            endpoints.push((service, listed));
         }
         let mut cmd = Command::new(&exe);
         cmd.arg("gateway").arg("--listen").arg(gateway_listen.to_string());
         cmd.arg("--admin-listen")
             .arg(admin_listen(args.ephemeral_ports, GATEWAY_ADMIN_PORT));
         for (service, list) in &endpoints {
-            cmd.arg(format!("--{service}")).arg(list.join(","));
+            cmd.arg(format!("--{}", service.flag)).arg(list.join(","));
         }
         if let Some(upstream) = &upstream {
             cmd.arg("--upstream").arg(upstream);

@@ -18,6 +18,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mesh_proto::services::{self, Service};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -329,8 +330,8 @@ where
     }
 }
 
-/// The four services and a gateway in front of them, on embedded backends
-/// in a temporary data directory.
+/// Every service of `mesh_proto::services` and a gateway in front of them,
+/// on embedded backends in a temporary data directory.
 pub struct Mesh {
     pub items: Server,
     pub cache: Server,
@@ -349,22 +350,26 @@ pub struct MeshOptions {
     pub gateway_args: Vec<String>,
 }
 
-/// The gateway's four service flags, each a comma-separated endpoint list.
+/// The gateway's service flags (`--items LIST`, ...): one per service of
+/// the table, `endpoints(service)` giving its comma-separated endpoint list.
+pub fn gateway_flags_with(mut endpoints: impl FnMut(&Service) -> String) -> Vec<String> {
+    services::ALL
+        .iter()
+        .flat_map(|service| [format!("--{}", service.flag), endpoints(service)])
+        .collect()
+}
+
+/// The gateway's service flags, each a comma-separated endpoint list, given
+/// in the table's order (items, cache, tasks, counter).
 pub fn gateway_flags(
     items: impl AsRef<str>,
     cache: impl AsRef<str>,
     tasks: impl AsRef<str>,
     counter: impl AsRef<str>,
 ) -> Vec<String> {
-    [
-        ("--items", items.as_ref()),
-        ("--cache", cache.as_ref()),
-        ("--tasks", tasks.as_ref()),
-        ("--counter", counter.as_ref()),
-    ]
-    .into_iter()
-    .flat_map(|(flag, list)| [flag.to_string(), list.to_string()])
-    .collect()
+    let lists = [items.as_ref(), cache.as_ref(), tasks.as_ref(), counter.as_ref()];
+    let mut lists = lists.into_iter();
+    gateway_flags_with(|_| lists.next().unwrap_or_default().to_string())
 }
 
 pub fn args(list: &[&str]) -> Vec<String> {
@@ -379,25 +384,39 @@ impl Mesh {
     pub async fn start_with(options: MeshOptions) -> Mesh {
         let data = tempfile::tempdir().expect("temp dir");
         let dir = data.path().display().to_string();
-        let items_args = args(&["--data-dir", &dir]);
-        let tasks_args = [args(&["--data-dir", &dir]), options.tasks_args].concat();
-        let (items, cache, tasks, counter) = tokio::join!(
-            Server::start("items-service", &items_args),
-            Server::start("cache-service", &[]),
-            Server::start("tasks-service", &tasks_args),
-            Server::start("counter-service", &[]),
-        );
-        let mut gw_args = gateway_flags(items.url(), cache.url(), tasks.url(), counter.url());
+        // Every service at once, each with the flags it needs.
+        let mut starting = tokio::task::JoinSet::new();
+        for service in services::ALL {
+            let mut service_args = Vec::new();
+            if [services::ITEMS, services::TASKS].contains(service) {
+                service_args.extend(args(&["--data-dir", &dir]));
+            }
+            if *service == services::TASKS {
+                service_args.extend(options.tasks_args.iter().cloned());
+            }
+            starting.spawn(async move { (service.name, Server::start(service.binary, &service_args).await) });
+        }
+        let mut servers = std::collections::HashMap::new();
+        while let Some(started) = starting.join_next().await {
+            let (name, server) = started.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            servers.insert(name, server);
+        }
+        let mut gw_args = gateway_flags_with(|service| servers[service.name].url());
         gw_args.extend(options.gateway_args);
         let gateway = Server::start("gateway", &gw_args).await;
-        for s in [&items, &cache, &tasks, &counter] {
-            s.wait_serving().await;
+        for server in servers.values() {
+            server.wait_serving().await;
         }
+        let mut take = |service: &Service| {
+            servers
+                .remove(service.name)
+                .unwrap_or_else(|| panic!("{} was started above", service.name))
+        };
         Mesh {
-            items,
-            cache,
-            tasks,
-            counter,
+            items: take(&services::ITEMS),
+            cache: take(&services::CACHE),
+            tasks: take(&services::TASKS),
+            counter: take(&services::COUNTER),
             gateway,
             http: reqwest::Client::new(),
             data,
@@ -500,17 +519,34 @@ pub mod backends {
             .expect("drop schema");
     }
 
-    /// Deletes every Redis key under a test's prefix.
+    /// Deletes every Redis key under a test's prefix. SCAN in batches rather
+    /// than one KEYS, and a generous reply timeout: on a busy machine with
+    /// tens of thousands of keys, one blocking KEYS can outlast the default.
     pub async fn drop_keys(url: &str, prefix: &str) {
         let client = redis::Client::open(url).expect("redis url");
-        let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{prefix}*"))
-            .query_async(&mut conn)
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
             .await
-            .expect("keys");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.expect("del");
+            .expect("redis");
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .expect("scan");
+            if !keys.is_empty() {
+                let _: () = redis::cmd("UNLINK").arg(keys).query_async(&mut conn).await.expect("unlink");
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
     }
 
