@@ -541,7 +541,11 @@ pub mod backends {
                 .await
                 .expect("scan");
             if !keys.is_empty() {
-                let _: () = redis::cmd("UNLINK").arg(keys).query_async(&mut conn).await.expect("unlink");
+                let _: () = redis::cmd("UNLINK")
+                    .arg(keys)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("unlink");
             }
             if next == 0 {
                 break;
