@@ -8,8 +8,9 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mesh_upstream::UpstreamError;
-use serde_json::json;
 use tonic::Code;
+
+use crate::openapi::{ErrorBody, ErrorDetail};
 
 /// The reason services give when an idempotency key comes back with a
 /// different request: answered 422, as the IETF Idempotency-Key draft says,
@@ -151,12 +152,11 @@ impl IntoResponse for AppError {
             tracing::warn!(error = %self, http = status.as_u16(), "request failed");
         }
         let reason = match &self {
-            AppError::Upstream { status, .. } => mesh_common::reason::get(status),
+            AppError::Upstream { status, .. } => mesh_common::reason::get(status).map(str::to_owned),
             _ => None,
         };
-        let body = match reason {
-            Some(reason) => json!({"error": {"code": code, "message": message, "reason": reason}}),
-            None => json!({"error": {"code": code, "message": message}}),
+        let body = ErrorBody {
+            error: ErrorDetail { code, message, reason },
         };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {

@@ -5,6 +5,8 @@
 //! - [`routes`]: one module per service, the seed's routes, and ops (`/healthz`, `/readyz`, `/overview`);
 //! - [`extract`]: JSON/query extractors with the gateway's error shape, and per-call settings;
 //! - [`error`]: the one error type, gRPC code -> HTTP status;
+//! - [`openapi`]: the HTTP contract as OpenAPI 3.1, generated from the handlers and
+//!   described by the protos' comments (`GET /openapi.json`, rendered at `GET /docs`);
 //! - [`app`] builds the router (tests drive it without a socket); [`run`] serves it
 //!   with [`serve`] (timeouts for slow and idle clients, a connection cap), and
 //!   [`admin_app`] on the admin listener (full readiness and overview, for operators).
@@ -13,6 +15,7 @@
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod request_id;
 pub mod routes;
 pub mod serve;
@@ -283,6 +286,10 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/overview", get(ops::overview))
+        .route("/", get(openapi::index))
+        // Swagger UI from inside the binary (nothing is fetched from elsewhere),
+        // over the contract it serves at /openapi.json.
+        .merge(docs())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -294,6 +301,18 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
             max_header_bytes,
             ids: request_id::RequestIds::new(),
         })
+}
+
+/// `GET /docs` (the interactive docs page) and `GET /openapi.json`.
+fn docs() -> utoipa_swagger_ui::SwaggerUi {
+    let config = utoipa_swagger_ui::Config::new(["/openapi.json"])
+        // Swagger UI would otherwise show a badge loaded from validator.swagger.io.
+        .validator_url("none")
+        .try_it_out_enabled(true)
+        .display_request_duration(true);
+    utoipa_swagger_ui::SwaggerUi::new("/docs")
+        .url("/openapi.json", openapi::spec())
+        .config(config)
 }
 
 /// The admin listener's router: what operators see and the public does not

@@ -14,7 +14,7 @@ use mesh_upstream::{Client, Transport, Upstream};
 use crate::singleflight::SingleFlight;
 
 /// One shared item read: the item and how it was served (`hit`, `miss`, `bypass`).
-pub type ItemRead = Result<(Item, &'static str), crate::error::AppError>;
+pub type ItemRead = Result<(Item, crate::routes::items::CacheOutcome), crate::error::AppError>;
 
 /// What handlers get: a pointer to the pool. axum clones the state for every
 /// request, so it must be one reference count, not a clone of every client.

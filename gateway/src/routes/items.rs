@@ -17,22 +17,51 @@ use mesh_proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_upstream::Kind;
 use prost::Message;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::rfc3339;
 use crate::error::AppError;
 use crate::extract::{Call, Json, Path, Query, parse_id};
 use crate::state::AppState;
 
-#[derive(Serialize)]
+/// An item as the gateway shows it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Item, example = json!(item_example()))]
 pub struct ItemJson {
+    #[schema(minimum = 1)]
     pub id: i64,
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
+    #[schema(max_length = 10000)]
     pub description: String,
+    #[schema(minimum = 0)]
     pub price_cents: i64,
+    #[schema(schema_with = crate::openapi::tags_schema)]
     pub tags: Vec<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime, required = true)]
     pub created_at: Option<String>,
+    /// RFC 3339.
+    #[schema(format = DateTime, required = true)]
     pub updated_at: Option<String>,
+    /// Starts at 1 and grows by one with every update.
+    #[schema(minimum = 1)]
     pub version: i64,
+}
+
+fn item_example() -> serde_json::Value {
+    serde_json::json!({
+        "id": 7, "name": "pen", "description": "blue ink", "price_cents": 150, "tags": ["office"],
+        "created_at": "2026-11-26T16:32:12.361Z", "updated_at": "2026-11-26T16:32:12.361Z", "version": 1,
+    })
+}
+
+/// One page of items, in ascending id order.
+#[derive(Serialize, ToSchema)]
+pub struct ItemPage {
+    pub items: Vec<ItemJson>,
+    /// Pass as `page_token` for the next page; empty on the last one.
+    pub next_page_token: String,
 }
 
 impl From<pb::Item> for ItemJson {
@@ -50,39 +79,60 @@ impl From<pb::Item> for ItemJson {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "pen", "description": "blue ink", "price_cents": 150, "tags": ["office"]}))]
 pub struct CreateItem {
+    /// Trimmed; 1..=200 characters.
+    #[schema(min_length = 1, max_length = 200)]
     name: String,
     #[serde(default)]
+    #[schema(max_length = 10000)]
     description: String,
     #[serde(default)]
+    #[schema(minimum = 0)]
     price_cents: i64,
     #[serde(default)]
+    #[schema(schema_with = crate::openapi::tags_schema)]
     tags: Vec<String>,
 }
 
-#[derive(Deserialize)]
+/// The fields to change; absent ones stay as they are.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"price_cents": 175, "version": 1}))]
 pub struct PatchItem {
+    #[schema(min_length = 1, max_length = 200)]
     name: Option<String>,
+    #[schema(max_length = 10000)]
     description: Option<String>,
+    #[schema(minimum = 0)]
     price_cents: Option<i64>,
+    /// `[]` clears the tags.
+    #[schema(schema_with = crate::openapi::tags_schema)]
     tags: Option<Vec<String>>,
     /// When given, the update only applies to this version (else 409).
+    #[schema(minimum = 1)]
     version: Option<i64>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// 1..=1000; absent or 0: 50.
+    #[param(minimum = 0, maximum = 1000)]
     page_size: Option<i32>,
+    /// From the previous page's `next_page_token`.
     page_token: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeleteParams {
+    /// When given, only this version is deleted (else 409).
+    #[param(minimum = 1)]
     version: Option<i64>,
 }
 
@@ -96,6 +146,11 @@ pub fn cache_key(id: i64) -> String {
     format!("item:{id}")
 }
 
+/// Create an item.
+#[utoipa::path(post, path = "/items", tag = "items", operation_id = "create_item",
+    request_body = CreateItem,
+    responses((status = 201, description = "Created", body = ItemJson,
+        headers(("Location" = String, description = "`/items/{id}` of the new item")))))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
@@ -120,12 +175,16 @@ pub async fn create(
     Ok(response)
 }
 
+/// List items.
+#[utoipa::path(get, path = "/items", tag = "items", operation_id = "list_items", params(ListParams),
+    responses((status = 200, description = "One page of items", body = ItemPage,
+        example = json!({"items": [item_example()], "next_page_token": ""}))))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     call: Call,
     Query(params): Query<ListParams>,
-) -> Result<axum::Json<serde_json::Value>, AppError> {
+) -> Result<axum::Json<ItemPage>, AppError> {
     let message = pb::ListItemsRequest {
         page_size: params.page_size.unwrap_or(0),
         page_token: params.page_token.unwrap_or_default(),
@@ -134,19 +193,24 @@ pub async fn list(
         .items
         .unary(&call, Kind::Read, message, ItemServiceClient::list_items)
         .await?;
-    let items: Vec<ItemJson> = page.items.into_iter().map(ItemJson::from).collect();
-    Ok(axum::Json(serde_json::json!({
-        "items": items,
-        "next_page_token": page.next_page_token,
-    })))
+    Ok(axum::Json(ItemPage {
+        items: page.items.into_iter().map(ItemJson::from).collect(),
+        next_page_token: page.next_page_token,
+    }))
 }
 
+/// Get an item (cache-aside).
+#[utoipa::path(get, path = "/items/{id}", tag = "items", operation_id = "get_item",
+    params(("id" = i64, Path, minimum = 1, description = "The item's id")),
+    responses((status = 200, description = "The item", body = ItemJson,
+        headers(("x-cache" = CacheOutcome, description = "`hit` (from the cache), `miss` (from the items \
+            service, now cached) or `bypass` (the cache is down; from the items service)")))))]
 #[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<String>) -> Result<Response, AppError> {
     let id = parse_id(&id, "id")?;
     // The hot path: a cache hit needs nothing shared with other requests.
     let (item, how) = match cached(&state, &call, id).await {
-        Cached::Hit(item) => (item, "hit"),
+        Cached::Hit(item) => (item, CacheOutcome::Hit),
         Cached::Miss | Cached::Unavailable => {
             // Concurrent misses of one id share one read path (which looks
             // in the cache again first), so a hot key expiring sends one call
@@ -161,8 +225,32 @@ pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<Strin
         }
     };
     let mut response = axum::Json(ItemJson::from(item)).into_response();
-    response.headers_mut().insert("x-cache", HeaderValue::from_static(how));
+    response
+        .headers_mut()
+        .insert("x-cache", HeaderValue::from_static(how.as_str()));
     Ok(response)
+}
+
+/// How `GET /items/{id}` served the item: its `x-cache` header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ToSchema)]
+#[schema(rename_all = "lowercase")]
+pub enum CacheOutcome {
+    /// From the cache.
+    Hit,
+    /// From the items service; now cached.
+    Miss,
+    /// From the items service, the cache being down.
+    Bypass,
+}
+
+impl CacheOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheOutcome::Hit => "hit",
+            CacheOutcome::Miss => "miss",
+            CacheOutcome::Bypass => "bypass",
+        }
+    }
 }
 
 enum Cached {
@@ -203,12 +291,18 @@ async fn cached(state: &AppState, call: &Call, id: i64) -> Cached {
 /// Cache-aside: the cache first (`hit`); on a miss the items service, then
 /// fill the cache (`miss`); with the cache down, the items service alone
 /// (`bypass`).
-async fn read_through(state: AppState, call: Call, id: i64, epoch: u64) -> Result<(pb::Item, &'static str), AppError> {
+async fn read_through(state: AppState, call: Call, id: i64, epoch: u64) -> Result<(pb::Item, CacheOutcome), AppError> {
     let key = cache_key(id);
     match cached(&state, &call, id).await {
-        Cached::Hit(item) => Ok((item, "hit")),
-        Cached::Miss => Ok((fetch_and_fill(&state, &call, id, key, Some(epoch)).await?, "miss")),
-        Cached::Unavailable => Ok((fetch_and_fill(&state, &call, id, key, None).await?, "bypass")),
+        Cached::Hit(item) => Ok((item, CacheOutcome::Hit)),
+        Cached::Miss => Ok((
+            fetch_and_fill(&state, &call, id, key, Some(epoch)).await?,
+            CacheOutcome::Miss,
+        )),
+        Cached::Unavailable => Ok((
+            fetch_and_fill(&state, &call, id, key, None).await?,
+            CacheOutcome::Bypass,
+        )),
     }
 }
 
@@ -246,6 +340,11 @@ async fn fetch_and_fill(
     Ok(item)
 }
 
+/// Update an item.
+#[utoipa::path(patch, path = "/items/{id}", tag = "items", operation_id = "update_item",
+    params(("id" = i64, Path, minimum = 1, description = "The item's id")),
+    request_body = PatchItem,
+    responses((status = 200, description = "The updated item", body = ItemJson)))]
 #[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn patch(
     State(state): State<AppState>,
@@ -272,6 +371,10 @@ pub async fn patch(
     Ok(axum::Json(ItemJson::from(item)))
 }
 
+/// Delete an item.
+#[utoipa::path(delete, path = "/items/{id}", tag = "items", operation_id = "delete_item",
+    params(("id" = i64, Path, minimum = 1, description = "The item's id"), DeleteParams),
+    responses((status = 204, description = "Deleted")))]
 #[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -17,7 +17,9 @@ use mesh_proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_proto::tasks::v1 as tasks_pb;
 use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
 use mesh_upstream::Kind;
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 use super::items::ItemJson;
 use super::seed::SHARED_COUNTER;
@@ -26,9 +28,85 @@ use crate::error::AppError;
 use crate::extract::Call;
 use crate::state::AppState;
 
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
 /// `GET /healthz`: the gateway process is up.
-pub async fn healthz() -> axum::Json<Value> {
-    axum::Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "ops", operation_id = "healthz",
+    responses((status = 200, description = "The gateway process is up", body = Health)))]
+pub async fn healthz() -> axum::Json<Health> {
+    axum::Json(Health { status: "ok" })
+}
+
+/// The public readiness answer (the schema; built in [`readiness`]).
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"ready": true, "services": {"cache": {"ready": true}, "counter": {"ready": true},
+    "items": {"ready": true}, "tasks": {"ready": true}}}))]
+pub struct Readiness {
+    /// Every service has a healthy replica.
+    pub ready: bool,
+    /// By service name (`items`, `cache`, `tasks`, `counter`).
+    pub services: std::collections::BTreeMap<String, ServiceReadiness>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ServiceReadiness {
+    pub ready: bool,
+}
+
+/// The public overview (the schema; built in [`overview_of`]). A service
+/// that is down gets an `ErrorBody` in its part instead.
+#[derive(Serialize, ToSchema)]
+pub struct Overview {
+    #[schema(schema_with = overview_part::<OverviewItems>)]
+    pub items: Value,
+    #[schema(schema_with = overview_part::<OverviewCache>)]
+    pub cache: Value,
+    #[schema(schema_with = overview_part::<OverviewTasks>)]
+    pub tasks: Value,
+    #[schema(schema_with = overview_part::<OverviewCounter>)]
+    pub counter: Value,
+}
+
+/// A part of the overview: the service's figures, or its error.
+fn overview_part<T: utoipa::ToSchema>() -> utoipa::openapi::schema::Schema {
+    utoipa::openapi::schema::Schema::OneOf(
+        utoipa::openapi::schema::OneOfBuilder::new()
+            .item(utoipa::openapi::Ref::from_schema_name(T::name()))
+            .item(utoipa::openapi::Ref::from_schema_name("ErrorBody"))
+            .build(),
+    )
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverviewItems {
+    /// The first five items.
+    pub first: Vec<ItemJson>,
+    /// There are more than five.
+    pub more: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverviewCache {
+    pub entries: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverviewTasks {
+    /// The five newest tasks, without `payload`, `result`, `error` and `attempt_log`.
+    pub recent: Vec<Value>,
+    pub stats: super::tasks::QueueStats,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OverviewCounter {
+    /// The value of `/increment`'s counter.
+    pub shared_resource: i64,
 }
 
 /// Each service's readiness as the gateway sees it (from its own health
@@ -63,6 +141,11 @@ fn readiness(state: &AppState, detail: bool) -> (StatusCode, axum::Json<Value>) 
 
 /// `GET /readyz` (public): 200 when every service has a healthy replica, else
 /// 503 naming the ones that have none; no replica addresses.
+#[utoipa::path(get, path = "/readyz", tag = "ops", operation_id = "readyz",
+    responses((status = 200, description = "Every service has a ready replica", body = Readiness),
+        (status = 503, description = "Some service has no ready replica (`ready` false on it)", body = Readiness,
+            example = json!({"ready": false, "services": {"cache": {"ready": true}, "counter": {"ready": true},
+                "items": {"ready": false}, "tasks": {"ready": true}}}))))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Value>) {
     readiness(&state, false)
 }
@@ -99,6 +182,8 @@ fn part<T: serde::Serialize>(result: Result<T, AppError>) -> Value {
 /// concurrently. A service that is down gets an error in its part; the rest
 /// still answer. No replica addresses; recent tasks without payloads,
 /// results or errors.
+#[utoipa::path(get, path = "/overview", tag = "ops", operation_id = "overview",
+    responses((status = 200, description = "Each service's figures (or its error)", body = Overview)))]
 #[tracing::instrument(skip_all)]
 pub async fn overview(State(state): State<AppState>, call: Call) -> axum::Json<Value> {
     overview_of(state, call, false).await

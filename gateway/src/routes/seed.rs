@@ -10,8 +10,9 @@ use mesh_proto::counter::v1 as counter_pb;
 use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_proto::tasks::v1::TaskStatus;
 use mesh_upstream::Kind;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use utoipa::{IntoParams, ToSchema};
 
 use super::tasks::{status_name, submit_task, wait_for};
 use crate::error::AppError;
@@ -21,24 +22,80 @@ use crate::state::AppState;
 /// The counter behind `/increment` (the seed's `shared_resource`).
 pub const SHARED_COUNTER: &str = "shared_resource";
 
-/// `GET /test`: the load-balancing hello world.
-pub async fn test() -> axum::Json<Value> {
-    axum::Json(json!({"message": "Hello, load balanced world!"}))
+#[derive(Serialize, ToSchema)]
+pub struct Hello {
+    #[schema(example = "Hello, load balanced world!")]
+    pub message: &'static str,
 }
 
-#[derive(Deserialize)]
+/// `GET /test`: the load-balancing hello world.
+#[utoipa::path(get, path = "/test", tag = "seed", operation_id = "test",
+    responses((status = 200, description = "Hello", body = Hello)))]
+pub async fn test() -> axum::Json<Hello> {
+    axum::Json(Hello {
+        message: "Hello, load balanced world!",
+    })
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeyParam {
+    /// The key in the cache's public keyspace, 1..=512 bytes.
+    #[param(min_length = 1, max_length = 512)]
     key: String,
+}
+
+/// `{"data": V}` when the key is cached, else the seed's
+/// `{"error": "Data not found in cache."}`.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"data": "hello"}))]
+pub struct CachedData {
+    /// The value (invalid UTF-8 replaced by U+FFFD).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    /// `Data not found in cache.` (answered with 200, as the seed does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SharedResource {
+    /// The shared counter's new value.
+    #[schema(example = 43)]
+    pub shared_resource: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TaskStarted {
+    #[schema(example = 12)]
+    pub task_id: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"result": "slept 5000 ms", "task_id": 13}))]
+pub struct BlockingResult {
+    /// The `sleep` task's result (its `message`, else the whole result).
+    pub result: Value,
+    pub task_id: i64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"response": {"message": "hello from another service"}}))]
+pub struct UpstreamAnswer {
+    /// The upstream's body: its JSON, or its text as a string.
+    pub response: Value,
 }
 
 /// `GET /cached-data?key=K`: `{"data": V}`, or the seed's
 /// `{"error": "Data not found in cache."}` (with 200, as the seed answers).
+#[utoipa::path(get, path = "/cached-data", tag = "seed", operation_id = "cached_data", params(KeyParam),
+    responses((status = 200, description = "The value, or the seed's not-found answer", body = CachedData)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn cached_data(
     State(state): State<AppState>,
     call: Call,
     Query(p): Query<KeyParam>,
-) -> Result<axum::Json<Value>, AppError> {
+) -> Result<axum::Json<CachedData>, AppError> {
     let found = {
         let message = cache_pb::GetRequest {
             key: p.key,
@@ -50,16 +107,24 @@ pub async fn cached_data(
             .await?
     };
     Ok(axum::Json(if found.found {
-        json!({"data": String::from_utf8_lossy(&found.value)})
+        CachedData {
+            data: Some(String::from_utf8_lossy(&found.value).into_owned()),
+            error: None,
+        }
     } else {
-        json!({"error": "Data not found in cache."})
+        CachedData {
+            data: None,
+            error: Some("Data not found in cache."),
+        }
     }))
 }
 
 /// `GET /increment`: the seed's locked counter, now one counter for every
 /// gateway and every counter replica.
+#[utoipa::path(get, path = "/increment", tag = "seed", operation_id = "seed_increment",
+    responses((status = 200, description = "The shared counter's new value", body = SharedResource)))]
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
+pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum::Json<SharedResource>, AppError> {
     let value = state
         .counter
         .unary(
@@ -74,20 +139,24 @@ pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum
         )
         .await?
         .value;
-    Ok(axum::Json(json!({"shared_resource": value})))
+    Ok(axum::Json(SharedResource { shared_resource: value }))
 }
 
 /// `GET /start-task`: the seed's `long_running_task.apply_async()`.
+#[utoipa::path(get, path = "/start-task", tag = "seed", operation_id = "start_task",
+    responses((status = 200, description = "The queued `echo` task's id", body = TaskStarted)))]
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn start_task(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
+pub async fn start_task(State(state): State<AppState>, call: Call) -> Result<axum::Json<TaskStarted>, AppError> {
     let task = submit_task(&state, &call, "echo".into(), json!("Task complete!"), 0).await?;
-    Ok(axum::Json(json!({"task_id": task.id})))
+    Ok(axum::Json(TaskStarted { task_id: task.id }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BlockingParams {
-    /// How long the blocking task sleeps; the seed's is 5 s.
+    /// How long the blocking task sleeps; the seed's is 5 s. At most 10 minutes.
     #[serde(default = "five_seconds")]
+    #[param(default = 5000, minimum = 0, maximum = 600000)]
     ms: u64,
 }
 
@@ -98,12 +167,15 @@ fn five_seconds() -> u64 {
 /// `GET /run-blocking-task[?ms=N]`: the seed's `time.sleep(5)` in a thread
 /// pool, run as a `sleep` task on the tasks service's blocking pool; the
 /// request waits for it and returns its result.
+#[utoipa::path(get, path = "/run-blocking-task", tag = "seed", operation_id = "run_blocking_task",
+    params(BlockingParams),
+    responses((status = 200, description = "The finished task's result", body = BlockingResult)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn run_blocking_task(
     State(state): State<AppState>,
     call: Call,
     Query(p): Query<BlockingParams>,
-) -> Result<axum::Json<Value>, AppError> {
+) -> Result<axum::Json<BlockingResult>, AppError> {
     let task = submit_task(&state, &call, "sleep".into(), json!({"ms": p.ms}), 9).await?;
     // Queueing and running may take a while; allow the sleep plus a margin.
     let limit = Duration::from_millis(p.ms) + state.route_timeout * 2;
@@ -111,10 +183,10 @@ pub async fn run_blocking_task(
     let status = done.status();
     let result = done.result.map(mesh_proto::json::from_proto);
     match (status, result) {
-        (TaskStatus::Succeeded, Some(result)) => Ok(axum::Json(json!({
-            "result": result.get("message").cloned().unwrap_or(result),
-            "task_id": done.id,
-        }))),
+        (TaskStatus::Succeeded, Some(result)) => Ok(axum::Json(BlockingResult {
+            result: result.get("message").cloned().unwrap_or(result),
+            task_id: done.id,
+        })),
         (status, _) => Err(AppError::Unavailable(format!(
             "task {} ended {}: {}",
             done.id,
@@ -126,8 +198,13 @@ pub async fn run_blocking_task(
 
 /// `GET /call-another-service`: one call to the configured plain-HTTP
 /// upstream over the shared `reqwest` client.
+#[utoipa::path(get, path = "/call-another-service", tag = "seed", operation_id = "call_another_service",
+    responses((status = 200, description = "The upstream's answer", body = UpstreamAnswer)))]
 #[tracing::instrument(level = "debug", skip_all)]
-pub async fn call_another_service(State(state): State<AppState>, call: Call) -> Result<axum::Json<Value>, AppError> {
+pub async fn call_another_service(
+    State(state): State<AppState>,
+    call: Call,
+) -> Result<axum::Json<UpstreamAnswer>, AppError> {
     let url = state.upstream.as_deref().ok_or_else(|| {
         AppError::Unavailable("no upstream is configured (start the gateway with --upstream URL)".into())
     })?;
@@ -153,5 +230,5 @@ pub async fn call_another_service(State(state): State<AppState>, call: Call) -> 
     }
     let parsed = serde_json::from_slice::<Value>(&body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
-    Ok(axum::Json(json!({"response": parsed})))
+    Ok(axum::Json(UpstreamAnswer { response: parsed }))
 }

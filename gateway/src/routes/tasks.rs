@@ -13,48 +13,123 @@ use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
 use mesh_upstream::{CallContext, Kind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::rfc3339;
 use crate::error::AppError;
 use crate::extract::{Call, IdempotencyKey, Json, Path, Query, parse_id};
 use crate::state::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"kind": "sleep", "payload": {"ms": 200}, "priority": 5, "max_attempts": 3,
+    "timeout_ms": 10000}))]
 pub struct SubmitBody {
+    /// One of the kinds the tasks service knows.
+    #[schema(example = "echo")]
     kind: String,
+    /// Kind-specific input: echo takes anything; sleep `{"ms": N}`; hash
+    /// `{"data": "...", "rounds": N}`; ticker `{"steps": N, "step_ms": M}`;
+    /// flaky `{"fail_times": N}`; fetch `{"url": "http://..."}`. Arrays and
+    /// objects nest at most 32 deep.
     #[serde(default)]
     payload: Value,
+    /// 0 (lowest) ..= 9 (highest).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 9, default = 0)]
     priority: i32,
     /// Attempts before the task fails for good (default 1: no retries).
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 100, default = 1)]
     max_attempts: u32,
     /// Time limit of each attempt.
+    #[schema(minimum = 1)]
     timeout_ms: Option<u64>,
-    /// Not before this time (RFC 3339).
+    /// Not before this time (RFC 3339). Give this or `countdown_ms`, not both.
+    #[schema(format = DateTime)]
     run_at: Option<String>,
     /// Not before this many ms from now.
     countdown_ms: Option<u64>,
+    /// Named queue; "" means "default".
     #[serde(default)]
+    #[schema(pattern = "^([a-z0-9_-]{1,64})?$", max_length = 64)]
     queue: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// 1..=1000; absent or 0: 50.
+    #[param(minimum = 0, maximum = 1000)]
     page_size: Option<i32>,
+    /// From the previous page's `next_page_token`.
     page_token: Option<String>,
+    /// Only tasks in this state.
+    #[param(schema_with = status_schema)]
     status: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The task states' names, as an enum schema spelled by [`status_name`].
+pub fn status_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(task_states().map(status_name)))
+        .build()
+}
+
+/// `202 Accepted` to a submit.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"status": "queued", "task_id": 12}))]
+pub struct Accepted {
+    #[schema(schema_with = status_schema)]
+    pub status: &'static str,
+    pub task_id: i64,
+}
+
+/// One page of tasks, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct TaskPage {
+    /// Pass as `page_token` for the next page; empty on the last one.
+    pub next_page_token: String,
+    pub tasks: Vec<TaskJson>,
+}
+
+/// Progress the running task reported.
+#[derive(Serialize, ToSchema)]
+pub struct Progress {
+    pub message: String,
+    #[schema(minimum = 0, maximum = 100)]
+    pub percent: u32,
+}
+
+/// One attempt at running a task.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Attempt)]
+pub struct AttemptJson {
+    /// `null` when the attempt succeeded (or runs).
+    #[schema(required = true)]
+    pub error: Option<String>,
+    #[schema(format = DateTime, required = true)]
+    pub finished_at: Option<String>,
+    #[schema(minimum = 1)]
+    pub number: u32,
+    #[schema(format = DateTime, required = true)]
+    pub started_at: Option<String>,
+    pub timed_out: bool,
+}
+
+/// A task as the gateway shows it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Task, example = json!(task_example()))]
 pub struct TaskJson {
     pub id: i64,
     pub kind: String,
     pub payload: Value,
+    #[schema(minimum = 0, maximum = 9)]
     pub priority: i32,
     pub queue: String,
+    #[schema(schema_with = status_schema)]
     pub status: &'static str,
     /// Why it is in its state ("cancelled while running", "attempt 1 of 3 failed; retrying in 812 ms", ...).
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -67,13 +142,30 @@ pub struct TaskJson {
     pub result: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    pub progress: Value,
+    pub progress: Progress,
     pub cancel_requested: bool,
-    pub attempt_log: Vec<Value>,
+    pub attempt_log: Vec<AttemptJson>,
+    #[schema(format = DateTime, required = true)]
     pub created_at: Option<String>,
+    #[schema(format = DateTime, required = true)]
     pub run_at: Option<String>,
+    #[schema(format = DateTime, required = true)]
     pub started_at: Option<String>,
+    #[schema(format = DateTime, required = true)]
     pub finished_at: Option<String>,
+}
+
+fn task_example() -> Value {
+    serde_json::json!({
+        "id": 12, "kind": "sleep", "payload": {"ms": 200}, "priority": 5, "queue": "default",
+        "status": "succeeded", "attempts": 1, "max_attempts": 3, "timeout_ms": 10000,
+        "result": {"slept_ms": 200}, "progress": {"percent": 100, "message": ""},
+        "cancel_requested": false,
+        "attempt_log": [{"number": 1, "started_at": "2026-11-26T16:32:12.361Z",
+            "finished_at": "2026-11-26T16:32:12.562Z", "error": null, "timed_out": false}],
+        "created_at": "2026-11-26T16:32:12.360Z", "run_at": null,
+        "started_at": "2026-11-26T16:32:12.361Z", "finished_at": "2026-11-26T16:32:12.562Z",
+    })
 }
 
 /// A task state's name in the gateway's JSON (`queued`, `succeeded`, ...):
@@ -123,19 +215,20 @@ impl From<pb::Task> for TaskJson {
                 .map(|d| d.as_millis() as u64),
             result: t.result.map(mesh_proto::json::from_proto),
             error: Some(t.error).filter(|e| !e.is_empty()),
-            progress: serde_json::json!({"percent": t.progress_percent, "message": t.progress_message}),
+            progress: Progress {
+                message: t.progress_message,
+                percent: t.progress_percent,
+            },
             cancel_requested: t.cancel_requested,
             attempt_log: t
                 .attempt_log
                 .into_iter()
-                .map(|a| {
-                    serde_json::json!({
-                        "number": a.number,
-                        "started_at": rfc3339(a.start_time),
-                        "finished_at": rfc3339(a.finish_time),
-                        "error": Some(a.error).filter(|e| !e.is_empty()),
-                        "timed_out": a.timed_out,
-                    })
+                .map(|a| AttemptJson {
+                    error: Some(a.error).filter(|e| !e.is_empty()),
+                    finished_at: rfc3339(a.finish_time),
+                    number: a.number,
+                    started_at: rfc3339(a.start_time),
+                    timed_out: a.timed_out,
                 })
                 .collect(),
             created_at: rfc3339(t.create_time),
@@ -147,6 +240,13 @@ impl From<pb::Task> for TaskJson {
 }
 
 /// Queues a task; answers 202 with its id and where to follow it.
+#[utoipa::path(post, path = "/tasks", tag = "tasks", operation_id = "submit_task",
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 256,
+        description = "Makes a retry safe: a submit with a key already used returns the task the first one \
+            created; the same key with a different request is 422.")),
+    request_body = SubmitBody,
+    responses((status = 202, description = "Queued", body = Accepted,
+        headers(("Location" = String, description = "`/tasks/{id}`, where to follow the task")))))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn submit(
     State(state): State<AppState>,
@@ -185,11 +285,11 @@ pub async fn submit(
         idempotency_key: key,
     };
     let task = submit_message(&state, &call, message).await?;
-    let mut response = (
-        StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({"task_id": task.id, "status": status_name(task.status())})),
-    )
-        .into_response();
+    let accepted = Accepted {
+        status: status_name(task.status()),
+        task_id: task.id,
+    };
+    let mut response = (StatusCode::ACCEPTED, axum::Json(accepted)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/tasks/{}", task.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -228,6 +328,9 @@ async fn submit_message(state: &AppState, call: &Call, message: pb::SubmitTaskRe
 }
 
 /// `POST /tasks/{id}/retry`: queues a failed or cancelled task again.
+#[utoipa::path(post, path = "/tasks/{id}/retry", tag = "tasks", operation_id = "retry_task",
+    params(("id" = i64, Path, minimum = 1, description = "The task's id")),
+    responses((status = 200, description = "The task, queued again", body = TaskJson)))]
 #[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn retry(
     State(state): State<AppState>,
@@ -247,42 +350,67 @@ pub async fn retry(
     Ok(axum::Json(task.into()))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct StatsParams {
+    /// One queue's figures; absent: every queue's.
+    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
     queue: Option<String>,
 }
 
+/// How deep the queues are.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"cancelled": 0, "failed": 1, "oldest_queued_age_ms": 35, "queued": 3,
+    "queued_by_priority": {"0": 2, "9": 1}, "running": 2, "scheduled": 0, "succeeded": 40}))]
+pub struct QueueStats {
+    pub cancelled: u64,
+    pub failed: u64,
+    /// How long the oldest ready task has waited; `null` when none waits.
+    #[schema(required = true)]
+    pub oldest_queued_age_ms: Option<u64>,
+    /// Ready to run.
+    pub queued: u64,
+    /// Ready to run, by priority ("0" ..= "9").
+    pub queued_by_priority: std::collections::BTreeMap<String, u64>,
+    pub running: u64,
+    /// Queued but not before a future time (countdowns, retry back-offs).
+    pub scheduled: u64,
+    pub succeeded: u64,
+}
+
 /// Queue depth as JSON (also part of `/overview`).
-pub fn stats_json(s: pb::QueueStatsResponse) -> Value {
-    let by_priority: serde_json::Map<String, Value> = s
+pub fn stats_json(s: pb::QueueStatsResponse) -> QueueStats {
+    let by_priority = s
         .queued_by_priority
         .into_iter()
-        .map(|(p, n)| (p.to_string(), n.into()))
+        .map(|(p, n)| (p.to_string(), n))
         .collect();
     let oldest = s
         .oldest_queued_age
         .and_then(|d| Duration::try_from(d).ok())
         .map(|d| d.as_millis() as u64);
-    serde_json::json!({
-        "queued": s.queued,
-        "queued_by_priority": by_priority,
-        "scheduled": s.scheduled,
-        "running": s.running,
-        "succeeded": s.succeeded,
-        "failed": s.failed,
-        "cancelled": s.cancelled,
-        "oldest_queued_age_ms": oldest,
-    })
+    QueueStats {
+        cancelled: s.cancelled,
+        failed: s.failed,
+        oldest_queued_age_ms: oldest,
+        queued: s.queued,
+        queued_by_priority: by_priority,
+        running: s.running,
+        scheduled: s.scheduled,
+        succeeded: s.succeeded,
+    }
 }
 
 /// `GET /tasks/stats[?queue=]`: how deep the queues are.
+#[utoipa::path(get, path = "/tasks/stats", tag = "tasks", operation_id = "queue_stats", params(StatsParams),
+    responses((status = 200, description = "Queue depth", body = QueueStats)))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn stats(
     State(state): State<AppState>,
     call: Call,
     Query(params): Query<StatsParams>,
-) -> Result<axum::Json<Value>, AppError> {
+) -> Result<axum::Json<QueueStats>, AppError> {
     let message = pb::QueueStatsRequest {
         queue: params.queue.unwrap_or_default(),
     };
@@ -293,6 +421,10 @@ pub async fn stats(
     Ok(axum::Json(stats_json(s)))
 }
 
+/// Get a task.
+#[utoipa::path(get, path = "/tasks/{id}", tag = "tasks", operation_id = "get_task",
+    params(("id" = i64, Path, minimum = 1, description = "The task's id")),
+    responses((status = 200, description = "The task", body = TaskJson)))]
 #[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn get(
     State(state): State<AppState>,
@@ -312,6 +444,10 @@ pub async fn get(
     Ok(axum::Json(task.into()))
 }
 
+/// Cancel a task.
+#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", operation_id = "cancel_task",
+    params(("id" = i64, Path, minimum = 1, description = "The task's id")),
+    responses((status = 200, description = "The task, cancelled or asked to stop", body = TaskJson)))]
 #[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -331,12 +467,16 @@ pub async fn cancel(
     Ok(axum::Json(task.into()))
 }
 
+/// List tasks.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", operation_id = "list_tasks", params(ListParams),
+    responses((status = 200, description = "One page of tasks", body = TaskPage,
+        example = json!({"next_page_token": "", "tasks": [task_example()]}))))]
 #[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     call: Call,
     Query(params): Query<ListParams>,
-) -> Result<axum::Json<Value>, AppError> {
+) -> Result<axum::Json<TaskPage>, AppError> {
     let status = params.status.as_deref().map(parse_status).transpose()?;
     let page = {
         let message = pb::ListTasksRequest {
@@ -349,10 +489,10 @@ pub async fn list(
             .unary(&call, Kind::Read, message, TaskServiceClient::list_tasks)
             .await?
     };
-    let tasks: Vec<TaskJson> = page.tasks.into_iter().map(TaskJson::from).collect();
-    Ok(axum::Json(
-        serde_json::json!({"tasks": tasks, "next_page_token": page.next_page_token}),
-    ))
+    Ok(axum::Json(TaskPage {
+        next_page_token: page.next_page_token,
+        tasks: page.tasks.into_iter().map(TaskJson::from).collect(),
+    }))
 }
 
 /// The longest an events stream stays open.
@@ -360,6 +500,12 @@ const WATCH_LIMIT: Duration = Duration::from_secs(3600);
 
 /// Server-sent events: one `task` event per state change, fed by `WatchTask`,
 /// until the task ends. A failure mid-stream becomes an `error` event.
+#[utoipa::path(get, path = "/tasks/{id}/events", tag = "tasks", operation_id = "watch_task",
+    params(("id" = i64, Path, minimum = 1, description = "The task's id")),
+    responses((status = 200, content_type = "text/event-stream", body = String,
+        description = "Server-sent events: `task` events whose data is a `Task` (JSON), until the task ends; \
+            an `error` event (data: an `ErrorBody`) if the stream fails part-way. Keep-alive comments in between.",
+        example = "event: task\ndata: {\"id\":12,\"kind\":\"sleep\",\"status\":\"running\",...}\n\n")))]
 #[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
 pub async fn events(
     State(state): State<AppState>,
