@@ -195,7 +195,11 @@ async fn a_killed_replica_costs_no_reads_and_is_used_again_once_back() {
     fleet.wait_rotation(3).await;
     let statuses = reads(&fleet, 300, 8).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
-    assert!(list_calls(&fleet.items[1]) > 0, "the restarted replica got no calls");
+    // Log lines are written by a background thread: poll for them.
+    eventually("the restarted replica gets calls", WAIT, async || {
+        list_calls(&fleet.items[1]) > 0
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -204,7 +208,16 @@ async fn a_slow_replica_gets_a_clearly_smaller_share() {
     let fleet = Fleet::start(&[vec![], args(&["--debug-delay-ms", "100"]), vec![]], &[]).await;
     let statuses = reads(&fleet, 600, 8).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
-    let calls: Vec<usize> = fleet.items.iter().map(list_calls).collect();
+    // Log lines are written by a background thread: wait for all 600.
+    let calls = eventually("every call is logged", WAIT, async || {
+        let calls: Vec<usize> = fleet.items.iter().map(list_calls).collect();
+        if calls.iter().sum::<usize>() >= 600 {
+            Ok(calls)
+        } else {
+            Err(calls)
+        }
+    })
+    .await;
     let (fast, slow) = (calls[0].min(calls[2]), calls[1]);
     assert!(slow * 2 < fast, "slow replica share too large: {calls:?}");
 }
@@ -228,12 +241,16 @@ async fn a_not_serving_replica_receives_no_new_calls() {
     let before = list_calls(&fleet.items[1]);
     let statuses = reads(&fleet, 200, 8).await;
     assert!(statuses.iter().all(|s| *s == StatusCode::OK));
+    // Log lines are written by a background thread: wait for all 200.
+    eventually("the serving replica's 200 calls are logged", WAIT, async || {
+        list_calls(&fleet.items[0]) >= 200
+    })
+    .await;
     assert_eq!(
         list_calls(&fleet.items[1]),
         before,
         "a NOT_SERVING replica was sent calls"
     );
-    assert!(list_calls(&fleet.items[0]) >= 200);
 
     fleet.items[1].signal(Signal::SIGUSR2); // back in service
     fleet.wait_rotation(2).await;

@@ -27,9 +27,12 @@ pub struct Retry<'a> {
     pub budget: &'a TpsBudget,
     /// Repeats allowed after the first attempt.
     pub retries: u8,
-    /// Each attempt that may be followed by another is cut after this long.
-    pub per_try: Option<Duration>,
-    /// Told each answered attempt's latency.
+    /// The call's deadline: each attempt's per-try limit is worked out from
+    /// the time left when it starts, so a second attempt is never given more
+    /// than half of what remains.
+    pub deadline: Instant,
+    /// Gives each attempt that may be followed by another its time limit,
+    /// and is told each answered attempt's latency.
     pub latency: &'a PerTry,
 }
 
@@ -52,7 +55,11 @@ impl Retry<'_> {
             let started = Instant::now();
             let one = attempt();
             tokio::pin!(one);
-            let result = match self.per_try.filter(|_| can_retry) {
+            let per_try = self
+                .latency
+                .limit(self.deadline.saturating_duration_since(started))
+                .filter(|_| can_retry);
+            let result = match per_try {
                 None => one.await,
                 Some(limit) => match tokio::time::timeout(limit, &mut one).await {
                     Ok(result) => result,
@@ -101,8 +108,11 @@ impl Retry<'_> {
     }
 }
 
-/// `UNAVAILABLE` and broken connections: the replica could not take the
-/// call, and the balancer will likely pick another.
+/// `UNAVAILABLE`, broken connections, and `CANCELLED` that the gateway did
+/// not ask for (a replica killed mid-call resets its streams): the replica
+/// could not take the call, and the balancer will likely pick another. Only
+/// repeatable calls get here, and a cancel caused by the call's own deadline
+/// ends the whole call anyway.
 fn is_retryable(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable || is_broken_connection(status)
+    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::Cancelled) || is_broken_connection(status)
 }

@@ -105,7 +105,7 @@ impl Upstream {
                 service: inner.name,
                 budget: &inner.budget,
                 retries: if inner.members.known() > 1 { RETRIES } else { 1 },
-                per_try: inner.per_try.limit(call.time_left()),
+                deadline,
                 latency: &inner.per_try,
             };
             match (&inner.hedge, kind) {
