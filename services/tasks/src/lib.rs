@@ -1,6 +1,6 @@
 //! The tasks service: a durable priority queue with workers inside the service.
 //!
-//! - [`store`]: the queue in SQL (submit, claim under a lease, finish, cancel; no tonic);
+//! - [`store`]: the queue in SQL, split by caller (client API, worker leases, reaper); no tonic;
 //! - [`kinds`]: the [`kinds::TaskKind`] trait, the bounded pools, and the built-in kinds
 //!   (echo, sleep, hash, ticker, flaky, fetch);
 //! - [`worker`]: the worker pool: leases, time limits, cancellation, progress, retries,

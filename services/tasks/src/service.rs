@@ -38,6 +38,8 @@ impl TasksApi {
     }
 }
 
+/// The one mapping between the store's states and the proto's (exhaustive:
+/// a new state must be given its proto value here).
 fn status_to_proto(s: store::Status) -> pb::TaskStatus {
     match s {
         store::Status::Queued => pb::TaskStatus::Queued,
@@ -48,17 +50,19 @@ fn status_to_proto(s: store::Status) -> pb::TaskStatus {
     }
 }
 
+/// A list filter: UNSPECIFIED means every state; the others read through
+/// [`status_to_proto`] backwards.
 fn status_from_proto(raw: i32) -> Result<Option<store::Status>, TaskError> {
-    let status = pb::TaskStatus::try_from(raw)
-        .map_err(|_| TaskError::invalid("status", format!("unknown task status {raw}")))?;
-    Ok(match status {
-        pb::TaskStatus::Unspecified => None,
-        pb::TaskStatus::Queued => Some(store::Status::Queued),
-        pb::TaskStatus::Running => Some(store::Status::Running),
-        pb::TaskStatus::Succeeded => Some(store::Status::Succeeded),
-        pb::TaskStatus::Failed => Some(store::Status::Failed),
-        pb::TaskStatus::Cancelled => Some(store::Status::Cancelled),
-    })
+    let unknown = || TaskError::invalid("status", format!("unknown task status {raw}"));
+    let status = pb::TaskStatus::try_from(raw).map_err(|_| unknown())?;
+    if status == pb::TaskStatus::Unspecified {
+        return Ok(None);
+    }
+    store::Status::ALL
+        .into_iter()
+        .find(|s| status_to_proto(*s) == status)
+        .map(Some)
+        .ok_or_else(unknown)
 }
 
 pub fn task_to_proto(t: Task) -> pb::Task {

@@ -1,0 +1,300 @@
+"""The report: BENCHMARKS.md and bench/results.json under --out-dir, the facts
+about the machine they were measured on, and the Targets, each PASS or MISS
+with its numbers (a target whose scenario was not measured is a MISS), which
+are also logged one per line."""
+
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+from . import REPO, log
+from .fleet import LOG_VARS, NO_CACHE_GATEWAY_RUST_LOG
+from .loads import GRPC_CONNECTIONS
+from .scenarios import (BURST_CLIENTS, DEEP_PAGE, DRAIN_TIMEOUT_S, FASTAPI, HELLO, MESH, PAGE_SIZE,
+                        SCALE_CONNECTIONS, TASK_WORKERS, Bench, Row)
+
+MIB = 1024  # KiB per MiB: RSS figures are kept in KiB
+
+
+def machine_facts(args, tools: dict[str, str]) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"^model name\s*:\s*(.*)$", cpuinfo, re.M)
+    mem = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model.group(1).strip() if model else "unknown",
+        "memory_gib": round(int(mem.group(1)) / 1024 / 1024, 1) if mem else None,
+        "kernel": platform.release(),
+        "rustc": command_output(["rustc", "--version"]),
+        "python": platform.python_version(),
+        "wrk": command_output([tools["wrk"], "-v"]).splitlines()[0],
+        "nginx": command_output([tools["nginx"], "-v"]),
+        "commit": command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
+        "duration_s": args.duration,
+        "quick": args.quick,
+        "bin_dir": str(args.bin_dir),
+        "logging": logging_fact(),
+    }
+
+
+def logging_fact() -> str:
+    """The mesh's logging settings in force, for the report."""
+    set_here = [f"{k}={os.environ[k]}" for k in LOG_VARS if k in os.environ]
+    where = (f"set in this run's environment: {', '.join(set_here)} (NOT the defaults)"
+             if set_here else "the defaults (INFO level, access log off, slow-call WARN at 1000 ms)")
+    return (f"{where}; the scale group's cache-less gateway runs with"
+            f" RUST_LOG={NO_CACHE_GATEWAY_RUST_LOG}, since every read it serves logs a"
+            f" cache-unavailable warning")
+
+
+def command_output(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    except OSError:
+        return "unknown"
+    return (out.stdout + out.stderr).strip() or "unknown"
+
+
+def reference(rows: list[Row], system: str, compare: str | None, connections: int) -> Row | None:
+    for r in rows:
+        if compare and r.system == system and r.compare == compare and r.connections == connections:
+            return r
+    return None
+
+
+def ratio(a: float, b: float | None) -> str:
+    return f"{a / b:.1f}x" if b else "—"
+
+
+def mib(kib: int) -> str:
+    return f"{kib / MIB:.1f}"
+
+
+def check(name: str, ok: bool, numbers: str) -> dict:
+    return {"target": name, "status": "PASS" if ok else "MISS", "numbers": numbers}
+
+
+def targets(bench: Bench) -> list[dict]:
+    rows, memory = bench.rows, bench.memory
+    found = []
+
+    def by(label: str) -> list[Row]:
+        return [r for r in rows if r.label == label and r.system == MESH]
+
+    def per_conn(name, mesh_rows, ref_system, ref_compare, want):
+        if not mesh_rows:
+            found.append(check(name, False, "not measured"))
+            return
+        parts, ok = [], True
+        for r in mesh_rows:
+            ref = reference(rows, ref_system, ref_compare, r.connections)
+            good, text = want(r, ref)
+            ok &= good
+            parts.append(f"c{r.connections}: {text}")
+        found.append(check(name, ok, "; ".join(parts)))
+
+    def rps_at_least(factor):
+        def want(r, ref):
+            if ref is None:
+                return False, "no reference measured"
+            return (r.load.rps >= factor * ref.load.rps,
+                    f"{r.load.rps:,.0f} vs {ref.load.rps:,.0f} rps = {r.load.rps / ref.load.rps:.2f}x")
+        return want
+
+    test = by("GET /test (gateway)")
+    per_conn("GET /test through the gateway >= 0.7x bench-hello rps", test, HELLO, "test", rps_at_least(0.7))
+    per_conn("GET /test through the gateway >= 10x FastAPI rps", test, FASTAPI, "test", rps_at_least(10))
+
+    def items_want(r, ref):
+        if ref is None:
+            return False, "no reference measured"
+        good = r.load.rps >= 10 * ref.load.rps and r.load.p99_ms <= ref.load.p99_ms
+        return good, (f"{r.load.rps / ref.load.rps:.1f}x rps ({r.load.rps:,.0f} vs {ref.load.rps:,.0f}),"
+                      f" p99 {r.load.p99_ms:.2f} vs {ref.load.p99_ms:.2f} ms")
+
+    per_conn("GET /items/{id} warm >= 10x FastAPI rps, p99 no worse",
+             by("GET /items/{id} warm"), FASTAPI, "items", items_want)
+    per_conn("Counter increments >= 10x FastAPI /increment rps",
+             by("POST /counters/{name}/increment"), FASTAPI, "increment", rps_at_least(10))
+
+    exact = bench.facts.get("exact", {})
+    if exact:
+        # The bursts must count exactly; every wrk load must fit its in-flight bound.
+        wrk_rows = [r for r in rows if "final" in r.load.detail]
+        ok = all(e["final"] == e["sent"] == e["ok"] for e in exact.values()) and all(
+            0 <= r.load.detail["final"] - r.load.ok <= r.connections for r in wrk_rows)
+        text = "; ".join(f"{g}: {e['sent']} sent, {e['ok']} 2xx, counter {e['final']}"
+                         for g, e in exact.items())
+        bad = [f"{r.group} c{r.connections}" for r in wrk_rows if "INCONSISTENT" in r.note]
+        text += f"; wrk loads {'inconsistent: ' + ', '.join(bad) if bad else 'all consistent'}"
+        found.append(check("Counter final count exact (every replica count)", ok, text))
+    else:
+        found.append(check("Counter final count exact", False, "not measured"))
+
+    idle = {}
+    for procs in memory.values():
+        for name, m in procs.items():
+            kind = service_kind(name)
+            if kind:
+                idle[kind] = max(idle.get(kind, 0), m["idle_kib"])
+    if idle:
+        found.append(check("Each mesh process idle RSS < 30 MiB (worst across groups)",
+                           all(v < 30 * MIB for v in idle.values()),
+                           ", ".join(f"{k} {mib(v)} MiB" for k, v in sorted(idle.items()))))
+    else:
+        found.append(check("Each mesh process idle RSS < 30 MiB", False, "not measured"))
+
+    gw = {g: m for g, procs in memory.items() for n, m in procs.items()
+          if service_kind(n) == "gateway" and not g.startswith("scale")}
+    if gw:
+        worst = max(m["peak_kib"] for m in gw.values())
+        found.append(check("Gateway peak RSS < 64 MiB with 512 connections", worst < 64 * MIB,
+                           ", ".join(f"{g} {mib(m['peak_kib'])} MiB" for g, m in gw.items())))
+    else:
+        found.append(check("Gateway peak RSS < 64 MiB with 512 connections", False, "not measured"))
+
+    big = f"{bench.big_ids:,} rows"
+    deep = min(DEEP_PAGE, bench.big_ids // PAGE_SIZE)
+    p1 = by(f"ListItems page 1, {big}")
+    pd = by(f"ListItems page {deep}, {big}")
+    if p1 and pd:
+        a, b = p1[0].load, pd[0].load
+        found.append(check(f"ListItems page {deep} p50 within 1.5x of page 1 ({big})",
+                           b.p50_ms <= 1.5 * a.p50_ms,
+                           f"p50 {b.p50_ms:.2f} vs {a.p50_ms:.2f} ms = {b.p50_ms / a.p50_ms:.2f}x;"
+                           f" rps {b.rps:,.0f} vs {a.rps:,.0f}"))
+    else:
+        found.append(check("ListItems page 1000 within 1.5x of page 1", False, "not measured"))
+    return found
+
+
+def service_kind(process_name: str) -> str | None:
+    for kind in ("items", "cache", "counter", "tasks", "gateway"):
+        if process_name.startswith(kind + "-"):
+            return kind
+    return None
+
+
+TABLES = [
+    ("test", "GET /test", "The article's load-balanced hello world. Mesh: through the gateway."),
+    ("items", "GET /items/{id}",
+     "Random ids over 10,000 rows. Warm: the gateway's cache was filled by one pass over every id"
+     " first. Cold: a fresh cache and ids never read before, walked through the big data set, so"
+     " every read goes cache miss -> items-service -> cache fill (the x-cache tally shows it)."),
+    ("counters", "Counter increments",
+     "Mesh: POST /counters/{name}/increment (one counter per run, in-process counter service)."
+     " FastAPI: the article's GET /increment, whose lock-guarded counter lives in each instance."),
+    ("tasks", "Task submission and drain",
+     f"POST /tasks with echo tasks to a tasks-service with no workers; after each load a worker"
+     f" replica ({TASK_WORKERS} workers) on the same queue is started and timed until"
+     f" GET /tasks?status=queued is empty. The article's Celery has no reference here."),
+    ("grpc", "Direct gRPC (no gateway)",
+     f"grpc-load straight to items-service (GetItem over 10,000 ids) and counter-service"
+     f" (Increment), {GRPC_CONNECTIONS} HTTP/2 connections; the ratio is to FastAPI's HTTP"
+     f" equivalent."),
+    ("replicas", "Replicas behind the gateway",
+     "Cache and counter replicas share Redis (127.0.0.1:6379, a prefix of this run), items"
+     " replicas share one SQLite file. The items rows are cache-warm reads."),
+    ("scale", "Scale check",
+     f"-c{SCALE_CONNECTIONS}. GET /items/{{id}}: random ids through a gateway with no cache"
+     f" (x-cache: bypass), so every read reaches items-service. ListItems: page_size"
+     f" {PAGE_SIZE}, the deep page's token found by following next_page_token."),
+]
+
+
+def render_markdown(bench: Bench, facts: dict, found: list[dict]) -> str:
+    out = ["# Benchmarks", "",
+           "Generated by `python3 bench/run.py`"
+           + (" --quick" if facts["quick"] else "") + f" ({facts['duration_s']} s per load)."
+           " Every load runs on the same machine as the servers (wrk -t2 shares the cores),"
+           " against 127.0.0.1.", "",
+           "## Machine", ""]
+    for key in ("date", "nproc", "cpu", "memory_gib", "kernel", "rustc", "python", "wrk",
+                "nginx", "commit", "bin_dir", "logging"):
+        out.append(f"- {key}: {facts[key]}")
+    out += ["", "## Targets", ""]
+    out += [f"- **{t['status']}** {t['target']}: {t['numbers']}" for t in found]
+    for table, title, text in TABLES:
+        rows = [r for r in bench.rows if r.table == table]
+        if not rows:
+            continue
+        out += ["", f"## {title}", "", text, "",
+                "| what | system | conns | rps | p50 ms | p90 ms | p99 ms | max ms | errors"
+                " | x FastAPI | x hello | note |",
+                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for r in rows:
+            fa = reference(bench.rows, FASTAPI, r.compare, r.connections) if r.system == MESH else None
+            he = reference(bench.rows, HELLO, r.compare, r.connections) if r.system == MESH else None
+            lo = r.load
+            out.append(
+                f"| {r.label} | {r.system} | {r.connections} | {lo.rps:,.0f} | {lo.p50_ms:.2f}"
+                f" | {lo.p90_ms:.2f} | {lo.p99_ms:.2f} | {lo.max_ms:.2f} | {lo.errors}"
+                f" | {ratio(lo.rps, fa.load.rps if fa else None)}"
+                f" | {ratio(lo.rps, he.load.rps if he else None)} | {r.note} |")
+        out += ["", "Peak RSS (MiB): " + "; ".join(
+            f"{g}: " + ", ".join(f"{n} {mib(m['peak_kib'])}" for n, m in bench.memory.get(g, {}).items())
+            for g in dict.fromkeys(r.group for r in rows))]
+        out += table_facts(bench, table)
+    out += ["", "## Memory", "", "Idle: VmRSS half a second after start. Peak: VmHWM after the"
+            " group's loads (nginx: master plus workers).", "",
+            "| group | process | idle MiB | peak MiB |", "|---|---|---:|---:|"]
+    for g, procs in bench.memory.items():
+        out += [f"| {g} | {n} | {mib(m['idle_kib'])} | {mib(m['peak_kib'])} |" for n, m in procs.items()]
+    if bench.notes:
+        out += ["", "## Notes", ""] + [f"- {n}" for n in bench.notes]
+    return "\n".join(out) + "\n"
+
+
+def table_facts(bench: Bench, table: str) -> list[str]:
+    lines = []
+    if table == "counters":
+        fc = bench.facts.get("fastapi_counter")
+        if fc:
+            lines.append(
+                f"FastAPI: {fc['sent']} GET /increment through nginx ({fc['ok']} 2xx), then three"
+                f" straight to each instance, which answered "
+                + "; ".join(f"{n} {', '.join(map(str, v))}" for n, v in fc["instances"].items())
+                + f" (a shared counter would answer {fc['sent'] + 1}..): the asyncio lock and"
+                f" the counter live in one process each.")
+        for g, e in bench.facts.get("exact", {}).items():
+            lines.append(f"Mesh exact check ({g}): {e['sent']} increments from {BURST_CLIENTS}"
+                         f" clients, {e['ok']} 2xx, GET /counters reads {e['final']}.")
+        lines.append("wrk stops mid-flight, so increments it sent but never saw answered make the"
+                     " final count exceed its 2xx count by at most the connection count.")
+    if table == "tasks":
+        for c, d in bench.facts.get("drain", {}).items():
+            state = "drained" if d["drained"] else f"NOT drained within {DRAIN_TIMEOUT_S} s"
+            lines.append(f"c{c}: {d['submitted_2xx']} accepted, {d['queued']} queued, {state} in"
+                         f" {d['seconds']:.1f} s = {d['rate']:,.0f} tasks/s with {d['workers']}"
+                         f" workers (worker replica peak RSS {mib(d['worker_peak_kib'])} MiB).")
+    return [""] + [f"- {line}" for line in lines] if lines else []
+
+
+def results_json(bench: Bench, facts: dict, found: list[dict]) -> dict:
+    return {
+        "machine": facts,
+        "rows": [{"table": r.table, "label": r.label, "system": r.system,
+                  "connections": r.connections, "group": r.group, "compare": r.compare,
+                  "note": r.note, **{k: v for k, v in vars(r.load).items()}} for r in bench.rows],
+        "memory_kib": bench.memory,
+        "facts": bench.facts,
+        "targets": found,
+        "notes": bench.notes,
+    }
+
+
+def write_report(bench: Bench, facts: dict, out_dir: Path) -> None:
+    found = targets(bench)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "BENCHMARKS.md").write_text(render_markdown(bench, facts, found))
+    (out_dir / "bench").mkdir(parents=True, exist_ok=True)
+    (out_dir / "bench" / "results.json").write_text(
+        json.dumps(results_json(bench, facts, found), indent=2, default=str) + "\n")
+    for t in found:
+        log(f"{t['status']}: {t['target']}: {t['numbers']}")
+    log(f"wrote {out_dir / 'BENCHMARKS.md'} and {out_dir / 'bench' / 'results.json'}")

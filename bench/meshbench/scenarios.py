@@ -1,0 +1,439 @@
+"""The scenario groups: for each, which processes start (the reference FastAPI
+stack, bench-hello, or a mesh with its gateway), which loads run against them,
+and what is recorded (table rows, memory, counts and drain times).
+
+A group samples every process's idle RSS, runs its loads, samples their peak
+RSS, and stops its processes whatever happens; a failed group is noted and the
+next one still runs.
+"""
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import HOST, REDIS_PORT, REFERENCE, log
+from .calls import count_queued, http_call, page_token, parallel_requests, wait_http_ok, with_token
+from .fleet import NO_CACHE_GATEWAY_RUST_LOG, Fleet, Proc, free_port, memory_kib
+from .loads import Load, Wrk, grpc_load, hit_note, lua_post, lua_random_ids, lua_walk_ids
+from .setup import prepare_items_db, seed_reference_db
+
+CONNECTIONS = (64, 512)
+SEED_IDS = 10_000
+BIG_IDS = 1_000_000
+QUICK_BIG_IDS = 100_000
+PAGE_SIZE = 50
+DEEP_PAGE = 1000
+SCALE_CONNECTIONS = 16
+TASK_WORKERS = 4
+BURST_CLIENTS = 16
+REPLICAS = (1, 2, 3)
+DRAIN_TIMEOUT_S = 300
+FASTAPI = "FastAPI (2 uvicorn + nginx)"
+HELLO = "bench-hello"
+MESH = "mesh"
+
+
+@dataclass
+class Row:
+    """One line of a scenario table."""
+    table: str
+    label: str
+    system: str  # MESH, FASTAPI or HELLO
+    connections: int
+    load: Load
+    group: str
+    compare: str | None = None  # which reference scenario it is comparable to
+    note: str = ""
+
+
+@dataclass
+class Mesh:
+    procs: dict[str, list[Proc]]  # by kind: items, cache, counter, tasks
+    gateway: Proc
+    tasks_dir: Path
+
+    def all(self) -> list[Proc]:
+        return [p for ps in self.procs.values() for p in ps] + [self.gateway]
+
+
+class Bench:
+    def __init__(self, args, run_dir: Path, tools: dict[str, str], venv_python: Path):
+        self.args = args
+        self.run_dir = run_dir
+        self.fleet = Fleet(run_dir, args.bin_dir)
+        self.wrk = Wrk(tools["wrk"], run_dir, args.duration)
+        self.nginx = tools["nginx"]
+        self.venv_python = venv_python
+        self.stamp = run_dir.name
+        self.redis_prefix = f"mesh-bench:{self.stamp}:"
+        self.big_ids = QUICK_BIG_IDS if args.quick else BIG_IDS
+        self.burst_per_client = 50 if args.quick else 250
+        self.rows: list[Row] = []
+        self.memory: dict[str, dict[str, dict[str, int]]] = {}
+        self.facts: dict[str, object] = {}  # scenario-specific findings for the report
+        self.notes: list[str] = []
+        self.items_small = run_dir / "data" / "items-10k"
+        self.items_big = run_dir / "data" / f"items-{self.big_ids}"
+
+    # ---- helpers -------------------------------------------------------
+
+    def have(self, binary: str) -> bool:
+        return (self.args.bin_dir / binary).exists()
+
+    def record(self, table: str, label: str, system: str, connections: int, load: Load,
+               group: str, compare: str | None = None, note: str = "") -> None:
+        self.rows.append(Row(table, label, system, connections, load, group, compare, note))
+        log(f"  {label} c={connections}: {load.rps:,.0f} rps, p99 {load.p99_ms:.2f} ms,"
+            f" errors {load.errors}")
+
+    def group(self, name: str, procs: list[Proc], body) -> None:
+        """Idle RSS, the group's loads, peak RSS; its processes stop either way."""
+        log(f"group {name}")
+        try:
+            time.sleep(0.5)
+            idle = {p.name: memory_kib(p.popen.pid)[0] for p in procs}
+            body()
+            peak = {p.name: memory_kib(p.popen.pid)[1] for p in procs}
+            self.memory[name] = {n: {"idle_kib": idle[n], "peak_kib": peak[n]} for n in idle}
+        finally:
+            self.fleet.stop(procs)
+
+    def start_mesh(self, tag: str, items_dir: Path, replicas: int = 1, redis: bool = False,
+                   tasks_workers: int = TASK_WORKERS, cache: bool = True) -> Mesh:
+        """items, cache, counter (x replicas), tasks and a gateway over them.
+        Without `cache` the gateway's cache endpoint is a closed port (x-cache: bypass)."""
+        procs: dict[str, list[Proc]] = {}
+
+        def backend(kind: str) -> list[str]:
+            if not redis:
+                return []
+            return ["--redis-url", f"redis://{HOST}:{REDIS_PORT}",
+                    "--redis-prefix", f"{self.redis_prefix}{tag}:{kind}:"]
+
+        for r in range(1, replicas + 1):
+            suffix = f"{tag}-{r}" if replicas > 1 else tag
+            procs.setdefault("items", []).append(self.fleet.rust(
+                f"items-{suffix}", "items-service", "--data-dir", str(items_dir)))
+            if cache:
+                procs.setdefault("cache", []).append(self.fleet.rust(
+                    f"cache-{suffix}", "cache-service", *backend("cache")))
+            procs.setdefault("counter", []).append(self.fleet.rust(
+                f"counter-{suffix}", "counter-service", *backend("counter")))
+        tasks_dir = self.run_dir / "data" / f"tasks-{tag}"
+        tasks_dir.mkdir(parents=True, exist_ok=True)
+        procs["tasks"] = [self.fleet.rust(f"tasks-{tag}", "tasks-service", "--data-dir",
+                                          str(tasks_dir), "--workers", str(tasks_workers))]
+        urls = {kind: ",".join(p.url for p in ps) for kind, ps in procs.items()}
+        cache_urls = urls["cache"] if cache else f"http://{HOST}:{free_port()}"
+        # A gateway without a cache logs a warning per request (the cache-outage
+        # path, not what the scale group measures): that one gateway logs errors
+        # only, and the report says so. Every other process logs as a user's does.
+        gateway = self.fleet.rust(
+            f"gateway-{tag}", "gateway", "--items", urls["items"], "--cache", cache_urls,
+            "--tasks", urls["tasks"], "--counter", urls["counter"],
+            rust_log=None if cache else NO_CACHE_GATEWAY_RUST_LOG)
+        wait_http_ok(gateway.url, "/healthz")
+        return Mesh(procs, gateway, tasks_dir)
+
+    def warm_items(self, gateway: Proc) -> None:
+        paths = [f"/items/{i}" for i in range(1, SEED_IDS + 1)]
+        ok = parallel_requests(gateway.url, "GET", paths, clients=8)
+        if ok != SEED_IDS:
+            raise RuntimeError(f"warm-up: only {ok} of {SEED_IDS} reads succeeded")
+
+    def exact_increments(self, base: str, path: str, method: str = "POST") -> tuple[int, int]:
+        """(requests sent, 2xx) of a bounded burst of increments from BURST_CLIENTS clients."""
+        n = BURST_CLIENTS * self.burst_per_client
+        ok = parallel_requests(base, method, [path] * n, clients=BURST_CLIENTS)
+        return n, ok
+
+    def read_counter(self, base: str, name: str) -> int:
+        """GET /counters/{name}; a failed read is retried for up to 10 s and noted."""
+        failures = []
+        deadline = time.monotonic() + 10
+        while True:
+            status, body = http_call(base, "GET", f"/counters/{name}")
+            if status == 200:
+                break
+            failures.append(f"{status} {json.dumps(body)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"GET /counters/{name} kept failing: {failures[-1]}")
+            time.sleep(0.2)
+        if failures:
+            self.notes.append(f"GET /counters/{name} right after a load failed {len(failures)}"
+                              f" time(s) before answering (first: {failures[0]}).")
+        return body["value"]
+
+    # ---- reference groups ----------------------------------------------
+
+    def run_fastapi(self) -> None:
+        db = self.run_dir / "data" / "reference.db"
+        seed_reference_db(db, SEED_IDS)
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", REF_DB_PATH=str(db),
+                   REF_REDIS_URL=f"redis://{HOST}:{REDIS_PORT}/0",
+                   REF_REDIS_PREFIX=f"{self.redis_prefix}ref:")
+        instances = []
+        for tag in ("a", "b"):
+            port = free_port()
+            instances.append(self.fleet.plain(
+                f"uvicorn-{tag}",
+                [str(self.venv_python), "-m", "uvicorn", "app:app", "--host", HOST, "--port",
+                 str(port), "--workers", "1", "--no-access-log", "--log-level", "warning"],
+                port, cwd=REFERENCE, env=env))
+        nginx = self.start_nginx(*(int(p.addr.rsplit(":", 1)[1]) for p in instances))
+        procs = [*instances, nginx]
+        self.group("fastapi", procs, lambda: self.fastapi_loads(nginx, instances))
+
+    def start_nginx(self, port_a: int, port_b: int) -> Proc:
+        port = free_port()
+        ndir = self.run_dir / "nginx"
+        (ndir / "nginx-tmp").mkdir(parents=True)  # nginx makes its temp dirs inside
+        conf = (REFERENCE / "nginx.conf.template").read_text()
+        for key, value in {"{RUN_DIR}": str(ndir), "{PORT_A}": str(port_a),
+                           "{PORT_B}": str(port_b), "{PORT}": str(port)}.items():
+            conf = conf.replace(key, value)
+        (ndir / "nginx.conf").write_text(conf)
+        argv = [self.nginx, "-p", str(ndir), "-e", str(ndir / "nginx-error.log"),
+                "-c", str(ndir / "nginx.conf")]
+        subprocess.run([*argv, "-t", "-q"], check=True)
+        return self.fleet.plain("nginx", argv, port)
+
+    def fastapi_loads(self, nginx: Proc, instances: list[Proc]) -> None:
+        base = nginx.url
+        self.check_reference_routes(base)
+        # Per-process counters: N increments through nginx, then three straight to each instance.
+        n, ok = self.exact_increments(base, "/increment", method="GET")
+        views = {p.name: [http_call(p.url, "GET", "/increment")[1]["shared_resource"]
+                          for _ in range(3)] for p in instances}
+        self.facts["fastapi_counter"] = {"sent": n, "ok": ok, "instances": views}
+        log(f"  /increment x{n} through nginx, then x3 on each instance: {views}")
+        for c in CONNECTIONS:
+            self.record("test", "GET /test", FASTAPI, c,
+                        self.wrk.run(base + "/test", c), "fastapi", "test")
+        for c in CONNECTIONS:
+            self.record("items", "GET /items/{id}", FASTAPI, c,
+                        self.wrk.run(base, c, lua_random_ids("/items/", SEED_IDS)),
+                        "fastapi", "items")
+        for c in CONNECTIONS:
+            self.record("counters", "GET /increment", FASTAPI, c,
+                        self.wrk.run(base + "/increment", c), "fastapi", "increment")
+
+    def check_reference_routes(self, base: str) -> None:
+        expected = {
+            "/test": {"message": "Hello, load balanced world!"},
+            "/cached-data?key=never-set": {"error": "Data not found in cache."},
+            "/run-blocking-task?ms=1": {"result": "Task complete!"},
+        }
+        for path, body in expected.items():
+            got = http_call(base, "GET", path)
+            if got != (200, body):
+                raise RuntimeError(f"reference {path} answered {got}")
+        status, body = http_call(base, "GET", "/items/1")
+        if status != 200 or body["item"]["id"] != 1:
+            raise RuntimeError(f"reference /items/1 answered {status} {body}")
+
+    def run_hello(self) -> None:
+        if not self.have("bench-hello"):
+            self.notes.append("bench-hello is missing from the binary directory: its rows are skipped.")
+            return
+        hello = self.fleet.rust("bench-hello", "bench-hello")
+        got = http_call(hello.url, "GET", "/test")
+        if got != (200, {"message": "Hello, load balanced world!"}):
+            raise RuntimeError(f"bench-hello /test answered {got}")
+
+        def loads():
+            for c in CONNECTIONS:
+                self.record("test", "GET /test", HELLO, c, self.wrk.run(hello.url + "/test", c),
+                            "hello", "test")
+
+        self.group("hello", [hello], loads)
+
+    # ---- mesh groups ---------------------------------------------------
+
+    def run_mesh_test(self) -> None:
+        mesh = self.start_mesh("test", self.items_small)
+
+        def loads():
+            for c in CONNECTIONS:
+                self.record("test", "GET /test (gateway)", MESH, c,
+                            self.wrk.run(mesh.gateway.url + "/test", c), "test", "test")
+
+        self.group("test", mesh.all(), loads)
+
+    def run_items_warm(self) -> None:
+        mesh = self.start_mesh("items-warm", self.items_small)
+
+        def loads():
+            self.warm_items(mesh.gateway)
+            for c in CONNECTIONS:
+                load = self.wrk.run(mesh.gateway.url, c, lua_random_ids("/items/", SEED_IDS))
+                self.record("items", "GET /items/{id} warm", MESH, c, load, "items-warm", "items",
+                            note=hit_note(load))
+
+        self.group("items-warm", mesh.all(), loads)
+
+    def run_items_cold(self) -> None:
+        mesh = self.start_mesh("items-cold", self.items_big)
+
+        def loads():
+            start = 1
+            for c in CONNECTIONS:
+                load = self.wrk.run(mesh.gateway.url, c,
+                                    lua_walk_ids("/items/", self.big_ids, start))
+                start = load.detail["max_id"] + 1
+                self.record("items", "GET /items/{id} cold", MESH, c, load, "items-cold",
+                            "items", note=hit_note(load))
+
+        self.group("items-cold", mesh.all(), loads)
+
+    def run_counters(self) -> None:
+        mesh = self.start_mesh("counters", self.items_small)
+        self.group("counters", mesh.all(),
+                   lambda: self.counter_loads(mesh, "counters", "counters", "POST /counters/{name}/increment"))
+
+    def counter_loads(self, mesh: Mesh, group: str, table: str, label: str) -> None:
+        base = mesh.gateway.url
+        name = f"exact-{group}-{self.stamp}"
+        n, ok = self.exact_increments(base, f"/counters/{name}/increment")
+        final = self.read_counter(base, name)
+        self.facts.setdefault("exact", {})[group] = {"sent": n, "ok": ok, "final": final}
+        log(f"  exact check: {n} sent, {ok} 2xx, counter reads {final}")
+        for c in CONNECTIONS:
+            name = f"wrk-{group}-c{c}-{self.stamp}"
+            load = self.wrk.run(f"{base}/counters/{name}/increment", c, lua_post({"by": 1}))
+            final = self.read_counter(base, name)
+            load.detail["final"] = final
+            self.record(table, label, MESH, c, load, group, "increment",
+                        note=wrk_count_note(final, load.ok, c))
+
+    def run_tasks(self) -> None:
+        # The API replica takes submissions with no workers; a worker replica on
+        # the same queue is started after each load, so the drain is timed alone.
+        mesh = self.start_mesh("tasks", self.items_small, tasks_workers=0)
+        drains = self.facts.setdefault("drain", {})
+
+        def loads():
+            base = mesh.gateway.url
+            body = {"kind": "echo", "payload": 1, "priority": 0}
+            for c in CONNECTIONS:
+                load = self.wrk.run(base + "/tasks", c, lua_post(body))
+                drains[c] = self.drain(base, mesh.tasks_dir, f"tasks-workers-c{c}")
+                drains[c]["submitted_2xx"] = load.ok
+                d = drains[c]
+                note = (f"drained {d['queued']} at {d['rate']:,.0f} tasks/s" if d["drained"]
+                        else f"NOT drained within {DRAIN_TIMEOUT_S} s")
+                self.record("tasks", "POST /tasks (echo)", MESH, c, load, "tasks", note=note)
+
+        self.group("tasks", mesh.all(), loads)
+
+    def drain(self, base: str, tasks_dir: Path, name: str) -> dict:
+        queued = count_queued(base)
+        t0 = time.monotonic()
+        worker = self.fleet.rust(name, "tasks-service", "--data-dir", str(tasks_dir),
+                                 "--workers", str(TASK_WORKERS))
+        try:
+            left = queued
+            while left and time.monotonic() - t0 < DRAIN_TIMEOUT_S:
+                time.sleep(0.05)
+                left = len(http_call(base, "GET", "/tasks?status=queued&page_size=1")[1]["tasks"])
+            seconds = time.monotonic() - t0
+            peak = memory_kib(worker.popen.pid)[1]
+        finally:
+            self.fleet.stop([worker])
+        drained = not left
+        rate = queued / seconds if drained else 0.0
+        log(f"  drain: {queued} queued, {'empty' if drained else 'NOT empty'} after {seconds:.1f} s")
+        return {"queued": queued, "seconds": seconds, "rate": rate, "drained": drained,
+                "workers": TASK_WORKERS, "worker_peak_kib": peak}
+
+    def run_grpc(self) -> None:
+        binary = self.args.bin_dir / "grpc-load"
+        if not binary.exists():
+            self.notes.append("grpc-load is missing from the binary directory: the direct gRPC "
+                              "scenarios (GetItem, Increment) are skipped.")
+            return
+        items = self.fleet.rust("items-grpc", "items-service", "--data-dir", str(self.items_small))
+        counter = self.fleet.rust("counter-grpc", "counter-service")
+
+        def loads():
+            d = self.args.duration
+            for c in CONNECTIONS:
+                self.record("grpc", "gRPC GetItem (direct)", MESH, c,
+                            grpc_load(binary, items.url, "get-item", c, d, ids=SEED_IDS),
+                            "grpc", "items")
+            for c in CONNECTIONS:
+                self.record("grpc", "gRPC Increment (direct)", MESH, c,
+                            grpc_load(binary, counter.url, "increment", c, d),
+                            "grpc", "increment")
+
+        self.group("grpc", [items, counter], loads)
+
+    def run_replicas(self, n: int) -> None:
+        group = f"replicas-{n}"
+        mesh = self.start_mesh(group, self.items_small, replicas=n, redis=True)
+
+        def loads():
+            self.warm_items(mesh.gateway)
+            for c in CONNECTIONS:
+                load = self.wrk.run(mesh.gateway.url, c, lua_random_ids("/items/", SEED_IDS))
+                self.record("replicas", f"GET /items/{{id}} warm, {n} items+cache", MESH, c,
+                            load, group, "items", note=hit_note(load))
+            self.counter_loads(mesh, group, "replicas", f"POST increment, {n} counter")
+
+        self.group(group, mesh.all(), loads)
+
+    def run_scale(self, items_dir: Path, rows: int) -> None:
+        group = f"scale-{rows}"
+        mesh = self.start_mesh(group, items_dir, cache=False)
+        deep = min(DEEP_PAGE, rows // PAGE_SIZE)
+        label = f"{rows:,} rows"
+
+        def loads():
+            base = mesh.gateway.url
+            c = SCALE_CONNECTIONS
+            load = self.wrk.run(base, c, lua_random_ids("/items/", rows))
+            self.record("scale", f"GET /items/{{id}} random, {label} (no cache)", MESH, c, load,
+                        group, note=hit_note(load))
+            token = page_token(base, deep, PAGE_SIZE)
+            page1 = f"{base}/items?page_size={PAGE_SIZE}"
+            self.record("scale", f"ListItems page 1, {label}", MESH, c, self.wrk.run(page1, c),
+                        group)
+            self.record("scale", f"ListItems page {deep}, {label}", MESH, c,
+                        self.wrk.run(with_token(page1, token), c), group)
+
+        self.group(group, mesh.all(), loads)
+
+    # ---- the whole run ---------------------------------------------------
+
+    def run(self) -> None:
+        log(f"seeding items: {SEED_IDS:,} and {self.big_ids:,} rows")
+        prepare_items_db(self.fleet, self.items_small, SEED_IDS)
+        prepare_items_db(self.fleet, self.items_big, self.big_ids)
+        groups = [self.run_fastapi, self.run_hello, self.run_mesh_test, self.run_items_warm,
+                  self.run_items_cold, self.run_counters, self.run_tasks, self.run_grpc,
+                  *(lambda n=n: self.run_replicas(n) for n in REPLICAS),
+                  lambda: self.run_scale(self.items_small, SEED_IDS),
+                  lambda: self.run_scale(self.items_big, self.big_ids)]
+        for run_group in groups:
+            self.attempt(run_group)
+        self.notes += self.fleet.crashed
+
+    def attempt(self, run_group) -> None:
+        """Runs one group; a failure is noted in the report and the next group still runs."""
+        try:
+            run_group()
+        except Exception as e:  # noqa: BLE001  (any failure of one group is reported)
+            self.notes.append(f"A scenario group failed: {type(e).__name__}: {e}")
+            log(f"group failed: {e!r}")
+            self.fleet.stop_all()
+
+
+def wrk_count_note(final: int, ok: int, connections: int) -> str:
+    """A counter after a wrk load: at least wrk's 2xx count, and at most one more per
+    connection (the requests wrk had sent but not seen answered when it stopped)."""
+    extra = final - ok
+    verdict = "consistent" if 0 <= extra <= connections else "INCONSISTENT"
+    return f"counter {final} = {ok} 2xx + {extra} (0..{connections} allowed): {verdict}"

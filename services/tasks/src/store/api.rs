@@ -1,0 +1,312 @@
+//! What clients call (through `service.rs`): submit, get, list, cancel,
+//! retry, and the queue's counts; the limits on what they may ask for.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use mesh_sql::now_ms;
+use serde_json::Value;
+use sqlx::Row;
+
+use super::rows::{COLUMNS, task_from_row};
+use super::{CANCELLED, FAILED, MAX_PRIORITY, MIN_PRIORITY, QUEUED, RUNNING, Status, Task, TaskStore};
+use crate::error::TaskError;
+
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 1000;
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+pub const MAX_ATTEMPTS: u32 = 100;
+
+/// What a client asks to queue.
+#[derive(Clone, Debug)]
+pub struct NewTask {
+    pub kind: String,
+    pub payload: Value,
+    pub priority: i32,
+    pub max_attempts: u32,
+    pub timeout: Option<Duration>,
+    /// Not before this time (ms since the epoch); 0 means now.
+    pub run_at_ms: i64,
+    pub queue: String,
+    pub idempotency_key: Option<String>,
+    /// With a key: what the request asked for, so a reuse of the key with a
+    /// different request can be told apart from a retry.
+    pub fingerprint: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Page {
+    pub tasks: Vec<Task>,
+    pub next_token: Option<String>,
+}
+
+/// Queue depth, for `QueueStats`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueStats {
+    pub queued_by_priority: BTreeMap<i32, u64>,
+    pub queued: u64,
+    pub scheduled: u64,
+    pub running: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub oldest_queued_ms: Option<i64>,
+}
+
+impl TaskStore {
+    /// Validates and queues a task (`kind` must already be known to be
+    /// valid). With an idempotency key that was seen before, returns the task
+    /// the first submit created, and `false`.
+    pub async fn submit(&self, new: NewTask) -> Result<(Task, bool), TaskError> {
+        if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&new.priority) {
+            return Err(TaskError::invalid(
+                "priority",
+                format!(
+                    "must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {}",
+                    new.priority
+                ),
+            ));
+        }
+        if new.max_attempts > MAX_ATTEMPTS {
+            return Err(TaskError::invalid("max_attempts", format!("at most {MAX_ATTEMPTS}")));
+        }
+        validate_queue(&new.queue)?;
+        if new
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > 256)
+        {
+            return Err(TaskError::invalid("idempotency_key", "must be 1 to 256 bytes"));
+        }
+        if let Some(key) = &new.idempotency_key {
+            mesh_sql::check_text(key).map_err(|m| TaskError::invalid("idempotency_key", m))?;
+        }
+        let timeout_ms = match new.timeout {
+            Some(t) if t.is_zero() => return Err(TaskError::invalid("timeout", "must be positive")),
+            Some(t) => Some(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
+            None => None,
+        };
+        let payload_text = new.payload.to_string();
+        if payload_text.len() > MAX_PAYLOAD_BYTES {
+            return Err(TaskError::invalid(
+                "payload",
+                format!("is {} bytes of JSON; at most {MAX_PAYLOAD_BYTES}", payload_text.len()),
+            ));
+        }
+        let now = now_ms();
+        let ready_at = new.run_at_ms.max(now);
+        let sql = format!(
+            "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms, max_attempts, \
+                 timeout_ms, run_at_ms, queued_ms, eff_priority, queue, idempotency_key, request_fingerprint) \
+             VALUES ($1, $2, $3, '{QUEUED}', 0, $4, $4, $5, $6, $7, $7, $3, $8, $9, $10) \
+             ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(&new.kind)
+            .bind(payload_text)
+            .bind(new.priority)
+            .bind(now)
+            .bind(new.max_attempts.max(1) as i32)
+            .bind(timeout_ms)
+            .bind(ready_at)
+            .bind(&new.queue)
+            .bind(new.idempotency_key.as_deref())
+            .bind(new.fingerprint.as_deref())
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            // The key was used before (the insert did nothing, so no second
+            // row exists): answer with the task it created, if this is the
+            // same request again.
+            let sql = format!("SELECT {COLUMNS}, request_fingerprint FROM tasks WHERE idempotency_key = $1");
+            let row = sqlx::query(&sql)
+                .bind(new.idempotency_key.as_deref())
+                .fetch_one(&self.pool)
+                .await?;
+            let first: Option<String> = row.try_get("request_fingerprint")?;
+            if first.is_some() && first != new.fingerprint {
+                return Err(TaskError::IdempotencyKeyReused);
+            }
+            return Ok((task_from_row(&row)?, false));
+        };
+        let task = task_from_row(&row)?;
+        if ready_at > now {
+            self.due_at(ready_at);
+        }
+        self.wake();
+        self.changed(task.id);
+        Ok((task, true))
+    }
+
+    pub async fn get(&self, id: i64) -> Result<Task, TaskError> {
+        validate_id(id)?;
+        let sql = format!("SELECT {COLUMNS} FROM tasks WHERE id = $1");
+        match sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await? {
+            Some(row) => task_from_row(&row),
+            None => Err(TaskError::NotFound(id)),
+        }
+    }
+
+    /// Newest first; optionally only one status.
+    pub async fn list(&self, page_size: i32, token: &str, status: Option<Status>) -> Result<Page, TaskError> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE,
+            1.. if page_size as u32 <= MAX_PAGE => page_size as u32,
+            _ => {
+                return Err(TaskError::invalid(
+                    "page_size",
+                    format!("must be between 1 and {MAX_PAGE} (or 0 for {DEFAULT_PAGE}), got {page_size}"),
+                ));
+            }
+        };
+        let before = decode_token(token)?;
+        let sql = format!(
+            "SELECT {COLUMNS} FROM tasks WHERE id < $1 AND (CAST($2 AS TEXT) IS NULL OR status = $2) \
+             ORDER BY id DESC LIMIT $3"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(before)
+            .bind(status.map(Status::as_str))
+            .bind(i64::from(size) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut tasks = rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?;
+        let next_token = if tasks.len() > size as usize {
+            tasks.truncate(size as usize);
+            tasks.last().map(|t| encode_token(t.id))
+        } else {
+            None
+        };
+        Ok(Page { tasks, next_token })
+    }
+
+    /// Cancels a queued task at once; asks a running one to stop (its worker
+    /// sees `cancel_requested` and ends it CANCELLED). An ended task cannot be
+    /// cancelled.
+    pub async fn cancel(&self, id: i64) -> Result<Task, TaskError> {
+        validate_id(id)?;
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE tasks SET status = '{CANCELLED}', finished_ms = $2, updated_ms = $2, \
+                 detail = 'cancelled while queued' \
+             WHERE id = $1 AND status = '{QUEUED}' RETURNING {COLUMNS}"
+        );
+        if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
+            self.changed(id);
+            return task_from_row(&row);
+        }
+        let sql = format!(
+            "UPDATE tasks SET cancel_requested = 1, updated_ms = $2 \
+             WHERE id = $1 AND status = '{RUNNING}' RETURNING {COLUMNS}"
+        );
+        if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
+            self.changed(id);
+            return task_from_row(&row);
+        }
+        let task = self.get(id).await?;
+        Err(TaskError::FailedPrecondition(format!(
+            "task {id} is {}; only a queued or running task can be cancelled",
+            task.status.as_str()
+        )))
+    }
+
+    /// Queues a failed or cancelled task again with a fresh set of attempts.
+    pub async fn retry(&self, id: i64) -> Result<Task, TaskError> {
+        validate_id(id)?;
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE tasks SET status = '{QUEUED}', attempts = 0, result = NULL, error = NULL, finished_ms = NULL, \
+                 run_at_ms = $2, queued_ms = $2, updated_ms = $2, eff_priority = priority, worker = NULL, \
+                 lease_until_ms = NULL, cancel_requested = 0, progress_percent = 0, progress_message = '', \
+                 detail = 're-queued by RetryTask' \
+             WHERE id = $1 AND status IN ('{FAILED}', '{CANCELLED}') RETURNING {COLUMNS}"
+        );
+        if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
+            self.wake();
+            self.changed(id);
+            return task_from_row(&row);
+        }
+        let task = self.get(id).await?;
+        Err(TaskError::FailedPrecondition(format!(
+            "task {id} is {}; only a failed or cancelled task can be retried",
+            task.status.as_str()
+        )))
+    }
+
+    /// Counts per status (and per priority for ready tasks).
+    pub async fn stats(&self, queue: Option<&str>) -> Result<QueueStats, TaskError> {
+        let now = now_ms();
+        let rows = sqlx::query(
+            "SELECT status, priority, CASE WHEN run_at_ms > $1 THEN 1 ELSE 0 END AS later, \
+                    COUNT(*) AS n, MIN(queued_ms) AS oldest \
+             FROM tasks WHERE (CAST($2 AS TEXT) IS NULL OR queue = $2) \
+             GROUP BY status, priority, CASE WHEN run_at_ms > $1 THEN 1 ELSE 0 END",
+        )
+        .bind(now)
+        .bind(queue)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut stats = QueueStats::default();
+        for row in rows {
+            let status = Status::parse(&row.try_get::<String, _>("status")?)?;
+            let n = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+            let later = row.try_get::<i32, _>("later")? == 1;
+            match status {
+                Status::Queued if later => stats.scheduled += n,
+                Status::Queued => {
+                    stats.queued += n;
+                    *stats.queued_by_priority.entry(row.try_get("priority")?).or_default() += n;
+                    let oldest: i64 = row.try_get("oldest")?;
+                    stats.oldest_queued_ms = Some(stats.oldest_queued_ms.map_or(oldest, |o| o.min(oldest)));
+                }
+                Status::Running => stats.running += n,
+                Status::Succeeded => stats.succeeded += n,
+                Status::Failed => stats.failed += n,
+                Status::Cancelled => stats.cancelled += n,
+            }
+        }
+        Ok(stats)
+    }
+}
+
+fn validate_id(id: i64) -> Result<(), TaskError> {
+    if id < 1 {
+        return Err(TaskError::invalid(
+            "id",
+            format!("must be a positive integer, got {id}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Queue names: 1..=64 of a-z, 0-9, `_` and `-`.
+pub fn validate_queue(queue: &str) -> Result<(), TaskError> {
+    let ok = !queue.is_empty()
+        && queue.len() <= 64
+        && queue
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(TaskError::invalid(
+            "queue",
+            format!("{queue:?}: 1 to 64 of a-z, 0-9, _ and -"),
+        ))
+    }
+}
+
+fn encode_token(id: i64) -> String {
+    format!("before-{id}")
+}
+
+fn decode_token(token: &str) -> Result<i64, TaskError> {
+    if token.is_empty() {
+        return Ok(i64::MAX);
+    }
+    token
+        .strip_prefix("before-")
+        .and_then(|id| id.parse::<i64>().ok())
+        .filter(|id| *id > 0)
+        .ok_or_else(|| TaskError::invalid("page_token", "not a token this service issued"))
+}

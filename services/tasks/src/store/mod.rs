@@ -1,0 +1,216 @@
+//! The queue in SQL, split by who calls it; no tonic anywhere below here.
+//!
+//! - `api`: what clients call: submit, get, list, cancel, retry, stats;
+//! - `lease`: what workers call: claim under a lease, renew, progress,
+//!   finish, release at shutdown;
+//! - `reaper`: expired leases, priority aging, retention purge;
+//! - `rows`: the columns read back and the row -> [`Task`] decoding;
+//! - `backoff`: how long a failed attempt waits before the next.
+//!
+//! This file owns what they share: the [`Task`] record and its [`Status`] (the
+//! one place the stored state names are spelled), the [`TaskStore`] handle,
+//! and the in-process wake-ups (new work for idle workers, the next due time,
+//! changes for watchers). The children's public items are re-exported here,
+//! so callers write `store::X` whichever file holds it.
+
+mod api;
+mod backoff;
+mod lease;
+mod reaper;
+mod rows;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mesh_sql::{Backend, now_ms};
+use serde_json::Value;
+use sqlx::AnyPool;
+use tokio::sync::{Notify, broadcast};
+
+use crate::error::TaskError;
+
+pub use api::{DEFAULT_PAGE, MAX_ATTEMPTS, MAX_PAGE, MAX_PAYLOAD_BYTES, NewTask, Page, QueueStats, validate_queue};
+pub use backoff::Backoff;
+pub use lease::{Lease, Outcome};
+pub use reaper::LOST_WORKER_ALLOWANCE;
+
+pub const MIN_PRIORITY: i32 = 0;
+pub const MAX_PRIORITY: i32 = 9;
+
+pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    /// Every state (`as_str` below is the exhaustive list: a new state goes
+    /// in both; a unit test checks that each reads back as itself).
+    pub const ALL: [Status; 5] = [
+        Status::Queued,
+        Status::Running,
+        Status::Succeeded,
+        Status::Failed,
+        Status::Cancelled,
+    ];
+
+    /// The name stored in the `status` column. Rows and the migrations'
+    /// partial indexes hold these names: never rename one.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, TaskError> {
+        Self::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| TaskError::Internal(format!("unknown stored status {s:?}")))
+    }
+
+    /// Succeeded, failed and cancelled tasks never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+// The state names for SQL text. They go into a statement as literals, never
+// as bound parameters: PostgreSQL uses a partial index (`WHERE status =
+// 'queued'`) only when it can see the value when it plans.
+const QUEUED: &str = Status::Queued.as_str();
+const RUNNING: &str = Status::Running.as_str();
+const SUCCEEDED: &str = Status::Succeeded.as_str();
+const FAILED: &str = Status::Failed.as_str();
+const CANCELLED: &str = Status::Cancelled.as_str();
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    pub id: i64,
+    pub kind: String,
+    pub payload: Value,
+    pub priority: i32,
+    pub status: Status,
+    pub attempts: u32,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub created_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub updated_ms: i64,
+    pub max_attempts: u32,
+    pub timeout_ms: Option<i64>,
+    pub run_at_ms: i64,
+    pub queue: String,
+    pub idempotency_key: Option<String>,
+    pub attempt_log: Vec<Attempt>,
+    pub progress_percent: u32,
+    pub progress_message: String,
+    pub cancel_requested: bool,
+    pub detail: String,
+    /// Attempts whose worker died (lease expired); not counted against `max_attempts`.
+    pub lost_attempts: u32,
+}
+
+impl Task {
+    /// Attempts that ended with a result (not lost with their worker).
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempts.saturating_sub(self.lost_attempts)
+    }
+}
+
+/// One attempt at running a task, as kept in its attempt log.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Attempt {
+    pub number: u32,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+#[derive(Clone)]
+pub struct TaskStore {
+    pool: AnyPool,
+    backend: Backend,
+    /// Wakes idle local workers when a task is submitted here. Workers also
+    /// poll, for tasks submitted through other replicas.
+    submitted: Arc<Notify>,
+    /// The earliest future `run_at` this process scheduled (a countdown, a
+    /// retry's back-off), so idle workers wake for it on time rather than at
+    /// their next poll.
+    due: Arc<Mutex<Option<i64>>>,
+    /// Ids of tasks this process changed, so watchers answer at once.
+    /// (Changes made by other replicas are seen by the watchers' polling.)
+    changes: broadcast::Sender<i64>,
+}
+
+impl TaskStore {
+    pub fn new(pool: AnyPool, backend: Backend) -> Self {
+        Self {
+            pool,
+            backend,
+            submitted: Arc::new(Notify::new()),
+            due: Default::default(),
+            changes: broadcast::channel(1024).0,
+        }
+    }
+
+    pub fn submitted(&self) -> &Notify {
+        &self.submitted
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<i64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self, id: i64) {
+        // No receivers is fine: nobody is watching.
+        let _ = self.changes.send(id);
+    }
+
+    fn wake(&self) {
+        self.submitted.notify_waiters();
+        self.submitted.notify_one();
+    }
+
+    /// Remembers that a task becomes ready at `at_ms`.
+    fn due_at(&self, at_ms: i64) {
+        let mut due = self.due.lock().unwrap_or_else(|p| p.into_inner());
+        if due.is_none_or(|d| at_ms < d || d <= now_ms()) {
+            *due = Some(at_ms);
+        }
+    }
+
+    /// How long until the earliest task this process scheduled becomes
+    /// ready, if that is in the future.
+    pub fn next_due_in(&self) -> Option<Duration> {
+        let due = (*self.due.lock().unwrap_or_else(|p| p.into_inner()))?;
+        u64::try_from(due - now_ms()).ok().map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_reads_back_as_itself() {
+        for status in Status::ALL {
+            assert_eq!(Status::parse(status.as_str()).ok(), Some(status));
+        }
+        assert!(Status::parse("done").is_err());
+    }
+}
