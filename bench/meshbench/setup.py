@@ -24,9 +24,6 @@ from .fleet import Fleet
 sys.path.insert(0, str(REFERENCE))
 import seed_db  # noqa: E402  (the reference's row generator, shared by both data sets)
 
-# DEL takes this many keys per redis-cli call.
-REDIS_DEL_BATCH = 1000
-
 
 def ensure_apt_tools() -> dict[str, str]:
     """wrk, nginx and redis-cli, installed from Debian when missing; returns their paths."""
@@ -92,17 +89,26 @@ def redis_ping() -> None:
         raise OSError(f"PING answered {reply!r}")
 
 
+# SCAN and DEL run inside Redis, in one script: the keys never pass through
+# redis-cli's text output, which cuts a key at a NUL byte (the mesh's cache
+# keys hold one between namespace and key).
+DELETE_PREFIX_LUA = """
+local deleted, cursor = 0, "0"
+repeat
+  local page = redis.call("SCAN", cursor, "MATCH", ARGV[1], "COUNT", 1000)
+  cursor = page[1]
+  for _, key in ipairs(page[2]) do deleted = deleted + redis.call("DEL", key) end
+until cursor == "0"
+return deleted
+"""
+
+
 def redis_delete_prefix(prefix: str) -> int:
-    """Deletes every key under `prefix` (SCAN, then DEL); returns how many went.
-    redis-cli prints one key per line: the run's keys never hold a newline."""
-    keys = redis_cli("--scan", "--pattern", prefix + "*").splitlines()
-    deleted = 0
-    for i in range(0, len(keys), REDIS_DEL_BATCH):
-        reply = redis_cli("DEL", *keys[i:i + REDIS_DEL_BATCH]).strip()
-        if not reply.isdigit():
-            raise RuntimeError(f"redis: {reply}")
-        deleted += int(reply)
-    return deleted
+    """Deletes every key under `prefix`; returns how many went."""
+    reply = redis_cli("EVAL", DELETE_PREFIX_LUA, "0", prefix + "*").strip()
+    if not reply.isdigit():
+        raise RuntimeError(f"redis: {reply}")
+    return int(reply)
 
 
 def raise_fd_limit() -> None:
