@@ -66,7 +66,9 @@ fn bindings_rs(pool: &DescriptorPool) -> Result<String, Error> {
         .ok_or("google.api.http is not defined: is google/api/annotations.proto imported?")?;
     let mut methods = String::new();
     let mut bindings = String::new();
+    let mut rpcs = String::new();
     let mut seen: Vec<(String, String, String)> = Vec::new();
+    let mut inputs: Vec<(String, String)> = Vec::new();
     for service in pool.services() {
         if !service.parent_file().name().starts_with("mesh/") {
             continue;
@@ -82,6 +84,7 @@ fn bindings_rs(pool: &DescriptorPool) -> Result<String, Error> {
                 method.is_server_streaming(),
             );
             writeln!(methods, "    Method {{ {head} }},")?;
+            writeln!(rpcs, "{}", rpc_impl(&method, &grpc_path, idempotency, &mut inputs)?)?;
             let options = method.options();
             if !options.has_extension(&http) {
                 continue;
@@ -112,7 +115,43 @@ fn bindings_rs(pool: &DescriptorPool) -> Result<String, Error> {
          /// Every RPC of every mesh service, in proto order.\n\
          pub static METHODS: &[Method] = &[\n{methods}];\n\n\
          /// Every HTTP binding (`google.api.http`, additional bindings included), in proto order.\n\
-         pub static BINDINGS: &[Binding] = &[\n{bindings}];\n"
+         pub static BINDINGS: &[Binding] = &[\n{bindings}];\n\n\
+         {rpcs}"
+    ))
+}
+
+/// `impl Rpc for <request message>`: which RPC a request message is for, its
+/// idempotency level, and the caller's idempotency key when the message has
+/// an `idempotency_key` field. Fails the build if two RPCs take one request
+/// type (the impl could not tell them apart).
+fn rpc_impl(
+    method: &MethodDescriptor,
+    grpc_path: &str,
+    idempotency: &str,
+    inputs: &mut Vec<(String, String)>,
+) -> Result<String, Error> {
+    let input = method.input();
+    let full_name = input.full_name().to_owned();
+    if let Some((_, other)) = inputs.iter().find(|(name, _)| *name == full_name) {
+        return Err(format!("{grpc_path}: its request {full_name} is also the request of {other}").into());
+    }
+    inputs.push((full_name.clone(), grpc_path.to_owned()));
+    let package = input.package_name();
+    let module = package
+        .strip_prefix("mesh.")
+        .ok_or_else(|| format!("{full_name}: not in a mesh.* package"))?
+        .replace('.', "::");
+    let rust_type = format!("crate::{module}::{}", input.name());
+    let key = match input.get_field_by_name("idempotency_key") {
+        Some(field) if field.kind() == prost_reflect::Kind::String && !field.is_list() => {
+            "\n    fn idempotency_key(&self) -> &str {\n        &self.idempotency_key\n    }"
+        }
+        Some(_) => return Err(format!("{full_name}.idempotency_key must be a string").into()),
+        None => "",
+    };
+    Ok(format!(
+        "impl Rpc for {rust_type} {{\n    const GRPC_PATH: &'static str = {grpc_path:?};\n    \
+         const IDEMPOTENCY: Idempotency = Idempotency::{idempotency};{key}\n}}\n"
     ))
 }
 

@@ -113,6 +113,24 @@ pub mod bindings {
         pub body: &'static str,
     }
 
+    /// What a request message says about the RPC it is sent to. Implemented
+    /// by `proto/build.rs` for the request message of every mesh RPC (each
+    /// RPC has its own request type), so a caller holding a request knows
+    /// whether it may repeat it without naming the RPC again.
+    pub trait Rpc {
+        /// The gRPC path of the RPC this message is the request of.
+        const GRPC_PATH: &'static str;
+        /// That RPC's `idempotency_level` option.
+        const IDEMPOTENCY: Idempotency;
+
+        /// The caller's idempotency key (`""`: none, or the message has no
+        /// such field). With one, the service applies a repeat once, so even
+        /// an RPC of unknown idempotency may be repeated.
+        fn idempotency_key(&self) -> &str {
+            ""
+        }
+    }
+
     include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
 
     /// The RPC at `grpc_path` (`/mesh.items.v1.ItemService/GetItem`).

@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 use base64::Engine;
 use mesh_proto::cache::v1 as pb;
 use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
-use mesh_upstream::Kind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -82,10 +81,7 @@ pub async fn get(
         key: key.clone(),
         ..Default::default()
     };
-    let found = state
-        .cache
-        .unary(&call, Kind::Read, message, CacheServiceClient::get)
-        .await?;
+    let found = state.cache.unary(&call, message, CacheServiceClient::get).await?;
     if !found.found {
         return Err(AppError::NotFound(format!("key {key:?} is not in the cache")));
     }
@@ -123,10 +119,7 @@ pub async fn put(
         namespace: String::new(),
     };
     // Setting a key to one value twice is harmless: safe to retry.
-    state
-        .cache
-        .unary(&call, Kind::IdempotentWrite, message, CacheServiceClient::set)
-        .await?;
+    state.cache.unary(&call, message, CacheServiceClient::set).await?;
     Ok(axum::Json(StoredValue {
         key,
         ttl_seconds: body.ttl_seconds,
@@ -151,7 +144,7 @@ pub async fn delete(
     // Not retried: a retry of a delete that did happen would answer 404.
     let deleted = state
         .cache
-        .unary(&call, Kind::Write, message, CacheServiceClient::delete)
+        .unary(&call, message, CacheServiceClient::delete)
         .await?
         .deleted;
     if deleted {

@@ -4,7 +4,6 @@
 use axum::extract::State;
 use mesh_proto::counter::v1 as pb;
 use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
-use mesh_upstream::Kind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -75,16 +74,11 @@ pub async fn increment(
         delta: Some(body.by),
         idempotency_key: key,
     };
-    // Only an increment with a key is safe to repeat: without one a retry
-    // after a lost answer would count twice.
-    let kind = if message.idempotency_key.is_empty() {
-        Kind::Write
-    } else {
-        Kind::IdempotentWrite
-    };
+    // Only an increment with a key is retried (`Kind::of`): without one a
+    // retry after a lost answer would count twice.
     let value = state
         .counter
-        .unary(&call, kind, message, CounterServiceClient::increment)
+        .unary(&call, message, CounterServiceClient::increment)
         .await?;
     Ok(axum::Json(value.into()))
 }
@@ -100,10 +94,7 @@ pub async fn get(
     Path(name): Path<String>,
 ) -> Result<axum::Json<CounterJson>, AppError> {
     let message = pb::GetRequest { name };
-    let value = state
-        .counter
-        .unary(&call, Kind::Read, message, CounterServiceClient::get)
-        .await?;
+    let value = state.counter.unary(&call, message, CounterServiceClient::get).await?;
     Ok(axum::Json(value.into()))
 }
 
@@ -118,9 +109,6 @@ pub async fn reset(
     Path(name): Path<String>,
 ) -> Result<axum::Json<CounterJson>, AppError> {
     let message = pb::ResetRequest { name };
-    let value = state
-        .counter
-        .unary(&call, Kind::Write, message, CounterServiceClient::reset)
-        .await?;
+    let value = state.counter.unary(&call, message, CounterServiceClient::reset).await?;
     Ok(axum::Json(value.into()))
 }

@@ -14,7 +14,6 @@ use mesh_proto::cache::v1 as cache_pb;
 use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_proto::items::v1 as pb;
 use mesh_proto::items::v1::item_service_client::ItemServiceClient;
-use mesh_upstream::Kind;
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -165,7 +164,7 @@ pub async fn create(
     };
     let item = state
         .items
-        .unary(&call, Kind::Write, message, ItemServiceClient::create_item)
+        .unary(&call, message, ItemServiceClient::create_item)
         .await?;
     let location = HeaderValue::from_str(&format!("/items/{}", item.id)).ok();
     let mut response = (StatusCode::CREATED, axum::Json(ItemJson::from(item))).into_response();
@@ -189,10 +188,7 @@ pub async fn list(
         page_size: params.page_size.unwrap_or(0),
         page_token: params.page_token.unwrap_or_default(),
     };
-    let page = state
-        .items
-        .unary(&call, Kind::Read, message, ItemServiceClient::list_items)
-        .await?;
+    let page = state.items.unary(&call, message, ItemServiceClient::list_items).await?;
     Ok(axum::Json(ItemPage {
         items: page.items.into_iter().map(ItemJson::from).collect(),
         next_page_token: page.next_page_token,
@@ -267,7 +263,7 @@ async fn cached(state: &AppState, call: &Call, id: i64) -> Cached {
         key: cache_key(id),
         namespace: CACHE_NAMESPACE.into(),
     };
-    let found = state.cache.unary(call, Kind::Read, get, CacheServiceClient::get).await;
+    let found = state.cache.unary(call, get, CacheServiceClient::get).await;
     match found {
         Ok(found) if found.found => match pb::Item::decode(found.value.as_slice()) {
             Ok(item) if item.id == id => Cached::Hit(item),
@@ -319,7 +315,7 @@ async fn fetch_and_fill(
 ) -> Result<pb::Item, AppError> {
     let item = state
         .items
-        .unary(call, Kind::Read, pb::GetItemRequest { id }, ItemServiceClient::get_item)
+        .unary(call, pb::GetItemRequest { id }, ItemServiceClient::get_item)
         .await?;
     if fill.is_some_and(|epoch| state.item_writes.load(Ordering::Acquire) == epoch) {
         let set = cache_pb::SetRequest {
@@ -329,10 +325,7 @@ async fn fetch_and_fill(
             namespace: CACHE_NAMESPACE.into(),
         };
         // Setting a key to the same value twice is harmless: safe to retry.
-        let filled = state
-            .cache
-            .unary(call, Kind::IdempotentWrite, set, CacheServiceClient::set)
-            .await;
+        let filled = state.cache.unary(call, set, CacheServiceClient::set).await;
         if let Err(err) = filled {
             tracing::warn!(error = %err, "cannot fill the cache");
         }
@@ -365,7 +358,7 @@ pub async fn patch(
     state.item_writes.fetch_add(1, Ordering::AcqRel);
     let item = state
         .items
-        .unary(&call, Kind::Write, message, ItemServiceClient::update_item)
+        .unary(&call, message, ItemServiceClient::update_item)
         .await?;
     invalidate(&state, &call, id).await;
     Ok(axum::Json(ItemJson::from(item)))
@@ -391,7 +384,7 @@ pub async fn delete(
     state.item_writes.fetch_add(1, Ordering::AcqRel);
     state
         .items
-        .unary(&call, Kind::Write, message, ItemServiceClient::delete_item)
+        .unary(&call, message, ItemServiceClient::delete_item)
         .await?;
     invalidate(&state, &call, id).await;
     Ok(StatusCode::NO_CONTENT)
@@ -418,10 +411,7 @@ async fn invalidate(state: &AppState, call: &Call, id: i64) {
         namespace: CACHE_NAMESPACE.into(),
     };
     // Deleting twice is harmless: safe to retry.
-    let deleted = state
-        .cache
-        .unary(call, Kind::IdempotentWrite, delete, CacheServiceClient::delete)
-        .await;
+    let deleted = state.cache.unary(call, delete, CacheServiceClient::delete).await;
     if let Err(err) = deleted {
         tracing::warn!(error = %err, id, "cannot invalidate the cached item; it expires by TTL");
     }

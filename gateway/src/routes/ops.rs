@@ -16,7 +16,6 @@ use mesh_proto::items::v1 as items_pb;
 use mesh_proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_proto::tasks::v1 as tasks_pb;
 use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
-use mesh_upstream::Kind;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -201,7 +200,6 @@ async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Va
             .items
             .unary(
                 &call,
-                Kind::Read,
                 items_pb::ListItemsRequest {
                     page_size: 5,
                     page_token: String::new(),
@@ -217,7 +215,7 @@ async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Va
     let cache = async {
         let s = state
             .cache
-            .unary(&call, Kind::Read, cache_pb::StatsRequest {}, CacheServiceClient::stats)
+            .unary(&call, cache_pb::StatsRequest {}, CacheServiceClient::stats)
             .await?;
         Ok::<_, AppError>(json!({"hits": s.hits, "misses": s.misses, "entries": s.entries}))
     };
@@ -226,7 +224,6 @@ async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Va
             .tasks
             .unary(
                 &call,
-                Kind::Read,
                 tasks_pb::ListTasksRequest {
                     page_size: 5,
                     ..Default::default()
@@ -238,7 +235,6 @@ async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Va
             .tasks
             .unary(
                 &call,
-                Kind::Read,
                 tasks_pb::QueueStatsRequest::default(),
                 TaskServiceClient::queue_stats,
             )
@@ -259,7 +255,6 @@ async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Va
             .counter
             .unary(
                 &call,
-                Kind::Read,
                 counter_pb::GetRequest {
                     name: SHARED_COUNTER.into(),
                 },

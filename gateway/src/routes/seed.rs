@@ -9,7 +9,6 @@ use mesh_proto::cache::v1::cache_service_client::CacheServiceClient;
 use mesh_proto::counter::v1 as counter_pb;
 use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_proto::tasks::v1::TaskStatus;
-use mesh_upstream::Kind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
@@ -101,10 +100,7 @@ pub async fn cached_data(
             key: p.key,
             ..Default::default()
         };
-        state
-            .cache
-            .unary(&call, Kind::Read, message, CacheServiceClient::get)
-            .await?
+        state.cache.unary(&call, message, CacheServiceClient::get).await?
     };
     Ok(axum::Json(if found.found {
         CachedData {
@@ -129,7 +125,6 @@ pub async fn increment(State(state): State<AppState>, call: Call) -> Result<axum
         .counter
         .unary(
             &call,
-            Kind::Write,
             counter_pb::IncrementRequest {
                 name: SHARED_COUNTER.into(),
                 delta: Some(1),

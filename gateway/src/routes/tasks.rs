@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use futures::{Stream, StreamExt};
 use mesh_proto::tasks::v1 as pb;
 use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
-use mesh_upstream::{CallContext, Kind};
+use mesh_upstream::CallContext;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -314,17 +314,10 @@ pub async fn submit_task(
 }
 
 async fn submit_message(state: &AppState, call: &Call, message: pb::SubmitTaskRequest) -> Result<pb::Task, AppError> {
-    // Retried only with an idempotency key: without one, a submit whose
-    // answer was lost may have queued the task, and a retry would queue it twice.
-    let kind = if message.idempotency_key.is_empty() {
-        Kind::Write
-    } else {
-        Kind::IdempotentWrite
-    };
-    Ok(state
-        .tasks
-        .unary(call, kind, message, TaskServiceClient::submit_task)
-        .await?)
+    // Retried only with an idempotency key (`Kind::of`): without one, a
+    // submit whose answer was lost may have queued the task, and a retry
+    // would queue it twice.
+    Ok(state.tasks.unary(call, message, TaskServiceClient::submit_task).await?)
 }
 
 /// `POST /tasks/{id}/retry`: queues a failed or cancelled task again.
@@ -340,12 +333,7 @@ pub async fn retry(
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
-        .unary(
-            &call,
-            Kind::Write,
-            pb::RetryTaskRequest { id },
-            TaskServiceClient::retry_task,
-        )
+        .unary(&call, pb::RetryTaskRequest { id }, TaskServiceClient::retry_task)
         .await?;
     Ok(axum::Json(task.into()))
 }
@@ -416,7 +404,7 @@ pub async fn stats(
     };
     let s = state
         .tasks
-        .unary(&call, Kind::Read, message, TaskServiceClient::queue_stats)
+        .unary(&call, message, TaskServiceClient::queue_stats)
         .await?;
     Ok(axum::Json(stats_json(s)))
 }
@@ -434,12 +422,7 @@ pub async fn get(
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
-        .unary(
-            &call,
-            Kind::Read,
-            pb::GetTaskRequest { id },
-            TaskServiceClient::get_task,
-        )
+        .unary(&call, pb::GetTaskRequest { id }, TaskServiceClient::get_task)
         .await?;
     Ok(axum::Json(task.into()))
 }
@@ -457,12 +440,7 @@ pub async fn cancel(
     let id = parse_id(&id, "id")?;
     let task = state
         .tasks
-        .unary(
-            &call,
-            Kind::Write,
-            pb::CancelTaskRequest { id },
-            TaskServiceClient::cancel_task,
-        )
+        .unary(&call, pb::CancelTaskRequest { id }, TaskServiceClient::cancel_task)
         .await?;
     Ok(axum::Json(task.into()))
 }
@@ -484,10 +462,7 @@ pub async fn list(
             page_token: params.page_token.unwrap_or_default(),
             status: status.unwrap_or(pb::TaskStatus::Unspecified) as i32,
         };
-        state
-            .tasks
-            .unary(&call, Kind::Read, message, TaskServiceClient::list_tasks)
-            .await?
+        state.tasks.unary(&call, message, TaskServiceClient::list_tasks).await?
     };
     Ok(axum::Json(TaskPage {
         next_page_token: page.next_page_token,
@@ -542,10 +517,7 @@ pub async fn events(
 /// is a read, repeatable; the stream itself is never repeated.)
 async fn watch(state: &AppState, call: &CallContext, id: i64) -> Result<tonic::Streaming<pb::Task>, AppError> {
     let message = pb::WatchTaskRequest { id };
-    Ok(state
-        .tasks
-        .unary(call, Kind::Read, message, TaskServiceClient::watch_task)
-        .await?)
+    Ok(state.tasks.unary(call, message, TaskServiceClient::watch_task).await?)
 }
 
 /// Waits for a task to end through `WatchTask`, returning its last state.

@@ -2,14 +2,19 @@
 //! [`Client::unary`], the one way a call is made through it:
 //!
 //! ```ignore
-//! let page = state.items.unary(&call, Kind::Read, message, ItemServiceClient::list_items).await?;
+//! let page = state.items.unary(&call, message, ItemServiceClient::list_items).await?;
 //! ```
+//!
+//! Whether a call may be repeated is not said at the call site: it follows
+//! from the request message's RPC ([`Kind::of`]).
 
 use std::future::Future;
 use std::sync::Arc;
 
 use crate::context::CallContext;
 use crate::error::UpstreamError;
+use mesh_proto::bindings::Rpc;
+
 use crate::kind::Kind;
 use crate::transport::Transport;
 use crate::upstream::Upstream;
@@ -46,7 +51,8 @@ impl<C> Client<C> {
 impl<C: Clone + Send + Sync + 'static> Client<C> {
     /// Makes one call of `method` (a generated client's method, such as
     /// `ItemServiceClient::list_items`) with `message`, under the upstream's
-    /// policies for `kind`: each attempt gets a fresh client handle and a
+    /// policies for the message's [`Kind`] (from the RPC's `idempotency_level`
+    /// and the message's idempotency key): each attempt gets a fresh client handle and a
     /// copy of `message`, carrying `call`'s deadline and request id.
     ///
     /// Also opens server streams (`TaskServiceClient::watch_task`): opening
@@ -57,17 +63,17 @@ impl<C: Clone + Send + Sync + 'static> Client<C> {
     pub fn unary<M, R, F>(
         &self,
         call: &CallContext,
-        kind: Kind,
         message: M,
         method: F,
     ) -> impl Future<Output = Result<R, UpstreamError>> + Send + 'static
     where
-        M: Clone + Send + Sync + 'static,
+        M: Rpc + Clone + Send + Sync + 'static,
         R: Send + 'static,
         F: for<'c> Method<'c, C, M, Response = R> + Send + Sync + 'static,
     {
         let this = self.clone();
         let call = call.clone();
+        let kind = Kind::of(&message);
         async move {
             let attempt = || {
                 let mut client = C::clone(&this.client);
