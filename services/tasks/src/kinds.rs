@@ -16,8 +16,24 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::fetch_policy::{FetchPolicy, display_dest};
 
-pub const MAX_SLEEP_MS: u64 = 10 * 60 * 1000;
-pub const MAX_HASH_ROUNDS: u64 = 50_000_000;
+/// How much work one task may ask for (`--max-sleep-ms`, `--max-hash-rounds`):
+/// a client cannot hold a worker or a core for longer than the operator allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The longest `sleep`, and the longest `ticker` (steps × step_ms), in ms.
+    pub max_sleep_ms: u64,
+    /// The most SHA-256 rounds of one `hash` task.
+    pub max_hash_rounds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_sleep_ms: 10 * 60 * 1000,
+            max_hash_rounds: 50_000_000,
+        }
+    }
+}
 /// The most of a fetched body a `fetch` task reads and keeps.
 pub const MAX_FETCH_BODY: usize = 64 * 1024;
 /// The longest one `fetch` request may take.
@@ -137,7 +153,9 @@ fn whole(payload: &Value, field: &str, min: u64, max: u64) -> Result<u64, String
 
 /// The seed's blocking task: `time.sleep` on a thread of the blocking pool.
 /// Payload `{"ms": N}`.
-pub struct Sleep;
+pub struct Sleep {
+    pub max_ms: u64,
+}
 
 #[async_trait::async_trait]
 impl TaskKind for Sleep {
@@ -145,10 +163,10 @@ impl TaskKind for Sleep {
         "sleep"
     }
     fn validate(&self, payload: &Value) -> Result<(), String> {
-        whole(payload, "ms", 0, MAX_SLEEP_MS).map(drop)
+        whole(payload, "ms", 0, self.max_ms).map(drop)
     }
     async fn run(&self, payload: Value, ctx: &TaskContext) -> Result<Value, String> {
-        let ms = whole(&payload, "ms", 0, MAX_SLEEP_MS)?;
+        let ms = whole(&payload, "ms", 0, self.max_ms)?;
         ctx.blocking(move || std::thread::sleep(Duration::from_millis(ms)))
             .await?;
         Ok(json!({"message": "Task complete!", "slept_ms": ms}))
@@ -157,9 +175,11 @@ impl TaskKind for Sleep {
 
 /// CPU-bound work: SHA-256 applied `rounds` times to `data`, on the CPU pool.
 /// Payload `{"data": "...", "rounds": N}`.
-pub struct Hash;
+pub struct Hash {
+    pub max_rounds: u64,
+}
 
-fn hash_args(payload: &Value) -> Result<(String, u64), String> {
+fn hash_args(payload: &Value, max_rounds: u64) -> Result<(String, u64), String> {
     let data = match payload.get("data") {
         None => String::new(),
         Some(Value::String(s)) => s.clone(),
@@ -167,7 +187,7 @@ fn hash_args(payload: &Value) -> Result<(String, u64), String> {
     };
     let rounds = match payload.get("rounds") {
         None => 1,
-        Some(_) => whole(payload, "rounds", 1, MAX_HASH_ROUNDS)?,
+        Some(_) => whole(payload, "rounds", 1, max_rounds)?,
     };
     Ok((data, rounds))
 }
@@ -178,10 +198,10 @@ impl TaskKind for Hash {
         "hash"
     }
     fn validate(&self, payload: &Value) -> Result<(), String> {
-        hash_args(payload).map(drop)
+        hash_args(payload, self.max_rounds).map(drop)
     }
     async fn run(&self, payload: Value, ctx: &TaskContext) -> Result<Value, String> {
-        let (data, rounds) = hash_args(&payload)?;
+        let (data, rounds) = hash_args(&payload, self.max_rounds)?;
         let digest = ctx
             .cpu(move || {
                 let mut digest: [u8; 32] = Sha256::digest(data.as_bytes()).into();
@@ -197,8 +217,25 @@ impl TaskKind for Hash {
 }
 
 /// Async work in steps, reporting progress after each; cancellable at every
-/// step. Payload `{"steps": N, "step_ms": M}`.
-pub struct Ticker;
+/// step. Payload `{"steps": N, "step_ms": M}`; N × M at most `max_ms`.
+pub struct Ticker {
+    pub max_ms: u64,
+}
+
+impl Ticker {
+    fn args(&self, payload: &Value) -> Result<(u64, u64), String> {
+        let steps = whole(payload, "steps", 1, 10_000)?;
+        let step_ms = whole(payload, "step_ms", 0, 60_000)?;
+        if steps * step_ms > self.max_ms {
+            return Err(format!(
+                "payload: steps × step_ms is {} ms; at most {}",
+                steps * step_ms,
+                self.max_ms
+            ));
+        }
+        Ok((steps, step_ms))
+    }
+}
 
 #[async_trait::async_trait]
 impl TaskKind for Ticker {
@@ -206,12 +243,11 @@ impl TaskKind for Ticker {
         "ticker"
     }
     fn validate(&self, payload: &Value) -> Result<(), String> {
-        whole(payload, "steps", 1, 10_000)?;
-        whole(payload, "step_ms", 0, 60_000).map(drop)
+        self.args(payload).map(drop)
     }
     async fn run(&self, payload: Value, ctx: &TaskContext) -> Result<Value, String> {
-        let steps = whole(&payload, "steps", 1, 10_000)?;
-        let step = Duration::from_millis(whole(&payload, "step_ms", 0, 60_000)?);
+        let (steps, step_ms) = self.args(&payload)?;
+        let step = Duration::from_millis(step_ms);
         for i in 1..=steps {
             tokio::time::sleep(step).await;
             ctx.progress((i * 100 / steps) as u32, format!("step {i} of {steps}"));
@@ -430,12 +466,18 @@ pub struct Registry {
 
 impl Registry {
     /// The built-in kinds; `fetch` reaches only what `fetch_policy` allows.
-    pub fn builtin(fetch_policy: FetchPolicy) -> Self {
+    pub fn builtin(limits: Limits, fetch_policy: FetchPolicy) -> Self {
         Self::new(vec![
             Arc::new(Echo),
-            Arc::new(Sleep),
-            Arc::new(Hash),
-            Arc::new(Ticker),
+            Arc::new(Sleep {
+                max_ms: limits.max_sleep_ms,
+            }),
+            Arc::new(Hash {
+                max_rounds: limits.max_hash_rounds,
+            }),
+            Arc::new(Ticker {
+                max_ms: limits.max_sleep_ms,
+            }),
             Arc::new(Flaky),
             Arc::new(Fetch::new(fetch_policy)),
         ])
@@ -468,19 +510,44 @@ mod tests {
         })
     }
 
+    const SLEEP: Sleep = Sleep { max_ms: 600_000 };
+    const HASH: Hash = Hash { max_rounds: 50_000_000 };
+    const TICKER: Ticker = Ticker { max_ms: 600_000 };
+
     fn ctx(attempt: u32) -> TaskContext {
         TaskContext::new(1, attempt, Pools::new(2, 1), watch::channel(None).0)
     }
 
     #[tokio::test]
     async fn hash_is_repeated_sha256() {
-        let out = Hash.run(json!({"data": "abc", "rounds": 1}), &ctx(1)).await.unwrap();
+        let out = HASH.run(json!({"data": "abc", "rounds": 1}), &ctx(1)).await.unwrap();
         assert_eq!(
             out["sha256"],
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        let two = Hash.run(json!({"data": "abc", "rounds": 2}), &ctx(1)).await.unwrap();
+        let two = HASH.run(json!({"data": "abc", "rounds": 2}), &ctx(1)).await.unwrap();
         assert_ne!(out["sha256"], two["sha256"]);
+    }
+
+    #[test]
+    fn the_operators_limits_bound_sleep_hash_and_ticker() {
+        let limits = Limits {
+            max_sleep_ms: 2000,
+            max_hash_rounds: 1000,
+        };
+        let registry = Registry::builtin(limits, FetchPolicy::default());
+        let kind = |name: &str| registry.get(name).unwrap().clone();
+        assert!(kind("sleep").validate(&json!({"ms": 2000})).is_ok());
+        let err = kind("sleep").validate(&json!({"ms": 2001})).unwrap_err();
+        assert_eq!(err, "payload.ms: between 0 and 2000");
+        assert!(kind("hash").validate(&json!({"rounds": 1000})).is_ok());
+        let err = kind("hash").validate(&json!({"rounds": 1001})).unwrap_err();
+        assert_eq!(err, "payload.rounds: between 1 and 1000");
+        assert!(kind("ticker").validate(&json!({"steps": 20, "step_ms": 100})).is_ok());
+        let err = kind("ticker")
+            .validate(&json!({"steps": 21, "step_ms": 100}))
+            .unwrap_err();
+        assert_eq!(err, "payload: steps × step_ms is 2100 ms; at most 2000");
     }
 
     #[tokio::test]
@@ -491,17 +558,17 @@ mod tests {
 
     #[test]
     fn payloads_are_validated_with_named_fields() {
-        assert!(Sleep.validate(&json!({"ms": 5})).is_ok());
-        assert!(Sleep.validate(&json!({})).unwrap_err().contains("payload.ms"));
-        assert!(Sleep.validate(&json!({"ms": -1})).is_err());
-        assert!(Hash.validate(&json!({"data": 3})).unwrap_err().contains("payload.data"));
+        assert!(SLEEP.validate(&json!({"ms": 5})).is_ok());
+        assert!(SLEEP.validate(&json!({})).unwrap_err().contains("payload.ms"));
+        assert!(SLEEP.validate(&json!({"ms": -1})).is_err());
+        assert!(HASH.validate(&json!({"data": 3})).unwrap_err().contains("payload.data"));
         assert!(
-            Hash.validate(&json!({"rounds": 0}))
+            HASH.validate(&json!({"rounds": 0}))
                 .unwrap_err()
                 .contains("payload.rounds")
         );
         assert!(
-            Ticker
+            TICKER
                 .validate(&json!({"steps": 0, "step_ms": 1}))
                 .unwrap_err()
                 .contains("payload.steps")

@@ -25,7 +25,7 @@ use mesh_proto::tasks::v1::task_service_server::TaskServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::kinds::Registry;
+use crate::kinds::{Limits, Registry};
 use crate::service::TasksApi;
 use crate::store::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, TaskStore};
 use crate::worker::{Pool, WorkerConfig};
@@ -97,6 +97,15 @@ pub struct Config {
     #[arg(long, env = "TASKS_CPU_THREADS")]
     pub cpu_threads: Option<usize>,
 
+    /// The longest `sleep` task, and the longest `ticker` (steps × step_ms), in ms.
+    #[arg(long, env = "TASKS_MAX_SLEEP_MS", default_value_t = Limits::default().max_sleep_ms)]
+    pub max_sleep_ms: u64,
+
+    /// The most SHA-256 rounds one `hash` task may ask for (1..).
+    #[arg(long, env = "TASKS_MAX_HASH_ROUNDS", default_value_t = Limits::default().max_hash_rounds,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_hash_rounds: u64,
+
     /// How often a running task's cancel flag is checked, in ms (a cancel
     /// through the same replica is seen at once).
     #[arg(long, env = "TASKS_CANCEL_POLL_MS", default_value_t = 250)]
@@ -124,7 +133,11 @@ pub async fn run(
     )
     .await?;
     let store = TaskStore::new(pool.clone(), backend);
-    let registry = Registry::builtin(fetch_policy::FetchPolicy::new(config.fetch_allow.clone()));
+    let limits = Limits {
+        max_sleep_ms: config.max_sleep_ms,
+        max_hash_rounds: config.max_hash_rounds,
+    };
+    let registry = Registry::builtin(limits, fetch_policy::FetchPolicy::new(config.fetch_allow.clone()));
     for queue in &config.queues {
         store::validate_queue(queue).map_err(|e| anyhow::anyhow!("--queues: {e}"))?;
     }
