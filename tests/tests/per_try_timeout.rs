@@ -5,7 +5,8 @@
 //! The hung replica is an items service whose health says SERVING (health
 //! checks are never delayed) but which holds every call for 60 s
 //! (`--debug-delay-ms`): the gateway's health checks cannot catch it, so
-//! only the per-try timeout can keep reads off the 5 s route deadline.
+//! only the per-try timeout can keep reads off the 5 s route deadline, and
+//! the cuts count as the replica's failures, so outlier detection ejects it.
 
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,9 @@ const BOUND: Duration = Duration::from_secs(4);
 
 /// What the gateway logs when it cuts an attempt.
 const CUT: &str = "no answer within the per-try timeout";
+
+/// What the gateway logs when outlier detection ejects a replica.
+const EJECTED: &str = "replica failed repeatedly; ejected";
 
 /// What a replica logs when its caller resets a call it was still working on.
 const ABANDONED: &str = "caller went away: abandoned the call's work";
@@ -147,6 +151,23 @@ async fn wait_cut(gateway: &Server, hung: &Server) {
         hung.logs().contains(ABANDONED)
     })
     .await;
+    // Cut attempts are the hung replica's failures: three in a row eject it
+    // (`--eject-after`), and only it.
+    let replica = format!("replica={}", hung.url());
+    eventually("outlier detection ejects the hung replica", WAIT, async || {
+        gateway
+            .logs()
+            .lines()
+            .any(|line| line.contains(EJECTED) && line.contains(&replica))
+    })
+    .await;
+    let others: Vec<String> = gateway
+        .logs()
+        .lines()
+        .filter(|line| line.contains(EJECTED) && !line.contains(&replica))
+        .map(str::to_owned)
+        .collect();
+    assert!(others.is_empty(), "another replica was ejected: {others:?}");
 }
 
 #[tokio::test]
@@ -195,11 +216,9 @@ async fn unset_the_per_try_timeout_follows_the_latency_measured() {
     std::fs::rename(&next, &endpoints).unwrap();
     wait_rotation(&http, &gateway, 2).await;
 
-    // One at a time: with several reads in flight, the healthy replica's
-    // queue can make the balancer pick the hung one again for a retry (a cut
-    // attempt does not count towards ejection yet), which is not what this
-    // test is about: that the limit is derived and cuts without a flag.
-    let reads = timed_reads(&http, &gateway, 40, 1).await;
+    // Several at a time: the balancer may pick the hung replica again for a
+    // retry until its cuts have ejected it.
+    let reads = timed_reads(&http, &gateway, 40, 4).await;
     check_reads("derived per-try timeout", &reads);
     wait_cut(&gateway, &hung).await;
 }

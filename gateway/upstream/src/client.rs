@@ -16,6 +16,7 @@ use crate::error::UpstreamError;
 use mesh_proto::bindings::Rpc;
 
 use crate::kind::Kind;
+use crate::outlier::PerTryCut;
 use crate::transport::Transport;
 use crate::upstream::Upstream;
 
@@ -75,9 +76,12 @@ impl<C: Clone + Send + Sync + 'static> Client<C> {
         let call = call.clone();
         let kind = Kind::of(&message);
         async move {
-            let attempt = || {
+            let attempt = |cut_at: Option<PerTryCut>| {
                 let mut client = C::clone(&this.client);
-                let request = call.request(message.clone());
+                let mut request = call.request(message.clone());
+                if let Some(cut_at) = cut_at {
+                    request.extensions_mut().insert(cut_at);
+                }
                 let method = &method;
                 async move { method.invoke(&mut client, request).await }
             };

@@ -1,11 +1,13 @@
 //! Passive outlier detection, per replica: a tower layer that watches each
-//! call's result and, after `threshold` consecutive `UNAVAILABLE` answers or
-//! one failed connection, asks the controller to eject the replica for a
-//! while, as Envoy's outlier detection does.
+//! call's result and, after `threshold` consecutive failures, asks the
+//! controller to eject the replica for a while, as Envoy's outlier detection
+//! does. A failure is an `UNAVAILABLE` answer, an attempt cut by its per-try
+//! timeout (the replica accepted it and never answered: a hung process, a
+//! vanished host), or a failed connection, which counts as a whole streak.
 //!
-//! An attempt the caller gives up on (a per-try timeout, a deadline) ends
-//! here with no result, so it is never counted: a slow replica is the
-//! balancer's business (its latency estimate), not an outlier.
+//! Other attempts the caller gives up on (its deadline passed, a hedge won,
+//! the client went away) end here with no result and are not counted: a slow
+//! replica is the balancer's business (its latency estimate), not an outlier.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -14,6 +16,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// Carried by an attempt that has a per-try timeout (in the request's
+/// extensions): the instant it is cut at. An attempt dropped unanswered at or
+/// after that instant was cut for not answering in time.
+#[derive(Clone, Copy, Debug)]
+pub struct PerTryCut(pub Instant);
 
 /// `grpc-status` 14: the replica itself says it cannot serve.
 const UNAVAILABLE: &[u8] = b"14";
@@ -21,11 +30,52 @@ const UNAVAILABLE: &[u8] = b"14";
 #[derive(Clone)]
 pub struct Outlier<S> {
     inner: S,
+    streak: Streak,
+}
+
+/// One replica's run of consecutive failures.
+#[derive(Clone)]
+struct Streak {
     key: Arc<str>,
     failures: Arc<AtomicU32>,
     threshold: u32,
     /// Where to ask for this replica's ejection (the controller).
     ejections: mpsc::Sender<Arc<str>>,
+}
+
+impl Streak {
+    /// Records an attempt's outcome: `weight` 0 is a success (the streak
+    /// ends), otherwise that many failures.
+    fn record(&self, weight: u32) {
+        if weight == 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            return;
+        }
+        let before = self.failures.fetch_add(weight, Ordering::Relaxed);
+        // Report every failure at or past the threshold: the controller
+        // ignores reports about a replica already ejected, and a report lost
+        // to a full channel is simply made again.
+        if before + weight >= self.threshold {
+            let _ = self.ejections.try_send(self.key.clone());
+        }
+    }
+}
+
+/// Armed while an attempt with a per-try timeout is outstanding: dropped
+/// armed at or past the cut instant, it records one failure.
+struct Unanswered {
+    streak: Streak,
+    cut_at: Instant,
+    armed: bool,
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if self.armed && Instant::now() >= self.cut_at {
+            tracing::info!(replica = %self.streak.key, "no answer within the per-try timeout");
+            self.streak.record(1);
+        }
+    }
 }
 
 impl<S> Outlier<S> {
@@ -38,17 +88,19 @@ impl<S> Outlier<S> {
     ) -> Self {
         Self {
             inner,
-            key,
-            failures,
-            threshold: threshold.max(1),
-            ejections,
+            streak: Streak {
+                key,
+                failures,
+                threshold: threshold.max(1),
+                ejections,
+            },
         }
     }
 }
 
-impl<S, Req, B> tower::Service<Req> for Outlier<S>
+impl<S, ReqB, B> tower::Service<http::Request<ReqB>> for Outlier<S>
 where
-    S: tower::Service<Req, Response = http::Response<B>>,
+    S: tower::Service<http::Request<ReqB>, Response = http::Response<B>>,
     S::Future: Send + 'static,
     S::Error: std::error::Error + Send + 'static,
     B: Send + 'static,
@@ -61,22 +113,26 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
+    fn call(&mut self, request: http::Request<ReqB>) -> Self::Future {
+        let cut_at = request.extensions().get::<PerTryCut>().map(|cut| cut.0);
         let call = self.inner.call(request);
-        let (key, failures, threshold, ejections) = (
-            self.key.clone(),
-            self.failures.clone(),
-            self.threshold,
-            self.ejections.clone(),
-        );
+        let streak = self.streak.clone();
         Box::pin(async move {
+            let mut unanswered = cut_at.map(|cut_at| Unanswered {
+                streak: streak.clone(),
+                cut_at,
+                armed: true,
+            });
             let result = call.await;
+            if let Some(unanswered) = &mut unanswered {
+                unanswered.armed = false;
+            }
             // A transport error (refused, reset: the process is likely gone)
             // counts as a whole streak at once; an UNAVAILABLE answer as one.
             let weight = match &result {
                 Err(err) => {
-                    tracing::info!(replica = %key, error = %DisplayChain(err), "call to replica failed in transport");
-                    threshold
+                    tracing::info!(replica = %streak.key, error = %DisplayChain(err), "call to replica failed in transport");
+                    streak.threshold
                 }
                 Ok(response) => {
                     let unavailable = response
@@ -86,17 +142,7 @@ where
                     u32::from(unavailable)
                 }
             };
-            if weight == 0 {
-                failures.store(0, Ordering::Relaxed);
-            } else {
-                let before = failures.fetch_add(weight, Ordering::Relaxed);
-                // Report every failure at or past the threshold: the
-                // controller ignores reports about a replica already ejected,
-                // and a report lost to a full channel is simply made again.
-                if before + weight >= threshold {
-                    let _ = ejections.try_send(key);
-                }
-            }
+            streak.record(weight);
             result
         })
     }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
+use crate::outlier::PerTryCut;
 use crate::per_try::PerTry;
 use crate::transport::{is_broken_connection, is_shed};
 
@@ -46,19 +47,21 @@ impl Retry<'_> {
     /// all. The last attempt is never cut: it has the rest of the deadline.
     pub async fn run<R, A, Fut>(&self, attempt: &A) -> Result<tonic::Response<R>, tonic::Status>
     where
-        A: Fn() -> Fut,
+        A: Fn(Option<PerTryCut>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let mut retried: u8 = 0;
         loop {
             let can_retry = retried < self.retries;
             let started = Instant::now();
-            let one = attempt();
-            tokio::pin!(one);
             let per_try = self
                 .latency
                 .limit(self.deadline.saturating_duration_since(started))
                 .filter(|_| can_retry);
+            // The attempt carries the instant it will be cut at, so the
+            // replica's outlier detector counts a cut as that replica's failure.
+            let one = attempt(per_try.map(|limit| PerTryCut(started + limit)));
+            tokio::pin!(one);
             let result = match per_try {
                 None => one.await,
                 Some(limit) => match tokio::time::timeout(limit, &mut one).await {

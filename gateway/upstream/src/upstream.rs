@@ -16,6 +16,7 @@ use crate::error::UpstreamError;
 use crate::hedge::Hedger;
 use crate::kind::Kind;
 use crate::members::Members;
+use crate::outlier::PerTryCut;
 use crate::per_try::PerTry;
 use crate::retry::Retry;
 use crate::settings::Settings;
@@ -88,7 +89,7 @@ impl Upstream {
         attempt: A,
     ) -> Result<tonic::Response<R>, UpstreamError>
     where
-        A: Fn() -> Fut,
+        A: Fn(Option<PerTryCut>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
     {
         let inner = &*self.inner;
@@ -98,7 +99,7 @@ impl Upstream {
         let deadline = call.deadline;
         let run = async {
             if !kind.is_repeatable() {
-                return attempt().await;
+                return attempt(None).await;
             }
             inner.budget.deposit();
             let retry = Retry {

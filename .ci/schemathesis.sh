@@ -1,0 +1,150 @@
+#!/usr/bin/env bash
+# Holds the gateway's OpenAPI contract to a live mesh with Schemathesis:
+# starts `mesh` (SQLite in a temp dir, every listener on a free loopback
+# port), waits for GET /readyz, runs every Schemathesis check against the
+# spec the gateway serves, and always stops the mesh and removes the temp dir.
+#
+#   bash .ci/schemathesis.sh [PATH_TO_MESH]      (default: target/debug/mesh)
+#
+# Knobs (environment): SCHEMATHESIS_SEED (42), SCHEMATHESIS_MAX_EXAMPLES (40),
+# SCHEMATHESIS_TIMEOUT (900 s for the whole run), SCHEMATHESIS_REPORT_DIR
+# (target/schemathesis: the JUnit report), SCHEMATHESIS_VENV (where the pinned
+# Schemathesis is installed; reused when it already holds that version).
+# Exits non-zero when Schemathesis finds a failure or cannot run.
+set -euo pipefail
+
+invoked_from=$PWD
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+# Schemathesis from PyPI, an exact version (the newest 4.x when pinned).
+ST_VERSION=4.32.5
+seed=${SCHEMATHESIS_SEED:-42}
+max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-40}
+run_timeout=${SCHEMATHESIS_TIMEOUT:-900}
+report_dir=${SCHEMATHESIS_REPORT_DIR:-$repo/target/schemathesis}
+venv=${SCHEMATHESIS_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/mesh-ci/schemathesis-$ST_VERSION}
+ready_timeout=120
+# Per request. The slowest documented answer is GET /run-blocking-task: its
+# sleep (at most TASKS_MAX_SLEEP_MS below) plus twice the gateway's 5 s route
+# timeout before it answers 504, so 12 s; 15 s leaves a margin. A request
+# that takes longer is a finding (Schemathesis reports it as an error).
+request_timeout=15
+
+step() { printf '\n=== %s\n' "$*"; }
+
+mesh=${1:-target/debug/mesh}
+case $mesh in
+  /*) ;;
+  *) if [ -n "${1:-}" ]; then mesh=$invoked_from/$mesh; else mesh=$repo/$mesh; fi ;;
+esac
+if [ ! -x "$mesh" ]; then
+  echo "no mesh executable at $mesh (build it with: cargo build --bin mesh)" >&2
+  exit 2
+fi
+command -v curl >/dev/null || { echo "curl is needed" >&2; exit 2; }
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/mesh-schemathesis.XXXXXX")
+mesh_pid=
+cleanup() {
+  local rc=$?
+  set +e
+  if [ -n "$mesh_pid" ] && kill -0 "$mesh_pid" 2>/dev/null; then
+    # The launcher stops its children on SIGTERM (it gives each up to 20 s,
+    # then kills it); past 60 s kill its whole process group.
+    kill -TERM "$mesh_pid" 2>/dev/null
+    local deadline=$((SECONDS + 60))
+    while kill -0 "$mesh_pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.2; done
+    if kill -0 "$mesh_pid" 2>/dev/null; then
+      echo "mesh did not stop within 60 s; killing its process group" >&2
+    fi
+  fi
+  # The launcher runs in its own session (setsid), so its pid is its
+  # process group: this ends any child it left behind, and nothing else.
+  if [ -n "$mesh_pid" ]; then kill -KILL -- "-$mesh_pid" 2>/dev/null; fi
+  if [ "$rc" -ne 0 ] && [ -s "$tmp/mesh.log" ]; then
+    echo "--- last lines of the mesh's log ---" >&2
+    tail -n 40 "$tmp/mesh.log" >&2
+  fi
+  rm -rf "$tmp"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+step "schemathesis $ST_VERSION"
+if [ "$("$venv/bin/schemathesis" --version 2>/dev/null || true)" != "schemathesis, version $ST_VERSION" ]; then
+  started=$SECONDS
+  rm -rf "$venv"
+  timeout 120 python3 -m venv "$venv"
+  timeout 600 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "schemathesis==$ST_VERSION"
+  echo "installed in $venv in $((SECONDS - started)) s"
+fi
+"$venv/bin/schemathesis" --version
+
+step "mesh ($mesh)"
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+gateway=http://127.0.0.1:$port
+# A clean environment: no inherited MESH_*, GATEWAY_*, *_REDIS_URL or
+# TASKS_FETCH_ALLOW can point the mesh at shared backends or widen `fetch`.
+# --ephemeral-ports: every service and every admin listener (gateway's
+# included) on a free loopback port, none of 8080, 9080, 9051-9054, 5005x.
+# `fetch` tasks may reach only what the launcher allows by default: this
+# gateway and its own "another service", both on loopback.
+# TASKS_MAX_SLEEP_MS / TASKS_MAX_HASH_ROUNDS (tasks-service's --max-sleep-ms,
+# --max-hash-rounds) bound what generated input can make a worker do:
+# GET /run-blocking-task?ms= goes up to 600000 in the spec, and without a cap
+# four such requests hold all four workers for up to 10 minutes.
+env -i PATH="$PATH" HOME="${HOME:-/root}" TMPDIR="${TMPDIR:-/tmp}" \
+  RUST_LOG="${MESH_RUST_LOG:-warn}" \
+  TASKS_MAX_SLEEP_MS=2000 TASKS_MAX_HASH_ROUNDS=200000 \
+  setsid "$mesh" \
+    --data-dir "$tmp/data" \
+    --host 127.0.0.1 \
+    --ephemeral-ports \
+    --gateway-listen "127.0.0.1:$port" \
+    </dev/null >"$tmp/mesh.out" 2>"$tmp/mesh.log" &
+mesh_pid=$!
+
+started=$SECONDS
+deadline=$((SECONDS + ready_timeout))
+until curl -fsS --max-time 2 -o /dev/null "$gateway/readyz" 2>/dev/null; do
+  if ! kill -0 "$mesh_pid" 2>/dev/null; then
+    echo "mesh exited before it was ready" >&2
+    cat "$tmp/mesh.out" >&2
+    exit 1
+  fi
+  if [ "$SECONDS" -ge "$deadline" ]; then
+    echo "mesh not ready within $ready_timeout s ($gateway/readyz)" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+echo "ready at $gateway in $((SECONDS - started)) s"
+sed -n '/^admin listeners/,/^$/p' "$tmp/mesh.out"
+grep 'fetch tasks may reach' "$tmp/mesh.out" || true
+
+step "schemathesis run (all checks, seed $seed, at most $max_examples examples per operation)"
+# Nothing is excluded: every check and every operation of the served spec.
+# One worker, so that a seed gives the same requests in the same order.
+mkdir -p "$report_dir"
+started=$SECONDS
+rc=0
+timeout "$run_timeout" "$venv/bin/schemathesis" run "$gateway/openapi.json" \
+  --url "$gateway" \
+  --checks all \
+  --phases examples,coverage,fuzzing,stateful \
+  --seed "$seed" \
+  --max-examples "$max_examples" \
+  --request-timeout "$request_timeout" \
+  --workers 1 \
+  --generation-database none \
+  --output-sanitize false \
+  --no-color \
+  --report junit --report-dir "$report_dir" || rc=$?
+if [ "$rc" -eq 124 ]; then
+  echo "schemathesis did not finish within $run_timeout s" >&2
+fi
+echo "schemathesis: exit $rc in $((SECONDS - started)) s (JUnit report in $report_dir)"
+[ "$rc" -eq 0 ]
