@@ -3,8 +3,8 @@
 
 One command (Python 3.11 standard library only):
 
-    python3 bench/run.py [--quick] [--no-build] [--duration SECS] [--out-dir DIR]
-                         [--bin-dir DIR] [--work-dir DIR] [--timeout SECS]
+    python3 bench/run.py [--quick] [--no-build] [--duration SECS] [--groups G,G...]
+                         [--out-dir DIR] [--bin-dir DIR] [--work-dir DIR] [--timeout SECS]
 
 What one run does, in order:
 
@@ -12,17 +12,22 @@ What one run does, in order:
    --no-build, installs wrk, nginx and redis-cli (redis-tools) with apt-get
    when they are missing, and the reference app's pinned requirements into a
    virtualenv of its own (<work-dir>/venv). Redis must answer on
-   127.0.0.1:6379.
+   127.0.0.1:6379. With --groups, only what the selected groups use (nginx,
+   the virtualenv and Redis are the fastapi and replicas groups').
 2. Prepares the data: the items-service SQLite file with 10,000 rows, and a
    big one with 1,000,000 rows (100,000 with --quick), each made by starting
    items-service once so it creates its schema, stopping it and bulk inserting
    with sqlite3; the reference app gets its own SQLite file with the same
-   10,000 rows (bench/reference/seed_db.py).
-3. Runs the scenario groups. Each group starts the processes it needs on
-   127.0.0.1 (Rust servers with `--listen 127.0.0.1:0`, reading the one stdout
-   line `<name> listening on <ip:port>`), samples every process's idle RSS,
-   runs its loads at 64 and 512 connections (wrk -t2, or grpc-load for gRPC),
-   samples every process's peak RSS (VmHWM), and stops them all:
+   10,000 rows (bench/reference/seed_db.py). Again, only the data sets the
+   selected groups read.
+3. Runs the scenario groups (all, or those of --groups, in this order). Each
+   group starts the processes it needs on 127.0.0.1 (Rust servers with
+   `--listen 127.0.0.1:0`, reading the one stdout line
+   `<name> listening on <ip:port>`), samples every process's idle RSS, runs
+   its loads at 64 and 512 connections (wrk -t2, or grpc-load for gRPC), each
+   between two samples of every process's CPU time (utime + stime, reported
+   as CPU µs per request beside rps), samples every process's peak RSS
+   (VmHWM), and stops them all:
      fastapi      the reference: two uvicorn instances behind nginx; /test,
                   /items/{id}, /increment, and the per-instance counters
      hello        bench-hello's GET /test (a minimal axum server)
@@ -32,11 +37,18 @@ What one run does, in order:
      counters     POST /counters/{name}/increment, and an exact-count check
      tasks        POST /tasks (echo), then the workers' drain rate
      grpc         GetItem and Increment straight to the services (grpc-load)
+     hop          the CPU floors, 64 connections, 3 alternating rounds on one
+                  counter-service: GET /increment through the gateway vs
+                  bench-hop (a bare axum -> tonic hop), and Increment
+                  (grpc-load) to counter-service vs bench-counter (a bare
+                  tonic server)
      replicas-N   items warm and counters with N = 1, 2, 3 replicas on Redis
      scale-N      GET /items/{id} and ListItems page 1 vs a deep page on the
                   10,000-row and the big data set, -c16
    A group that fails is noted in the report and the next one still runs;
-   a missing bench-hello or grpc-load skips its rows with a note.
+   a missing bench-hello, bench-hop, bench-counter or grpc-load skips its
+   rows with a note. --groups names: fastapi, hello, test, items-warm,
+   items-cold, counters, tasks, grpc, hop, replicas (all three), scale (both).
 4. Writes BENCHMARKS.md and bench/results.json under --out-dir, with a
    Targets section where every target is PASS or MISS with its numbers
    (a target whose scenario could not be measured is a MISS).
@@ -63,7 +75,7 @@ sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree (set b
 from meshbench import HOST, REDIS_PORT, REPO, log  # noqa: E402  (bench/, this file's folder, is on sys.path)
 from meshbench.fleet import MESH_BINARIES  # noqa: E402
 from meshbench.report import machine_facts, write_report  # noqa: E402
-from meshbench.scenarios import Bench  # noqa: E402
+from meshbench.scenarios import GROUPS, Bench, needs_of  # noqa: E402
 from meshbench.setup import (cargo_build, ensure_apt_tools, ensure_venv, raise_fd_limit,  # noqa: E402
                              redis_delete_prefix, redis_ping)
 
@@ -82,6 +94,9 @@ def parse_args(argv: list[str]):
                    help="smoke run: 2 s loads, a 100,000-row big data set, smaller bursts")
     p.add_argument("--no-build", action="store_true", help="skip cargo build --release --bins")
     p.add_argument("--duration", type=int, help="seconds per load (default 10, 2 with --quick)")
+    p.add_argument("--groups", default=",".join(GROUPS),
+                   help=f"comma-separated scenario groups to run, in the usual order"
+                        f" (default: all): {', '.join(GROUPS)}")
     p.add_argument("--out-dir", type=Path, default=REPO,
                    help="where BENCHMARKS.md and bench/results.json go (default: the repo root)")
     p.add_argument("--bin-dir", type=Path, default=REPO / "target" / "release",
@@ -92,6 +107,12 @@ def parse_args(argv: list[str]):
                    help="global time limit of the run in seconds (default 3600)")
     args = p.parse_args(argv)
     args.duration = args.duration or (2 if args.quick else 10)
+    chosen = {g.strip() for g in args.groups.split(",") if g.strip()}
+    unknown = chosen - set(GROUPS)
+    if unknown or not chosen:
+        p.error(f"--groups: unknown {', '.join(sorted(unknown)) or '(none given)'};"
+                f" choose from {', '.join(GROUPS)}")
+    args.groups = [g for g in GROUPS if g in chosen]
     args.bin_dir = args.bin_dir.resolve()
     args.out_dir = args.out_dir.resolve()
     args.work_dir = args.work_dir.resolve()
@@ -108,13 +129,15 @@ def main(argv: list[str]) -> int:
     missing = [b for b in MESH_BINARIES if not (args.bin_dir / b).exists()]
     if missing:
         sys.exit(f"missing binaries in {args.bin_dir}: {', '.join(missing)}")
-    tools = ensure_apt_tools()  # before the Redis check: it brings redis-cli
-    try:
-        redis_ping()
-    except OSError as e:
-        sys.exit(f"Redis does not answer on {HOST}:{REDIS_PORT}: {e}")
+    needs = needs_of(args.groups)
+    tools = ensure_apt_tools(("wrk", *needs.tools))  # before the Redis check: it brings redis-cli
+    if needs.redis:
+        try:
+            redis_ping()
+        except OSError as e:
+            sys.exit(f"Redis does not answer on {HOST}:{REDIS_PORT}: {e}")
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    venv_python = ensure_venv(args.work_dir)
+    venv_python = ensure_venv(args.work_dir) if needs.venv else None
     run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("run-%Y%m%d-%H%M%S-"), dir=args.work_dir))
     for sub in ("logs", "lua", "data"):
         (run_dir / sub).mkdir()
@@ -130,7 +153,9 @@ def main(argv: list[str]) -> int:
     finally:
         signal.alarm(0)
         bench.fleet.stop_all()
-        log(f"removed {redis_delete_prefix(bench.redis_prefix)} Redis keys under {bench.redis_prefix}")
+        if needs.redis:
+            log(f"removed {redis_delete_prefix(bench.redis_prefix)} Redis keys"
+                f" under {bench.redis_prefix}")
     write_report(bench, machine_facts(args, tools), args.out_dir)
     return 1 if failure else 0
 

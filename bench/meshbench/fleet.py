@@ -1,5 +1,5 @@
 """The processes under test: start them, learn where they listen, sample their
-memory, stop them.
+memory and the CPU time they have spent, stop them.
 
 A Rust server is started with `--listen 127.0.0.1:0` (and, for the mesh's own
 binaries, `--admin-listen 127.0.0.1:0`) and prints one stdout line,
@@ -22,6 +22,7 @@ from pathlib import Path
 from . import HOST, START_TIMEOUT_S, log
 
 STOP_GRACE_S = 10
+CLK_TCK = os.sysconf("SC_CLK_TCK")  # the unit of /proc/PID/stat's utime and stime
 MESH_BINARIES = ("items-service", "cache-service", "tasks-service", "counter-service", "gateway")
 
 # The mesh's logging settings. The Rust servers run with what a user gets when
@@ -154,7 +155,31 @@ def memory_kib(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
-def descendants(pid: int) -> list[int]:
+def cpu_seconds(procs: list[Proc]) -> dict[str, float]:
+    """CPU seconds (utime + stime) each process has spent so far, by name, counting its
+    descendants (nginx workers); a process that is gone is left out."""
+    children = child_pids()
+    spent = {}
+    for p in procs:
+        ticks = [stat_ticks(pid) for pid in [p.popen.pid, *descendants(p.popen.pid, children)]]
+        if ticks[0] is not None:
+            spent[p.name] = sum(t for t in ticks if t is not None) / CLK_TCK
+    return spent
+
+
+def stat_ticks(pid: int) -> int | None:
+    """utime + stime of a process (all its threads), fields 14 and 15 of /proc/PID/stat,
+    in clock ticks; None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # fields[0] is field 3 (state): past the name
+    return int(fields[11]) + int(fields[12])
+
+
+def child_pids() -> dict[int, list[int]]:
+    """Every process's children, by parent pid."""
     children: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -163,6 +188,11 @@ def descendants(pid: int) -> list[int]:
             continue
         ppid = int(text.rsplit(")", 1)[1].split()[1])
         children.setdefault(ppid, []).append(int(stat.parent.name))
+    return children
+
+
+def descendants(pid: int, children: dict[int, list[int]] | None = None) -> list[int]:
+    children = child_pids() if children is None else children
     found, todo = [], [pid]
     while todo:
         kids = children.get(todo.pop(), [])

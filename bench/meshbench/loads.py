@@ -1,12 +1,17 @@
 """The measured loads: wrk (two threads, a Lua script per load that reports
 wrk's exact counters as one JSON line) and grpc-load (the gRPC calls straight to
-a service), each bounded in time and turned into one Load."""
+a service), each bounded in time and turned into one Load, with the CPU time
+each watched process spent during it (sampled from /proc right before and right
+after the load) per request completed."""
 
 import json
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .fleet import Proc, cpu_seconds
 
 WRK_THREADS = 2
 WRK_TIMEOUT = "10s"
@@ -89,6 +94,20 @@ class Load:
     errors: int
     ok: int  # 2xx (wrk) or successful calls (grpc-load)
     detail: dict = field(default_factory=dict)
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds spent, by process name
+    cpu_us: dict[str, float] = field(default_factory=dict)  # CPU µs per request, by process name
+
+
+def with_cpu(watch: list[Proc], run: Callable[[], Load]) -> Load:
+    """Runs one load between two CPU samples of the watched processes and adds what
+    each spent to it: seconds, and µs per request completed."""
+    before = cpu_seconds(watch)
+    load = run()
+    after = cpu_seconds(watch)
+    load.cpu_s = {name: after[name] - before[name] for name in before if name in after}
+    load.cpu_us = {name: s * 1e6 / load.requests if load.requests else 0.0
+                   for name, s in load.cpu_s.items()}
+    return load
 
 
 class Wrk:
@@ -97,9 +116,14 @@ class Wrk:
         self.scripts = run_dir / "lua"
         self.duration = duration
         self.count = 0
+        self.watch: list[Proc] = []  # whose CPU each load samples (the running group's processes)
 
     def run(self, url: str, connections: int, script: str = "") -> Load:
-        """One wrk load of the run's duration; `script` is appended to LUA_COMMON."""
+        """One wrk load of the run's duration, with the watched processes' CPU;
+        `script` is appended to LUA_COMMON."""
+        return with_cpu(self.watch, lambda: self.wrk_once(url, connections, script))
+
+    def wrk_once(self, url: str, connections: int, script: str) -> Load:
         self.count += 1
         path = self.scripts / f"{self.count:03d}.lua"
         path.write_text(LUA_COMMON + script)
@@ -123,7 +147,14 @@ class Wrk:
 
 
 def grpc_load(binary: Path, target: str, call: str, concurrency: int, duration: int,
-              ids: int | None = None) -> Load:
+              ids: int | None = None, watch: list[Proc] | None = None) -> Load:
+    """One grpc-load run, with the CPU of the `watch` processes."""
+    return with_cpu(watch or [], lambda: grpc_load_once(binary, target, call, concurrency,
+                                                        duration, ids))
+
+
+def grpc_load_once(binary: Path, target: str, call: str, concurrency: int, duration: int,
+                   ids: int | None) -> Load:
     argv = [str(binary), "--target", target, "--call", call, "--concurrency", str(concurrency),
             "--connections", str(GRPC_CONNECTIONS), "--duration-secs", str(duration), "--json"]
     if ids is not None:

@@ -14,10 +14,13 @@ from pathlib import Path
 from . import REPO, log
 from .fleet import LOG_VARS, NO_CACHE_GATEWAY_RUST_LOG
 from .loads import GRPC_CONNECTIONS
-from .scenarios import (BURST_CLIENTS, DEEP_PAGE, DRAIN_TIMEOUT_S, FASTAPI, HELLO, MESH, PAGE_SIZE,
-                        SCALE_CONNECTIONS, TASK_WORKERS, Bench, Row)
+from .scenarios import (BENCH_COUNTER, BENCH_HOP, BURST_CLIENTS, CPU_SHOWN_SHARE, DEEP_PAGE,
+                        DRAIN_TIMEOUT_S, FASTAPI, GROUPS, HELLO, HOP_CONNECTIONS, HOP_ROUNDS, MESH,
+                        PAGE_SIZE, SCALE_CONNECTIONS, SERVICE_KINDS, TASK_WORKERS, Bench, Row,
+                        cpu_text)
 
 MIB = 1024  # KiB per MiB: RSS figures are kept in KiB
+HOP_TARGET = 1.15  # the most CPU per request the gateway and counter-service may spend vs their floors
 
 
 def machine_facts(args, tools: dict[str, str]) -> dict:
@@ -33,10 +36,11 @@ def machine_facts(args, tools: dict[str, str]) -> dict:
         "rustc": command_output(["rustc", "--version"]),
         "python": platform.python_version(),
         "wrk": command_output([tools["wrk"], "-v"]).splitlines()[0],
-        "nginx": command_output([tools["nginx"], "-v"]),
+        "nginx": command_output([tools["nginx"], "-v"]) if "nginx" in tools else "not used",
         "commit": command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]),
         "duration_s": args.duration,
         "quick": args.quick,
+        "groups": args.groups,
         "bin_dir": str(args.bin_dir),
         "logging": logging_fact(),
     }
@@ -149,8 +153,9 @@ def targets(bench: Bench) -> list[dict]:
     else:
         found.append(check("Each mesh process idle RSS < 30 MiB", False, "not measured"))
 
+    # The groups that put 512 connections on their gateway (not scale's -c16, nor hop's -c64).
     gw = {g: m for g, procs in memory.items() for n, m in procs.items()
-          if service_kind(n) == "gateway" and not g.startswith("scale")}
+          if service_kind(n) == "gateway" and not g.startswith("scale") and g != "hop"}
     if gw:
         worst = max(m["peak_kib"] for m in gw.values())
         found.append(check("Gateway peak RSS < 64 MiB with 512 connections", worst < 64 * MIB,
@@ -170,11 +175,40 @@ def targets(bench: Bench) -> list[dict]:
                            f" rps {b.rps:,.0f} vs {a.rps:,.0f}"))
     else:
         found.append(check("ListItems page 1000 within 1.5x of page 1", False, "not measured"))
+
+    hop = bench.facts.get("hop", {})
+    found.append(floor_check(f"Gateway CPU per proxied GET /increment <= {HOP_TARGET}x {BENCH_HOP}",
+                             hop.get("gateway"), "req"))
+    found.append(floor_check(f"counter-service CPU per Increment <= {HOP_TARGET}x {BENCH_COUNTER}",
+                             hop.get("counter"), "call"))
     return found
 
 
+def floor_check(name: str, fact: dict | None, unit: str) -> dict:
+    """PASS when the median per-round CPU ratio to the floor is within HOP_TARGET, with no errors."""
+    if not fact or fact["ratio"] is None:
+        return check(name, False, "not measured")
+    return check(name, fact["ratio"] <= HOP_TARGET and not fact["errors"], side_by_side_text(fact, unit))
+
+
+def side_by_side_text(fact: dict, unit: str) -> str:
+    """'median of 3 rounds: gateway 31.0 vs bench-hop 27.1 CPU µs/req = 1.14x (rounds ...); ...'."""
+    rounds = fact["rounds"]
+    ratios = ", ".join(f"{r['ratio']:.2f}x" if r["ratio"] else "—" for r in rounds)
+    text = (f"median of {len(rounds)} rounds: {fact['subject']} {fact['subject_us']:.1f} vs"
+            f" {fact['floor']} {fact['floor_us']:.1f} CPU µs/{unit} = {fact['ratio']:.2f}x"
+            f" (rounds {ratios});"
+            f" rps {fact['subject_rps']:,.0f} vs {fact['floor_rps']:,.0f}")
+    if fact["behind"] and fact["behind_subject_us"] is not None:
+        text += (f"; {fact['behind']} behind them {fact['behind_subject_us']:.1f} vs"
+                 f" {fact['behind_floor_us']:.1f} CPU µs/{unit}")
+    if fact["errors"]:
+        text += f"; {fact['errors']} errors"
+    return text
+
+
 def service_kind(process_name: str) -> str | None:
-    for kind in ("items", "cache", "counter", "tasks", "gateway"):
+    for kind in SERVICE_KINDS:
         if process_name.startswith(kind + "-"):
             return kind
     return None
@@ -197,6 +231,17 @@ TABLES = [
      f"grpc-load straight to items-service (GetItem over 10,000 ids) and counter-service"
      f" (Increment), {GRPC_CONNECTIONS} HTTP/2 connections; the ratio is to FastAPI's HTTP"
      f" equivalent."),
+    ("hop", "Gateway vs bench-hop (CPU per proxied request)",
+     f"GET /increment, wrk -c{HOP_CONNECTIONS}, on the gateway (default flags; its items, cache"
+     f" and tasks upstreams point at the same counter-service and get no traffic) and on"
+     f" bench-hop (an axum handler calling Increment over one tonic channel, no policies), both"
+     f" in front of one counter-service, alternating for {HOP_ROUNDS} rounds. The CPU is each"
+     f" front's and the counter-service's; the ratio is the median of the rounds' ratios."),
+    ("hop-floor", "counter-service vs bench-counter (CPU per call)",
+     f"grpc-load --call increment, {HOP_CONNECTIONS} calls in flight over {GRPC_CONNECTIONS}"
+     f" HTTP/2 connections, to counter-service (the hop group's, default flags) and to"
+     f" bench-counter (a bare tonic CounterService over a mutex-guarded map), alternating for"
+     f" {HOP_ROUNDS} rounds; the ratio is the median of the rounds' ratios."),
     ("replicas", "Replicas behind the gateway",
      "Cache and counter replicas share Redis (127.0.0.1:6379, a prefix of this run), items"
      " replicas share one SQLite file. The items rows are cache-warm reads."),
@@ -208,15 +253,25 @@ TABLES = [
 
 
 def render_markdown(bench: Bench, facts: dict, found: list[dict]) -> str:
+    subset = facts["groups"] != list(GROUPS)
     out = ["# Benchmarks", "",
            "Generated by `python3 bench/run.py`"
-           + (" --quick" if facts["quick"] else "") + f" ({facts['duration_s']} s per load)."
-           " Every load runs on the same machine as the servers (wrk -t2 shares the cores),"
+           + (" --quick" if facts["quick"] else "")
+           + (f" --groups {','.join(facts['groups'])}" if subset else "")
+           + f" ({facts['duration_s']} s per load)."
+           + (" Only these groups ran: the targets of the others read \"not measured\"."
+              if subset else "")
+           + " Every load runs on the same machine as the servers (wrk -t2 shares the cores),"
            " against 127.0.0.1.", "",
+           "CPU µs/req: the user + system CPU time (utime + stime of /proc/PID/stat) each"
+           " process of the group spent from right before to right after the load, divided by"
+           " the requests the load completed; a row lists the processes that spent at least"
+           f" {CPU_SHOWN_SHARE:.0%} of its CPU, most first (results.json has every process's).", "",
            "## Machine", ""]
     for key in ("date", "nproc", "cpu", "memory_gib", "kernel", "rustc", "python", "wrk",
-                "nginx", "commit", "bin_dir", "logging"):
-        out.append(f"- {key}: {facts[key]}")
+                "nginx", "commit", "bin_dir", "groups", "logging"):
+        value = facts[key]
+        out.append(f"- {key}: {', '.join(value) if isinstance(value, list) else value}")
     out += ["", "## Targets", ""]
     out += [f"- **{t['status']}** {t['target']}: {t['numbers']}" for t in found]
     for table, title, text in TABLES:
@@ -224,15 +279,16 @@ def render_markdown(bench: Bench, facts: dict, found: list[dict]) -> str:
         if not rows:
             continue
         out += ["", f"## {title}", "", text, "",
-                "| what | system | conns | rps | p50 ms | p90 ms | p99 ms | max ms | errors"
-                " | x FastAPI | x hello | note |",
-                "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+                "| what | system | conns | rps | CPU µs/req | p50 ms | p90 ms | p99 ms | max ms"
+                " | errors | x FastAPI | x hello | note |",
+                "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for r in rows:
             fa = reference(bench.rows, FASTAPI, r.compare, r.connections) if r.system == MESH else None
             he = reference(bench.rows, HELLO, r.compare, r.connections) if r.system == MESH else None
             lo = r.load
             out.append(
-                f"| {r.label} | {r.system} | {r.connections} | {lo.rps:,.0f} | {lo.p50_ms:.2f}"
+                f"| {r.label} | {r.system} | {r.connections} | {lo.rps:,.0f}"
+                f" | {cpu_text(lo, r.group)} | {lo.p50_ms:.2f}"
                 f" | {lo.p90_ms:.2f} | {lo.p99_ms:.2f} | {lo.max_ms:.2f} | {lo.errors}"
                 f" | {ratio(lo.rps, fa.load.rps if fa else None)}"
                 f" | {ratio(lo.rps, he.load.rps if he else None)} | {r.note} |")
@@ -272,6 +328,10 @@ def table_facts(bench: Bench, table: str) -> list[str]:
             lines.append(f"c{c}: {d['submitted_2xx']} accepted, {d['queued']} queued, {state} in"
                          f" {d['seconds']:.1f} s = {d['rate']:,.0f} tasks/s with {d['workers']}"
                          f" workers (worker replica peak RSS {mib(d['worker_peak_kib'])} MiB).")
+    if table in ("hop", "hop-floor"):
+        fact = bench.facts.get("hop", {}).get("gateway" if table == "hop" else "counter")
+        if fact and fact["ratio"] is not None:
+            lines.append(side_by_side_text(fact, "req" if table == "hop" else "call") + ".")
     return [""] + [f"- {line}" for line in lines] if lines else []
 
 

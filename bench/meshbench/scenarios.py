@@ -1,16 +1,21 @@
 """The scenario groups: for each, which processes start (the reference FastAPI
-stack, bench-hello, or a mesh with its gateway), which loads run against them,
-and what is recorded (table rows, memory, counts and drain times).
+stack, bench-hello, a mesh with its gateway, or the hop group's gateway and
+counter-service beside their bare floors), which loads run against them, and
+what is recorded (table rows with each process's CPU per request, memory,
+counts and drain times).
 
-A group samples every process's idle RSS, runs its loads, samples their peak
-RSS, and stops its processes whatever happens; a failed group is noted and the
-next one still runs.
+A group samples every process's idle RSS, runs its loads (each between two
+CPU samples of the group's processes), samples their peak RSS, and stops its
+processes whatever happens; a failed group is noted and the next one still
+runs. GROUPS names the groups a run can select, and what each needs first.
 """
 
 import json
 import os
+import statistics
 import subprocess
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,9 +36,49 @@ TASK_WORKERS = 4
 BURST_CLIENTS = 16
 REPLICAS = (1, 2, 3)
 DRAIN_TIMEOUT_S = 300
+HOP_ROUNDS = 3
+HOP_CONNECTIONS = 64
 FASTAPI = "FastAPI (2 uvicorn + nginx)"
 HELLO = "bench-hello"
 MESH = "mesh"
+BENCH_HOP = "bench-hop"
+BENCH_COUNTER = "bench-counter"
+SERVICE_KINDS = ("items", "cache", "counter", "tasks", "gateway")
+CPU_SHOWN_SHARE = 0.02  # a row lists the processes with at least this share of its CPU
+SMALL, BIG = "small", "big"  # the seeded items data sets
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a scenario group needs before it runs, besides wrk and the binaries."""
+    tools: tuple[str, ...] = ()  # apt tools: nginx, redis-cli
+    redis: bool = False
+    venv: bool = False  # the reference app's virtualenv
+    data: tuple[str, ...] = ()  # SMALL, BIG
+
+
+# The selectable groups in run order (replicas: 1, 2 and 3 replicas; scale: both data sets).
+GROUPS: dict[str, Needs] = {
+    "fastapi": Needs(tools=("nginx", "redis-cli"), redis=True, venv=True),
+    "hello": Needs(),
+    "test": Needs(data=(SMALL,)),
+    "items-warm": Needs(data=(SMALL,)),
+    "items-cold": Needs(data=(BIG,)),
+    "counters": Needs(data=(SMALL,)),
+    "tasks": Needs(data=(SMALL,)),
+    "grpc": Needs(data=(SMALL,)),
+    "hop": Needs(),
+    "replicas": Needs(tools=("redis-cli",), redis=True, data=(SMALL,)),
+    "scale": Needs(data=(SMALL, BIG)),
+}
+
+
+def needs_of(groups: Iterable[str]) -> Needs:
+    """Everything the given groups need, together."""
+    needs = [GROUPS[g] for g in groups]
+    return Needs(tools=tuple(dict.fromkeys(t for n in needs for t in n.tools)),
+                 redis=any(n.redis for n in needs), venv=any(n.venv for n in needs),
+                 data=tuple(dict.fromkeys(d for n in needs for d in n.data)))
 
 
 @dataclass
@@ -60,12 +105,13 @@ class Mesh:
 
 
 class Bench:
-    def __init__(self, args, run_dir: Path, tools: dict[str, str], venv_python: Path):
+    def __init__(self, args, run_dir: Path, tools: dict[str, str], venv_python: Path | None):
         self.args = args
         self.run_dir = run_dir
         self.fleet = Fleet(run_dir, args.bin_dir)
         self.wrk = Wrk(tools["wrk"], run_dir, args.duration)
-        self.nginx = tools["nginx"]
+        self.watch: list[Proc] = []  # the running group's processes, whose CPU every load samples
+        self.nginx = tools.get("nginx")
         self.venv_python = venv_python
         self.stamp = run_dir.name
         self.redis_prefix = f"mesh-bench:{self.stamp}:"
@@ -86,12 +132,14 @@ class Bench:
     def record(self, table: str, label: str, system: str, connections: int, load: Load,
                group: str, compare: str | None = None, note: str = "") -> None:
         self.rows.append(Row(table, label, system, connections, load, group, compare, note))
-        log(f"  {label} c={connections}: {load.rps:,.0f} rps, p99 {load.p99_ms:.2f} ms,"
-            f" errors {load.errors}")
+        log(f"  {label} ({system}) c={connections}: {load.rps:,.0f} rps, p99 {load.p99_ms:.2f} ms,"
+            f" errors {load.errors}, CPU µs/req {cpu_text(load, group)}")
 
     def group(self, name: str, procs: list[Proc], body) -> None:
-        """Idle RSS, the group's loads, peak RSS; its processes stop either way."""
+        """Idle RSS, the group's loads (each sampling the CPU of `procs`), peak RSS;
+        its processes stop either way."""
         log(f"group {name}")
+        self.watch = self.wrk.watch = procs
         try:
             time.sleep(0.5)
             idle = {p.name: memory_kib(p.popen.pid)[0] for p in procs}
@@ -99,6 +147,7 @@ class Bench:
             peak = {p.name: memory_kib(p.popen.pid)[1] for p in procs}
             self.memory[name] = {n: {"idle_kib": idle[n], "peak_kib": peak[n]} for n in idle}
         finally:
+            self.watch = self.wrk.watch = []
             self.fleet.stop(procs)
 
     def start_mesh(self, tag: str, items_dir: Path, replicas: int = 1, redis: bool = False,
@@ -362,14 +411,66 @@ class Bench:
             d = self.args.duration
             for c in CONNECTIONS:
                 self.record("grpc", "gRPC GetItem (direct)", MESH, c,
-                            grpc_load(binary, items.url, "get-item", c, d, ids=SEED_IDS),
+                            grpc_load(binary, items.url, "get-item", c, d, ids=SEED_IDS,
+                                      watch=self.watch),
                             "grpc", "items")
             for c in CONNECTIONS:
                 self.record("grpc", "gRPC Increment (direct)", MESH, c,
-                            grpc_load(binary, counter.url, "increment", c, d),
+                            grpc_load(binary, counter.url, "increment", c, d, watch=self.watch),
                             "grpc", "increment")
 
         self.group("grpc", [items, counter], loads)
+
+    def run_hop(self) -> None:
+        """One counter-service behind both the gateway and bench-hop, and beside bench-counter."""
+        missing = [b for b in (BENCH_HOP, BENCH_COUNTER, "grpc-load") if not self.have(b)]
+        if missing:
+            self.notes.append(f"{', '.join(missing)} missing from the binary directory: the hop"
+                              " group (gateway vs bench-hop, counter-service vs bench-counter)"
+                              " is skipped.")
+            return
+        counter = self.fleet.rust("counter-hop", "counter-service")
+        # The gateway wants all four services: items, cache and tasks point at the same
+        # counter-service and get no traffic (GET /increment calls the counter only).
+        upstreams = [arg for flag in ("--items", "--cache", "--tasks", "--counter")
+                     for arg in (flag, counter.url)]
+        gateway = self.fleet.rust("gateway-hop", "gateway", *upstreams)
+        wait_http_ok(gateway.url, "/healthz")
+        hop = self.fleet.rust(BENCH_HOP, BENCH_HOP, "--counter", counter.url)
+        floor = self.fleet.rust(BENCH_COUNTER, BENCH_COUNTER)
+        self.group("hop", [gateway, counter, hop, floor],
+                   lambda: self.hop_loads(gateway, hop, counter, floor))
+
+    def hop_loads(self, gateway: Proc, hop: Proc, counter: Proc, floor: Proc) -> None:
+        for front in (gateway, hop):
+            status, body = http_call(front.url, "GET", "/increment")
+            if status != 200 or "shared_resource" not in (body or {}):
+                raise RuntimeError(f"{front.name} GET /increment answered {status} {body}")
+        binary = self.args.bin_dir / "grpc-load"
+        c, d = HOP_CONNECTIONS, self.args.duration
+        fronts = self.alternate("hop", "GET /increment", [(gateway, MESH), (hop, BENCH_HOP)],
+                                lambda p: self.wrk.run(p.url + "/increment", c))
+        servers = self.alternate(
+            "hop-floor", "gRPC Increment", [(counter, MESH), (floor, BENCH_COUNTER)],
+            lambda p: grpc_load(binary, p.url, "increment", c, d, watch=self.watch))
+        self.facts["hop"] = {
+            "gateway": side_by_side(fronts, "gateway", gateway, BENCH_HOP, hop,
+                                    ("counter-service", counter)),
+            "counter": side_by_side(servers, "counter-service", counter, BENCH_COUNTER, floor),
+        }
+
+    def alternate(self, table: str, label: str, pair: list[tuple[Proc, str]],
+                  run: Callable[[Proc], Load]) -> list[tuple[Load, Load]]:
+        """HOP_ROUNDS rounds of one load on each process of `pair` in turn (the first,
+        then the second), each recorded as a row; the loads of each round."""
+        rounds = []
+        for r in range(1, HOP_ROUNDS + 1):
+            loads = []
+            for proc, system in pair:
+                loads.append(run(proc))
+                self.record(table, f"{label}, round {r}", system, HOP_CONNECTIONS, loads[-1], "hop")
+            rounds.append((loads[0], loads[1]))
+        return rounds
 
     def run_replicas(self, n: int) -> None:
         group = f"replicas-{n}"
@@ -409,17 +510,29 @@ class Bench:
     # ---- the whole run ---------------------------------------------------
 
     def run(self) -> None:
-        log(f"seeding items: {SEED_IDS:,} and {self.big_ids:,} rows")
-        prepare_items_db(self.fleet, self.items_small, SEED_IDS)
-        prepare_items_db(self.fleet, self.items_big, self.big_ids)
-        groups = [self.run_fastapi, self.run_hello, self.run_mesh_test, self.run_items_warm,
-                  self.run_items_cold, self.run_counters, self.run_tasks, self.run_grpc,
-                  *(lambda n=n: self.run_replicas(n) for n in REPLICAS),
-                  lambda: self.run_scale(self.items_small, SEED_IDS),
-                  lambda: self.run_scale(self.items_big, self.big_ids)]
-        for run_group in groups:
-            self.attempt(run_group)
+        """The selected groups (args.groups), after seeding the data sets they use."""
+        data = needs_of(self.args.groups).data
+        for name, path, rows in ((SMALL, self.items_small, SEED_IDS),
+                                 (BIG, self.items_big, self.big_ids)):
+            if name in data:
+                log(f"seeding items: {rows:,} rows")
+                prepare_items_db(self.fleet, path, rows)
+        for name in self.args.groups:
+            for run_group in self.runs_of(name):
+                self.attempt(run_group)
         self.notes += self.fleet.crashed
+
+    def runs_of(self, group: str) -> list[Callable[[], None]]:
+        """What running a selectable group (a key of GROUPS) calls, in order."""
+        if group == "replicas":
+            return [lambda n=n: self.run_replicas(n) for n in REPLICAS]
+        if group == "scale":
+            return [lambda: self.run_scale(self.items_small, SEED_IDS),
+                    lambda: self.run_scale(self.items_big, self.big_ids)]
+        return [{"fastapi": self.run_fastapi, "hello": self.run_hello, "test": self.run_mesh_test,
+                 "items-warm": self.run_items_warm, "items-cold": self.run_items_cold,
+                 "counters": self.run_counters, "tasks": self.run_tasks, "grpc": self.run_grpc,
+                 "hop": self.run_hop}[group]]
 
     def attempt(self, run_group) -> None:
         """Runs one group; a failure is noted in the report and the next group still runs."""
@@ -437,3 +550,47 @@ def wrk_count_note(final: int, ok: int, connections: int) -> str:
     extra = final - ok
     verdict = "consistent" if 0 <= extra <= connections else "INCONSISTENT"
     return f"counter {final} = {ok} 2xx + {extra} (0..{connections} allowed): {verdict}"
+
+
+def side_by_side(rounds: list[tuple[Load, Load]], subject: str, subject_proc: Proc, floor: str,
+                 floor_proc: Proc, behind: tuple[str, Proc] | None = None) -> dict:
+    """CPU µs per request of `subject` (in the first load of each round) and `floor` (in the
+    second), their ratio per round, and the medians over the rounds; with `behind`, the
+    CPU per request of the process both call, under each."""
+    per_round = []
+    for a, b in rounds:
+        r = {"subject_us": a.cpu_us.get(subject_proc.name), "floor_us": b.cpu_us.get(floor_proc.name),
+             "subject_rps": a.rps, "floor_rps": b.rps,
+             "subject_p99_ms": a.p99_ms, "floor_p99_ms": b.p99_ms}
+        r["ratio"] = r["subject_us"] / r["floor_us"] if r["subject_us"] and r["floor_us"] else None
+        if behind:
+            r["behind_subject_us"] = a.cpu_us.get(behind[1].name)
+            r["behind_floor_us"] = b.cpu_us.get(behind[1].name)
+        per_round.append(r)
+    fact = {"subject": subject, "floor": floor, "behind": behind[0] if behind else None,
+            "rounds": per_round, "errors": sum(a.errors + b.errors for a, b in rounds)}
+    for key in per_round[0] if per_round else ():
+        values = [r[key] for r in per_round]
+        fact[key] = statistics.median(values) if None not in values else None
+    return fact
+
+
+def short_name(process: str, group: str) -> str:
+    """A process's name without its group's tag: gateway-items-warm -> gateway,
+    items-replicas-2-1 -> items-1; other names (bench-hop, uvicorn-a) as they are."""
+    for kind in SERVICE_KINDS:
+        if process == f"{kind}-{group}":
+            return kind
+        if process.startswith(f"{kind}-{group}-"):
+            return kind + process[len(kind) + len(group) + 1:]
+    return process
+
+
+def cpu_text(load: Load, group: str) -> str:
+    """'gateway 88, counter 41': CPU µs per request of the processes that spent at least
+    CPU_SHOWN_SHARE of the load's CPU, most first."""
+    total = sum(load.cpu_us.values())
+    shown = sorted(((us, short_name(name, group)) for name, us in load.cpu_us.items()
+                    if total and us >= CPU_SHOWN_SHARE * total), reverse=True)
+    return ", ".join(f"{name} {us:.0f}" if us >= 100 else f"{name} {us:.1f}"
+                     for us, name in shown) or "—"

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 from . import HOST, REDIS_PORT, REFERENCE, REPO, log
@@ -25,9 +26,13 @@ sys.path.insert(0, str(REFERENCE))
 import seed_db  # noqa: E402  (the reference's row generator, shared by both data sets)
 
 
-def ensure_apt_tools() -> dict[str, str]:
-    """wrk, nginx and redis-cli, installed from Debian when missing; returns their paths."""
-    wanted = {"wrk": "wrk", "nginx": "nginx", "redis-cli": "redis-tools"}
+APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx", "redis-cli": "redis-tools"}  # command -> package
+
+
+def ensure_apt_tools(commands: Iterable[str]) -> dict[str, str]:
+    """The given tools (keys of APT_PACKAGES), installed from Debian when missing;
+    returns their paths."""
+    wanted = {cmd: APT_PACKAGES[cmd] for cmd in commands}
     found = {cmd: tool_path(cmd) for cmd in wanted}
     missing = [wanted[cmd] for cmd, path in found.items() if path is None]
     if missing:

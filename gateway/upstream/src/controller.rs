@@ -1,7 +1,7 @@
 //! Which replicas of a service are in rotation, kept up to date at run time.
 //!
-//! One controller task per service owns the member list and feeds changes to
-//! the p2c balancer as `tower::discover::Change`s. A replica is in rotation
+//! One controller task per service owns the member list and sets the
+//! balancer's [`Rotation`] whenever it changes. A replica is in rotation
 //! while it is (1) resolved from the endpoint spec ([`crate::resolver`], every
 //! `resolve_interval`), (2) healthy by its last check ([`crate::health`]),
 //! and (3) not ejected by passive outlier detection ([`crate::outlier`]).
@@ -10,31 +10,21 @@
 //! deadline.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tower::discover::Change;
-use tower::load::{CompleteOnResponse, PeakEwma};
 
+use crate::balance::{Replica, Rotation};
 use crate::health::{self, Verdict};
 use crate::members::{MemberView, Members};
 use crate::outlier::Outlier;
 use crate::resolver::Resolver;
 use crate::settings::Settings;
 use crate::spec::Spec;
-
-/// A replica's service as the balancer sees it: latency-weighted (peak
-/// EWMA), with outlier detection underneath.
-pub type Replica = PeakEwma<Outlier<Channel>>;
-
-/// The balancer's view of membership: replicas coming and going.
-pub type Changes = UnboundedReceiverStream<Result<Change<Arc<str>, Replica>, Infallible>>;
 
 /// The latency a replica is assumed to have until it has answered: low, so a
 /// new or returning replica is tried soon and then judged by what it measures.
@@ -45,11 +35,10 @@ const RTT_DECAY: Duration = Duration::from_secs(10);
 
 /// Starts the controller of service `name`. Resolves the spec once before
 /// returning, so the balancer starts with every replica the spec names.
-pub async fn start(name: &'static str, spec: Spec, settings: Settings) -> (Changes, Members) {
-    // Unbounded: the balancer takes changes only when a call polls it, and
-    // the controller must never wait for that (an idle gateway still has to
-    // follow health and resolution). Changes are few: one per membership event.
-    let (changes, changes_rx) = mpsc::unbounded_channel();
+/// The controller runs until the returned rotation's last other holder (the
+/// upstream) is dropped.
+pub async fn start(name: &'static str, spec: Spec, settings: Settings) -> (Rotation, Members) {
+    let rotation = Rotation::default();
     let (ejections, ejections_rx) = mpsc::channel(256);
     let (verdicts, verdicts_rx) = mpsc::channel(256);
     let members = Members::default();
@@ -58,10 +47,10 @@ pub async fn start(name: &'static str, spec: Spec, settings: Settings) -> (Chang
         settings,
         ejections,
         verdicts,
-        changes,
+        rotation: rotation.clone(),
         view: members.clone(),
         members: BTreeMap::new(),
-        in_balancer: BTreeSet::new(),
+        in_balancer: BTreeMap::new(),
         panicking: false,
     };
     let mut resolver = Resolver::new(spec);
@@ -70,10 +59,9 @@ pub async fn start(name: &'static str, spec: Spec, settings: Settings) -> (Chang
         tracing::warn!(service = name, "no replica resolved yet; calls fail until one is");
     }
     controller.resolved(initial);
-    // The receiving end is still held here, so this cannot fail.
-    let _ = controller.reconcile();
+    controller.reconcile();
     tokio::spawn(controller.run(resolver, ejections_rx, verdicts_rx));
-    (UnboundedReceiverStream::new(changes_rx), members)
+    (rotation, members)
 }
 
 struct Member {
@@ -99,10 +87,12 @@ struct Controller {
     ejections: mpsc::Sender<Arc<str>>,
     /// Handed to each replica's health checker.
     verdicts: mpsc::Sender<Verdict>,
-    changes: mpsc::UnboundedSender<Result<Change<Arc<str>, Replica>, Infallible>>,
+    rotation: Rotation,
     view: Members,
     members: BTreeMap<Arc<str>, Member>,
-    in_balancer: BTreeSet<Arc<str>>,
+    /// The replicas in rotation, as the balancer has them (a replica keeps
+    /// its latency estimate while it stays in rotation).
+    in_balancer: BTreeMap<Arc<str>, Arc<Replica>>,
     panicking: bool,
 }
 
@@ -127,9 +117,10 @@ impl Controller {
                 }
                 _ = expiry.tick() => {}
             }
-            if self.reconcile().is_err() {
-                return; // the balancer is gone: the gateway is shutting down
+            if self.rotation.is_orphan() {
+                return; // the upstream is gone: the gateway is shutting down
             }
+            self.reconcile();
         }
     }
 
@@ -203,8 +194,8 @@ impl Controller {
         tracing::warn!(service = self.name, replica = %key, backoff_ms = backoff.as_millis() as u64, "replica failed repeatedly; ejected");
     }
 
-    /// Brings the balancer's set in line with the members' state.
-    fn reconcile(&mut self) -> Result<(), ()> {
+    /// Brings the balancer's rotation in line with the members' state.
+    fn reconcile(&mut self) {
         let now = Instant::now();
         for (key, m) in &mut self.members {
             if m.ejected_until.is_some_and(|t| t <= now) {
@@ -233,31 +224,28 @@ impl Controller {
                 tracing::info!(service = self.name, "healthy replicas again; panic mode over");
             }
         }
-        for key in self.in_balancer.difference(&desired).cloned().collect::<Vec<_>>() {
-            self.changes.send(Ok(Change::Remove(key.clone()))).map_err(drop)?;
-            self.in_balancer.remove(&key);
-        }
-        for key in desired.difference(&self.in_balancer).cloned().collect::<Vec<_>>() {
+        let before = self.in_balancer.len();
+        self.in_balancer.retain(|key, _| desired.contains(key));
+        let mut changed = self.in_balancer.len() != before;
+        for key in desired {
+            if self.in_balancer.contains_key(&key) {
+                continue;
+            }
             let Some(m) = self.members.get(&key) else {
                 continue;
             };
             let outlier = Outlier::new(
-                m.channel.clone(),
                 key.clone(),
                 m.failures.clone(),
                 self.settings.eject_after,
                 self.ejections.clone(),
             );
-            let replica = PeakEwma::new(
-                outlier,
-                NEW_REPLICA_RTT,
-                RTT_DECAY.as_nanos() as f64,
-                CompleteOnResponse::default(),
-            );
-            self.changes
-                .send(Ok(Change::Insert(key.clone(), replica)))
-                .map_err(drop)?;
-            self.in_balancer.insert(key);
+            let replica = Replica::new(m.channel.clone(), outlier, NEW_REPLICA_RTT, RTT_DECAY);
+            self.in_balancer.insert(key, Arc::new(replica));
+            changed = true;
+        }
+        if changed {
+            self.rotation.set(self.in_balancer.values().cloned().collect());
         }
         self.view.set(
             self.members
@@ -266,10 +254,9 @@ impl Controller {
                     address: k.to_string(),
                     healthy: m.healthy,
                     ejected: m.ejected_until.is_some(),
-                    in_rotation: self.in_balancer.contains(k),
+                    in_rotation: self.in_balancer.contains_key(k),
                 })
                 .collect(),
         );
-        Ok(())
     }
 }

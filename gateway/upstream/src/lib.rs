@@ -12,10 +12,11 @@
 //! - membership: [`spec`] parses endpoint specs, [`resolver`] turns them
 //!   into addresses (DNS, files) again and again, [`health`] asks each
 //!   replica's `grpc.health.v1`, [`outlier`] watches each replica's answers,
-//!   [`members`] is the snapshot readiness reports, and [`controller`] owns
-//!   the member list and feeds the balancer;
+//!   [`balance`] picks a replica per call (power of two choices by
+//!   peak-EWMA latency), [`members`] is the snapshot readiness reports, and
+//!   [`controller`] owns the member list and sets the balancer's rotation;
 //! - [`transport`]: the stack every call goes through, load shedding over a
-//!   concurrency limit over tower's power-of-two-choices balancer;
+//!   concurrency limit over the balancer;
 //! - [`latency`]: recent latencies, for [`per_try`] timeouts and [`hedge`]d reads;
 //! - [`retry`]: repeats a call that the replica could not serve or did not
 //!   answer in time, under a retry budget;
@@ -24,6 +25,7 @@
 //!   [`Client::unary`], the one way calls are made.
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod client;
 pub mod context;
 pub mod controller;

@@ -1,5 +1,5 @@
-//! Passive outlier detection, per replica: a tower layer that watches each
-//! call's result and, after `threshold` consecutive failures, asks the
+//! Passive outlier detection, per replica: the balancer ([`crate::balance`])
+//! shows it each attempt's result and, after `threshold` consecutive failures, asks the
 //! controller to eject the replica for a while, as Envoy's outlier detection
 //! does. A failure is an `UNAVAILABLE` answer, an attempt cut by its per-try
 //! timeout (the replica accepted it and never answered: a hung process, a
@@ -9,11 +9,8 @@
 //! the client went away) end here with no result and are not counted: a slow
 //! replica is the balancer's business (its latency estimate), not an outlier.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::task::{Context, Poll};
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -27,23 +24,35 @@ pub struct PerTryCut(pub Instant);
 /// `grpc-status` 14: the replica itself says it cannot serve.
 const UNAVAILABLE: &[u8] = b"14";
 
-#[derive(Clone)]
-pub struct Outlier<S> {
-    inner: S,
-    streak: Streak,
-}
-
-/// One replica's run of consecutive failures.
-#[derive(Clone)]
-struct Streak {
+/// One replica's outlier detector: its run of consecutive failures, and
+/// where to ask for its ejection (the controller).
+pub struct Outlier {
     key: Arc<str>,
     failures: Arc<AtomicU32>,
     threshold: u32,
-    /// Where to ask for this replica's ejection (the controller).
     ejections: mpsc::Sender<Arc<str>>,
 }
 
-impl Streak {
+impl Outlier {
+    pub fn new(key: Arc<str>, failures: Arc<AtomicU32>, threshold: u32, ejections: mpsc::Sender<Arc<str>>) -> Self {
+        Self {
+            key,
+            failures,
+            threshold: threshold.max(1),
+            ejections,
+        }
+    }
+
+    /// Watches one attempt sent to the replica; `cut_at` is when the caller
+    /// will cut it for not answering (its per-try timeout), if ever.
+    pub fn attempt(&self, cut_at: Option<Instant>) -> Attempt<'_> {
+        Attempt {
+            outlier: self,
+            cut_at,
+            answered: false,
+        }
+    }
+
     /// Records an attempt's outcome: `weight` 0 is a success (the streak
     /// ends), otherwise that many failures.
     fn record(&self, weight: u32) {
@@ -61,90 +70,47 @@ impl Streak {
     }
 }
 
-/// Armed while an attempt with a per-try timeout is outstanding: dropped
-/// armed at or past the cut instant, it records one failure.
-struct Unanswered {
-    streak: Streak,
-    cut_at: Instant,
-    armed: bool,
+/// One attempt in flight on a replica. Dropped unanswered at or past its
+/// cut instant, it records one failure (the replica did not answer in time).
+pub struct Attempt<'a> {
+    outlier: &'a Outlier,
+    cut_at: Option<Instant>,
+    answered: bool,
 }
 
-impl Drop for Unanswered {
-    fn drop(&mut self) {
-        if self.armed && Instant::now() >= self.cut_at {
-            tracing::info!(replica = %self.streak.key, "no answer within the per-try timeout");
-            self.streak.record(1);
-        }
-    }
-}
-
-impl<S> Outlier<S> {
-    pub fn new(
-        inner: S,
-        key: Arc<str>,
-        failures: Arc<AtomicU32>,
-        threshold: u32,
-        ejections: mpsc::Sender<Arc<str>>,
-    ) -> Self {
-        Self {
-            inner,
-            streak: Streak {
-                key,
-                failures,
-                threshold: threshold.max(1),
-                ejections,
-            },
-        }
-    }
-}
-
-impl<S, ReqB, B> tower::Service<http::Request<ReqB>> for Outlier<S>
-where
-    S: tower::Service<http::Request<ReqB>, Response = http::Response<B>>,
-    S::Future: Send + 'static,
-    S::Error: std::error::Error + Send + 'static,
-    B: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<ReqB>) -> Self::Future {
-        let cut_at = request.extensions().get::<PerTryCut>().map(|cut| cut.0);
-        let call = self.inner.call(request);
-        let streak = self.streak.clone();
-        Box::pin(async move {
-            let mut unanswered = cut_at.map(|cut_at| Unanswered {
-                streak: streak.clone(),
-                cut_at,
-                armed: true,
-            });
-            let result = call.await;
-            if let Some(unanswered) = &mut unanswered {
-                unanswered.armed = false;
+impl Attempt<'_> {
+    /// The replica answered (a response head) or the transport failed.
+    pub fn answered<B, E>(mut self, result: &Result<http::Response<B>, E>)
+    where
+        E: std::error::Error + 'static,
+    {
+        self.answered = true;
+        let outlier = self.outlier;
+        // A transport error (refused, reset: the process is likely gone)
+        // counts as a whole streak at once; an UNAVAILABLE answer as one.
+        let weight = match result {
+            Err(err) => {
+                tracing::info!(replica = %outlier.key, error = %DisplayChain(err), "call to replica failed in transport");
+                outlier.threshold
             }
-            // A transport error (refused, reset: the process is likely gone)
-            // counts as a whole streak at once; an UNAVAILABLE answer as one.
-            let weight = match &result {
-                Err(err) => {
-                    tracing::info!(replica = %streak.key, error = %DisplayChain(err), "call to replica failed in transport");
-                    streak.threshold
-                }
-                Ok(response) => {
-                    let unavailable = response
-                        .headers()
-                        .get("grpc-status")
-                        .is_some_and(|s| s.as_bytes() == UNAVAILABLE);
-                    u32::from(unavailable)
-                }
-            };
-            streak.record(weight);
-            result
-        })
+            Ok(response) => {
+                let unavailable = response
+                    .headers()
+                    .get("grpc-status")
+                    .is_some_and(|s| s.as_bytes() == UNAVAILABLE);
+                u32::from(unavailable)
+            }
+        };
+        outlier.record(weight);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if !self.answered && self.cut_at.is_some_and(|at| Instant::now() >= at) {
+            tracing::info!(replica = %self.outlier.key, "no answer within the per-try timeout");
+            self.outlier.record(1);
+        }
     }
 }
 

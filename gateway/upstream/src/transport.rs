@@ -4,29 +4,24 @@
 //! Read top to bottom:
 //! - load shedding: refuse at once when full, instead of queueing;
 //! - a global concurrency limit: the per-service cap on calls in flight;
-//! - a buffer: makes the balancer cloneable and shared by every caller;
-//! - tower's power-of-two-choices balancer, which picks between two random
-//!   replicas by peak-EWMA latency (see [`crate::controller`] for replicas).
+//! - the power-of-two-choices balancer ([`crate::balance`]), which picks
+//!   between two random replicas by peak-EWMA latency and calls its channel
+//!   on the caller's task (see [`crate::controller`] for the rotation).
 
-use tower::balance::p2c::Balance;
-use tower::buffer::Buffer;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::error::Overloaded;
 use tower::util::BoxCloneSyncService;
 use tower::{BoxError, ServiceBuilder};
 
-use crate::controller::Changes;
+use crate::balance::{Balance, Rotation};
 
 /// What every generated client of an upstream sends its calls through.
 pub type Transport =
     BoxCloneSyncService<http::Request<tonic::body::Body>, http::Response<tonic::body::Body>, TransportError>;
 
-/// How many calls may wait for the balancer's worker.
-const BUFFER: usize = 1024;
-
-/// Builds the stack over a service's membership changes.
-pub fn stack(changes: Changes, max_in_flight: usize) -> Transport {
-    let balancer = Buffer::new(Balance::new(changes), BUFFER);
+/// Builds the stack over a service's rotation.
+pub fn stack(rotation: Rotation, max_in_flight: usize) -> Transport {
+    let balancer = Balance::new(rotation);
     BoxCloneSyncService::new(
         ServiceBuilder::new()
             .map_err(TransportError)

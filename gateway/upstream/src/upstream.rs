@@ -48,11 +48,11 @@ struct Inner {
 impl Upstream {
     /// Resolves the spec, starts discovery and builds the transport stack.
     pub async fn start(name: &'static str, spec: Spec, settings: &Settings) -> Upstream {
-        let (changes, members) = controller::start(name, spec, settings.clone()).await;
+        let (rotation, members) = controller::start(name, spec, settings.clone()).await;
         Upstream {
             inner: Arc::new(Inner {
                 name,
-                transport: transport::stack(changes, settings.max_in_flight),
+                transport: transport::stack(rotation, settings.max_in_flight),
                 members,
                 budget: TpsBudget::new(
                     Duration::from_secs(10),
