@@ -49,9 +49,14 @@ command -v curl >/dev/null || { echo "curl is needed" >&2; exit 2; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/mesh-schemathesis.XXXXXX")
 mesh_pid=
+st_pid=
 cleanup() {
   local rc=$?
   set +e
+  if [ -n "$st_pid" ] && kill -0 "$st_pid" 2>/dev/null; then
+    kill -TERM "$st_pid" 2>/dev/null # timeout passes it on to schemathesis
+    wait "$st_pid" 2>/dev/null
+  fi
   if [ -n "$mesh_pid" ] && kill -0 "$mesh_pid" 2>/dev/null; then
     # The launcher stops its children on SIGTERM (it gives each up to 20 s,
     # then kills it); past 60 s kill its whole process group.
@@ -136,7 +141,15 @@ step "schemathesis run (all checks, seed $seed, at most $max_examples examples p
 mkdir -p "$report_dir"
 started=$SECONDS
 rc=0
-timeout "$run_timeout" "$venv/bin/schemathesis" run "$gateway/openapi.json" \
+# In the background with `wait`, so that a signal to this script runs the
+# clean-up at once (bash defers traps while a foreground command runs, and
+# `timeout` sits in its own process group, out of reach of a group kill).
+# Run from the temp dir with a config file of its own: no schemathesis.toml
+# from the work tree applies, and Schemathesis's per-project cache (it keeps
+# past failures in ./.schemathesis and replays them first in the next run)
+# is off, so a run depends on the seed alone and writes nothing to the repo.
+printf '[cache]\nenabled = false\n' >"$tmp/schemathesis.toml"
+(cd "$tmp" && exec timeout "$run_timeout" "$venv/bin/schemathesis" --config-file "$tmp/schemathesis.toml" run "$gateway/openapi.json" \
   --url "$gateway" \
   --checks all \
   --phases examples,coverage,fuzzing,stateful \
@@ -148,7 +161,10 @@ timeout "$run_timeout" "$venv/bin/schemathesis" run "$gateway/openapi.json" \
   --generation-database none \
   --output-sanitize false \
   --no-color \
-  --report junit --report-dir "$report_dir" || rc=$?
+  --report junit --report-dir "$report_dir") &
+st_pid=$!
+wait "$st_pid" || rc=$?
+st_pid=
 if [ "$rc" -eq 124 ]; then
   echo "schemathesis did not finish within $run_timeout s" >&2
 fi

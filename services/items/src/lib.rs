@@ -1,6 +1,7 @@
 //! The items service: the mesh's SQL-backed catalogue.
 //!
-//! - [`store`]: rows, validation, keyset pagination, optimistic concurrency (no tonic);
+//! - [`store`]: rows <-> `mesh.items.v1` messages, validation, keyset pagination,
+//!   optimistic concurrency (prost types, no tonic);
 //! - [`service`]: the `mesh.items.v1.ItemService` adapter over the store;
 //! - [`error`]: the domain error and its gRPC mapping;
 //! - [`run`]: serve on a bound listener until a shutdown future resolves.

@@ -1,7 +1,12 @@
-//! The items store: SQL rows, validation and optimistic concurrency. No tonic here.
+//! The items store: SQL rows <-> the contract's messages, validation and
+//! optimistic concurrency. It takes and returns `mesh.items.v1` messages
+//! (prost types, no tonic), so a new item field is one column here and one
+//! field in the proto, with no third shape in between.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use mesh_proto::items::v1::{CreateItemRequest, Item, UpdateItemRequest};
+use mesh_proto::time::from_millis;
 use mesh_sql::now_ms;
 use sqlx::{AnyPool, Row, any::AnyRow};
 
@@ -13,35 +18,6 @@ pub const MAX_TAGS: usize = 32;
 pub const MAX_TAG: usize = 64;
 pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 1000;
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Item {
-    pub id: i64,
-    pub name: String,
-    pub description: String,
-    pub price_cents: i64,
-    pub tags: Vec<String>,
-    pub created_ms: i64,
-    pub updated_ms: i64,
-    pub version: i64,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct NewItem {
-    pub name: String,
-    pub description: String,
-    pub price_cents: i64,
-    pub tags: Vec<String>,
-}
-
-/// The fields an update changes; `None` leaves a field as it is.
-#[derive(Clone, Debug, Default)]
-pub struct ItemPatch {
-    pub name: Option<String>,
-    pub description: Option<String>,
-    pub price_cents: Option<i64>,
-    pub tags: Option<Vec<String>>,
-}
 
 #[derive(Debug)]
 pub struct Page {
@@ -64,7 +40,7 @@ impl ItemStore {
         Self { pool }
     }
 
-    pub async fn create(&self, new: NewItem) -> Result<Item, ItemError> {
+    pub async fn create(&self, new: CreateItemRequest) -> Result<Item, ItemError> {
         let name = validate_name(&new.name)?;
         validate_description(&new.description)?;
         validate_price(new.price_cents)?;
@@ -119,7 +95,10 @@ impl ItemStore {
     /// Applies `patch` in one statement. With `expected_version`, the row only
     /// changes if its version still matches, so of two concurrent updates made
     /// from the same version exactly one wins (across processes too).
-    pub async fn update(&self, id: i64, patch: ItemPatch, expected_version: Option<i64>) -> Result<Item, ItemError> {
+    /// Fields the request leaves unset stay as they are (`tags` set and
+    /// empty clears them).
+    pub async fn update(&self, patch: UpdateItemRequest) -> Result<Item, ItemError> {
+        let (id, expected_version) = (patch.id, patch.expected_version);
         validate_id(id)?;
         let name = patch.name.as_deref().map(validate_name).transpose()?;
         if let Some(d) = &patch.description {
@@ -128,7 +107,11 @@ impl ItemStore {
         if let Some(p) = patch.price_cents {
             validate_price(p)?;
         }
-        let tags = patch.tags.map(validate_tags).transpose()?.map(|t| tags_json(&t));
+        let tags = patch
+            .tags
+            .map(|t| validate_tags(t.values))
+            .transpose()?
+            .map(|t| tags_json(&t));
         if expected_version.is_some_and(|v| v < 1) {
             return Err(ItemError::invalid("expected_version", "must be at least 1"));
         }
@@ -206,8 +189,8 @@ fn item_from_row(row: &AnyRow) -> Result<Item, ItemError> {
         price_cents: row.try_get("price_cents")?,
         tags: serde_json::from_str(&tags)
             .map_err(|e| ItemError::Internal(format!("stored tags are not a JSON list: {e}")))?,
-        created_ms: row.try_get("created_ms")?,
-        updated_ms: row.try_get("updated_ms")?,
+        create_time: Some(from_millis(row.try_get("created_ms")?)),
+        update_time: Some(from_millis(row.try_get("updated_ms")?)),
         version: row.try_get("version")?,
     })
 }
