@@ -67,7 +67,10 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::Ok => StatusCode::OK,
         Code::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
         Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+        // The request is well formed but the resource's state does not allow
+        // it (cancel a finished task): a conflict with that state, as 409.
+        Code::FailedPrecondition => StatusCode::CONFLICT,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::NotFound => StatusCode::NOT_FOUND,
         Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,

@@ -104,6 +104,7 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
             json_kind(&value)
         )));
     }
+    let value = whole_numbers_as_integers(value);
     serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = plain_words(&e.into_inner().to_string());
@@ -113,6 +114,40 @@ fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AppError> {
             format!("{path}: {message}")
         })
     })
+}
+
+/// Numbers written with a fraction of zero (`150.0`, `1e3`) as the integers
+/// they are. JSON has one number type, and JSON Schema's `integer` is "a
+/// number with no fractional part", so a client may write `"price_cents":
+/// 150.0`; serde would refuse it for an integer field. Numbers beyond the
+/// 64-bit integers, and ones with a fraction, stay as they are (and are
+/// refused where an integer is expected). Arbitrary JSON (a task's payload)
+/// loses nothing: its numbers travel as doubles, where the two are one value.
+fn whole_numbers_as_integers(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // 2^63 and 2^64 are exact doubles; `as` saturates, so the range
+            // checks come first.
+            let whole = f.fract() == 0.0;
+            if whole && (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
+                Value::from(f as i64)
+            } else if whole && (0.0..18_446_744_073_709_551_616.0).contains(&f) {
+                Value::from(f as u64)
+            } else {
+                Value::Number(n)
+            }
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(whole_numbers_as_integers).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(k, v)| (k, whole_numbers_as_integers(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 /// "an array", "a string", ...: a JSON value's kind, as the API speaks of it.

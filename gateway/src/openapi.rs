@@ -136,11 +136,11 @@ pub const ERRORS: &[(&str, &str, &[u16])] = &[
     ("GET", "/tasks", &[400, 500, 503, 504]),
     ("GET", "/tasks/stats", &[400, 500, 503, 504]),
     ("GET", "/tasks/{id}", &[400, 404, 500, 503, 504]),
-    ("DELETE", "/tasks/{id}", &[400, 404, 500, 503, 504]),
-    ("POST", "/tasks/{id}/retry", &[400, 404, 500, 503, 504]),
+    ("POST", "/tasks/{id}/cancel", &[400, 404, 409, 500, 503, 504]),
+    ("POST", "/tasks/{id}/retry", &[400, 404, 409, 500, 503, 504]),
     ("GET", "/tasks/{id}/events", &[400, 404, 500, 503, 504]),
     ("GET", "/counters/{name}", &[400, 500, 503, 504]),
-    ("DELETE", "/counters/{name}", &[400, 500, 503, 504]),
+    ("POST", "/counters/{name}/reset", &[400, 500, 503, 504]),
     (
         "POST",
         "/counters/{name}/increment",
@@ -170,6 +170,7 @@ pub const CALLS: &[(&str, &str, &[&str])] = &[
         &[
             "/mesh.tasks.v1.TaskService/SubmitTask",
             "/mesh.tasks.v1.TaskService/WatchTask",
+            "/mesh.tasks.v1.TaskService/CancelTask",
         ],
     ),
     (
@@ -191,7 +192,7 @@ fn error_response(status: u16) -> (&'static str, &'static str, serde_json::Value
         400 => (
             "BadRequest",
             "The request is invalid: a bad path segment, query parameter, header or body field \
-             (named in the message), or a service refused it (INVALID_ARGUMENT, FAILED_PRECONDITION, OUT_OF_RANGE).",
+             (named in the message), or a service refused it (INVALID_ARGUMENT, OUT_OF_RANGE).",
             "INVALID_ARGUMENT",
             "price_cents: expected an integer, got a string",
         ),
@@ -204,7 +205,8 @@ fn error_response(status: u16) -> (&'static str, &'static str, serde_json::Value
         ),
         409 => (
             "Conflict",
-            "The stored version is not the one given (`version`): someone else changed it (ABORTED).",
+            "The resource's state does not allow the request: the stored version is not the one given \
+             (`version`; ABORTED), or the task has already ended (cancel) or has not failed (retry; FAILED_PRECONDITION).",
             "ABORTED",
             "item 7 is at version 4, not the expected 3",
         ),
@@ -504,14 +506,31 @@ fn uncomment(comment: &str) -> String {
         .to_string()
 }
 
-/// Schema of a list of item tags: at most 32, each 1..=64 characters.
+/// [`tags_schema`], or `null` (an update's "leave the tags as they are").
+pub fn nullable_tags_schema() -> utoipa::openapi::schema::Array {
+    let mut tags = tags_schema();
+    tags.schema_type = utoipa::openapi::schema::SchemaType::from_iter([Type::Array, Type::Null]);
+    tags
+}
+
+/// Text that must not be blank (it is trimmed) and must not contain NUL
+/// (PostgreSQL's `TEXT` cannot hold it, so both backends refuse it). The
+/// whitespace is spelled out, as the set Rust's `str::trim` removes (Unicode
+/// White_Space), because regex engines disagree on `\s` (Python's includes
+/// U+001C..U+001F).
+pub const NOT_BLANK_PATTERN: &str =
+    r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$";
+
+/// Schema of a list of item tags: at most 32, each 1..=64 characters, not
+/// blank (tags are trimmed).
 pub fn tags_schema() -> utoipa::openapi::schema::Array {
     utoipa::openapi::schema::ArrayBuilder::new()
         .items(
             ObjectBuilder::new()
                 .schema_type(Type::String)
                 .min_length(Some(1))
-                .max_length(Some(64)),
+                .max_length(Some(64))
+                .pattern(Some(NOT_BLANK_PATTERN)),
         )
         .max_items(Some(32))
         .build()

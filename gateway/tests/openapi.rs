@@ -255,3 +255,66 @@ async fn served_at_openapi_json_and_docs_and_root() {
     let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(index, serde_json::json!({"docs": "/docs", "openapi": "/openapi.json"}));
 }
+
+/// Names and tags are trimmed and must not be blank: the contract's pattern
+/// says so with the exact whitespace Rust's `trim` removes, and every field
+/// that is trimmed uses it.
+#[test]
+fn not_blank_means_what_trim_means() {
+    use mesh_gateway::openapi::NOT_BLANK_PATTERN;
+    // The pattern's whitespace class, expanded (`\uXXXX`, ranges `a-b`, and
+    // the escapes it uses).
+    let class = NOT_BLANK_PATTERN
+        .split_once("*[^\\u0000")
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(class, _)| class)
+        .expect("pattern shape");
+    let mut listed = std::collections::BTreeSet::new();
+    let mut rest = class;
+    let mut previous: Option<u32> = None;
+    while !rest.is_empty() {
+        let (c, tail) = if let Some(hex) = rest.strip_prefix("\\u") {
+            (u32::from_str_radix(&hex[..4], 16).unwrap(), &hex[4..])
+        } else if let Some(tail) = rest.strip_prefix('\\') {
+            let c = match &tail[..1] {
+                "t" => 9,
+                "n" => 10,
+                "f" => 12,
+                "r" => 13,
+                other => panic!("unexpected escape \\{other}"),
+            };
+            (c, &tail[1..])
+        } else if let Some(tail) = rest.strip_prefix('-') {
+            let (to, tail) = (u32::from_str_radix(&tail[2..6], 16).unwrap(), &tail[6..]);
+            listed.extend(previous.unwrap()..=to);
+            rest = tail;
+            continue;
+        } else {
+            let c = rest.chars().next().unwrap();
+            (c as u32, &rest[c.len_utf8()..])
+        };
+        listed.insert(c);
+        previous = Some(c);
+        rest = tail;
+    }
+    let whitespace: std::collections::BTreeSet<u32> = (0..=0x10FFFF)
+        .filter_map(char::from_u32)
+        .filter(|c| c.is_whitespace())
+        .map(|c| c as u32)
+        .collect();
+    assert_eq!(listed, whitespace);
+
+    let schemas = serde_json::to_value(spec()).unwrap()["components"]["schemas"].clone();
+    for schema in ["Item", "CreateItem", "PatchItem"] {
+        assert_eq!(
+            schemas[schema]["properties"]["name"]["pattern"], NOT_BLANK_PATTERN,
+            "{schema}.name"
+        );
+    }
+    for schema in ["Item", "CreateItem", "PatchItem"] {
+        assert_eq!(
+            schemas[schema]["properties"]["tags"]["items"]["pattern"], NOT_BLANK_PATTERN,
+            "{schema}.tags"
+        );
+    }
+}

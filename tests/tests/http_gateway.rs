@@ -145,6 +145,14 @@ async fn bad_input_gets_a_clear_4xx_never_a_5xx() {
             "INVALID_ARGUMENT",
             "name",
         ),
+        // JSON has one number type: 150.0 is the integer 150 (JSON Schema
+        // agrees), but 1.5 is not an integer.
+        (
+            post("{\"name\": \"x\", \"price_cents\": 1.5}").await.unwrap(),
+            StatusCode::BAD_REQUEST,
+            "INVALID_ARGUMENT",
+            "price_cents: expected an integer, got a number",
+        ),
         (
             post("{\"name\": \"  \"}").await.unwrap(),
             StatusCode::BAD_REQUEST,
@@ -331,6 +339,9 @@ async fn bad_input_gets_a_clear_4xx_never_a_5xx() {
         assert_eq!(got, status, "{url}: {body}");
         assert_error(&body, code, mentions);
     }
+    let (status, item) = json_of(post("{\"name\": \"x\", \"price_cents\": 150.0}").await.unwrap()).await;
+    assert_eq!(status, StatusCode::CREATED, "{item}");
+    assert_eq!(item["price_cents"], 150);
 }
 
 #[tokio::test]
@@ -383,7 +394,7 @@ async fn cache_and_counter_routes() {
     }
     let (_, now) = json_of(h.get(mesh.at("/counters/visits")).send().await.unwrap()).await;
     assert_eq!(now["value"], 16);
-    let (_, reset) = json_of(h.delete(mesh.at("/counters/visits")).send().await.unwrap()).await;
+    let (_, reset) = json_of(h.post(mesh.at("/counters/visits/reset")).send().await.unwrap()).await;
     assert_eq!(reset["value"], 16);
     let (_, zero) = json_of(h.get(mesh.at("/counters/visits")).send().await.unwrap()).await;
     assert_eq!(zero["value"], 0);
@@ -411,6 +422,38 @@ async fn a_thousand_concurrent_increments_from_many_clients_count_exactly() {
     }
     let (_, v) = json_of(mesh.http.get(mesh.at("/counters/concurrent")).send().await.unwrap()).await;
     assert_eq!(v["value"], 1000);
+}
+
+/// The kinds the contract lists (`SubmitBody.kind`'s enum in the gateway's
+/// OpenAPI document) are the kinds a live tasks service runs.
+#[tokio::test]
+async fn the_documented_task_kinds_are_the_ones_the_tasks_service_runs() {
+    let mesh = Mesh::start().await;
+    let h = &mesh.http;
+    let (_, spec) = json_of(h.get(mesh.at("/openapi.json")).send().await.unwrap()).await;
+    let mut documented: Vec<String> = spec["components"]["schemas"]["SubmitBody"]["properties"]["kind"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no kind enum in {}", spec["components"]["schemas"]["SubmitBody"]))
+        .iter()
+        .map(|k| k.as_str().unwrap().to_string())
+        .collect();
+    documented.sort();
+    let (status, refused) = json_of(
+        h.post(mesh.at("/tasks"))
+            .json(&json!({"kind": "no-such-kind"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    let (_, known) = message
+        .split_once("known kinds: ")
+        .unwrap_or_else(|| panic!("{message}"));
+    let mut running: Vec<String> = known.split(", ").map(str::to_string).collect();
+    running.sort();
+    assert_eq!(documented, running);
 }
 
 #[tokio::test]
@@ -446,8 +489,8 @@ async fn tasks_routes_and_server_sent_events() {
     assert_eq!(task["result"]["slept_ms"], 300);
     let (_, list) = json_of(h.get(mesh.at("/tasks?status=succeeded")).send().await.unwrap()).await;
     assert!(list["tasks"].as_array().unwrap().iter().any(|t| t["id"] == id));
-    let (status, refused) = json_of(h.delete(mesh.at(&format!("/tasks/{id}"))).send().await.unwrap()).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, refused) = json_of(h.post(mesh.at(&format!("/tasks/{id}/cancel"))).send().await.unwrap()).await;
+    assert_eq!(status, StatusCode::CONFLICT);
     assert_error(&refused, "FAILED_PRECONDITION", "succeeded");
 }
 

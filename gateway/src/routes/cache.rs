@@ -25,8 +25,8 @@ pub struct PutValue {
     ttl_seconds: Option<u64>,
 }
 
-/// The path segment `{key}`: 1..=512 bytes.
-const KEY: &str = "The key, 1..=512 bytes (percent-encoded in the path)";
+/// The path segment `{key}`: 1..=512 characters.
+const KEY: &str = "The key, 1..=512 characters, no NUL (percent-encoded in the path)";
 
 /// A cached value. UTF-8 values come back as `value`; anything else (written
 /// over gRPC) as `value_base64`, so no byte is ever altered.
@@ -69,7 +69,7 @@ fn value_json(key: String, value: Vec<u8>) -> CacheValue {
 
 /// Read a cached value.
 #[utoipa::path(get, path = "/cache/{key}", tag = "cache", operation_id = "cache_get",
-    params(("key" = String, Path, min_length = 1, max_length = 512, description = KEY)),
+    params(("key" = String, Path, min_length = 1, max_length = 512, pattern = "^[^\\u0000]*$", description = KEY)),
     responses((status = 200, description = "The value", body = CacheValue)))]
 #[tracing::instrument(level = "debug", skip_all, fields(key = %key))]
 pub async fn get(
@@ -90,7 +90,7 @@ pub async fn get(
 
 /// Store a value.
 #[utoipa::path(put, path = "/cache/{key}", tag = "cache", operation_id = "cache_set",
-    params(("key" = String, Path, min_length = 1, max_length = 512, description = KEY)),
+    params(("key" = String, Path, min_length = 1, max_length = 512, pattern = "^[^\\u0000]*$", description = KEY)),
     request_body = PutValue,
     responses((status = 200, description = "Stored", body = StoredValue)))]
 #[tracing::instrument(level = "debug", skip_all, fields(key = %key))]
@@ -129,7 +129,7 @@ pub async fn put(
 
 /// Delete a cached value.
 #[utoipa::path(delete, path = "/cache/{key}", tag = "cache", operation_id = "cache_delete",
-    params(("key" = String, Path, min_length = 1, max_length = 512, description = KEY)),
+    params(("key" = String, Path, min_length = 1, max_length = 512, pattern = "^[^\\u0000]*$", description = KEY)),
     responses((status = 204, description = "Deleted")))]
 #[tracing::instrument(level = "debug", skip_all, fields(key = %key))]
 pub async fn delete(

@@ -41,7 +41,7 @@ pub struct CounterJson {
 }
 
 /// The path segment `{name}`.
-const NAME: &str = "The counter's name, 1..=256 bytes";
+const NAME: &str = "The counter's name, 1..=256 characters";
 
 impl From<pb::CounterValue> for CounterJson {
     fn from(v: pb::CounterValue) -> Self {
@@ -99,7 +99,7 @@ pub async fn get(
 }
 
 /// Resets to 0 and returns the value the counter had.
-#[utoipa::path(delete, path = "/counters/{name}", tag = "counters", operation_id = "reset_counter",
+#[utoipa::path(post, path = "/counters/{name}/reset", tag = "counters", operation_id = "reset_counter",
     params(("name" = String, Path, min_length = 1, max_length = 256, description = NAME)),
     responses((status = 200, description = "The value the counter had", body = CounterJson)))]
 #[tracing::instrument(level = "debug", skip_all, fields(name = %name))]

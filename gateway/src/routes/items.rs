@@ -29,9 +29,13 @@ use crate::state::AppState;
 pub struct ItemJson {
     #[schema(minimum = 1)]
     pub id: i64,
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     pub name: String,
-    #[schema(max_length = 10000)]
+    #[schema(max_length = 10000, pattern = "^[^\\u0000]*$")]
     pub description: String,
     #[schema(minimum = 0)]
     pub price_cents: i64,
@@ -60,6 +64,7 @@ fn item_example() -> serde_json::Value {
 pub struct ItemPage {
     pub items: Vec<ItemJson>,
     /// Pass as `page_token` for the next page; empty on the last one.
+    #[schema(pattern = "^(after-[1-9][0-9]{0,17})?$")]
     pub next_page_token: String,
 }
 
@@ -83,10 +88,14 @@ impl From<pb::Item> for ItemJson {
 #[schema(example = json!({"name": "pen", "description": "blue ink", "price_cents": 150, "tags": ["office"]}))]
 pub struct CreateItem {
     /// Trimmed; 1..=200 characters.
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     name: String,
     #[serde(default)]
-    #[schema(max_length = 10000)]
+    #[schema(max_length = 10000, pattern = "^[^\\u0000]*$")]
     description: String,
     #[serde(default)]
     #[schema(minimum = 0)]
@@ -101,14 +110,18 @@ pub struct CreateItem {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"price_cents": 175, "version": 1}))]
 pub struct PatchItem {
-    #[schema(min_length = 1, max_length = 200)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\u0000]*[^\u0000\t\n\u000b\f\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$"
+    )]
     name: Option<String>,
-    #[schema(max_length = 10000)]
+    #[schema(max_length = 10000, pattern = "^[^\\u0000]*$")]
     description: Option<String>,
     #[schema(minimum = 0)]
     price_cents: Option<i64>,
-    /// `[]` clears the tags.
-    #[schema(schema_with = crate::openapi::tags_schema)]
+    /// `[]` clears the tags; absent or `null` leaves them.
+    #[schema(schema_with = crate::openapi::nullable_tags_schema)]
     tags: Option<Vec<String>>,
     /// When given, the update only applies to this version (else 409).
     #[schema(minimum = 1)]
@@ -123,6 +136,7 @@ pub struct ListParams {
     #[param(minimum = 0, maximum = 1000)]
     page_size: Option<i32>,
     /// From the previous page's `next_page_token`.
+    #[param(pattern = "^(after-[1-9][0-9]{0,17})?$")]
     page_token: Option<String>,
 }
 

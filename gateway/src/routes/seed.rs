@@ -39,8 +39,8 @@ pub async fn test() -> axum::Json<Hello> {
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct KeyParam {
-    /// The key in the cache's public keyspace, 1..=512 bytes.
-    #[param(min_length = 1, max_length = 512)]
+    /// The key in the cache's public keyspace, 1..=512 characters, no NUL.
+    #[param(min_length = 1, max_length = 512, pattern = "^[^\\u0000]*$")]
     key: String,
 }
 
@@ -149,19 +149,27 @@ pub async fn start_task(State(state): State<AppState>, call: Call) -> Result<axu
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct BlockingParams {
-    /// How long the blocking task sleeps; the seed's is 5 s. At most 10 minutes.
-    #[serde(default = "five_seconds")]
-    #[param(default = 5000, minimum = 0, maximum = 600000)]
+    /// How long the blocking task sleeps; the seed's is 5 s, which is also
+    /// the most: the request is held open while the task runs.
+    #[serde(default = "max_blocking_ms")]
+    #[param(default = 5000, minimum = 0, maximum = 5000)]
     ms: u64,
 }
 
-fn five_seconds() -> u64 {
-    5000
+/// The longest sleep `GET /run-blocking-task` asks for: the seed's 5 s. The
+/// request waits for the task, so a longer one would hold a connection (and
+/// a worker) for as long as a client cares to ask; longer work belongs in
+/// `POST /tasks`, which answers at once.
+const MAX_BLOCKING_MS: u64 = 5000;
+
+fn max_blocking_ms() -> u64 {
+    MAX_BLOCKING_MS
 }
 
 /// `GET /run-blocking-task[?ms=N]`: the seed's `time.sleep(5)` in a thread
 /// pool, run as a `sleep` task on the tasks service's blocking pool; the
-/// request waits for it and returns its result.
+/// request waits for it and returns its result. A client that gives up
+/// (or a wait that runs out) cancels the task, which frees its thread.
 #[utoipa::path(get, path = "/run-blocking-task", tag = "seed", operation_id = "run_blocking_task",
     params(BlockingParams),
     responses((status = 200, description = "The finished task's result", body = BlockingResult)))]
@@ -171,10 +179,22 @@ pub async fn run_blocking_task(
     call: Call,
     Query(p): Query<BlockingParams>,
 ) -> Result<axum::Json<BlockingResult>, AppError> {
+    if p.ms > MAX_BLOCKING_MS {
+        return Err(AppError::invalid(format!(
+            "ms: at most {MAX_BLOCKING_MS} (the request waits for the task; submit longer work with POST /tasks)"
+        )));
+    }
     let task = submit_task(&state, &call, "sleep".into(), json!({"ms": p.ms}), 9).await?;
+    let guard = CancelOnDrop {
+        state: state.clone(),
+        id: task.id,
+        request_id: call.request_id.clone(),
+        armed: true,
+    };
     // Queueing and running may take a while; allow the sleep plus a margin.
     let limit = Duration::from_millis(p.ms) + state.route_timeout * 2;
     let done = wait_for(&state, &call, task.id, limit).await?;
+    guard.disarm();
     let status = done.status();
     let result = done.result.map(mesh_proto::json::from_proto);
     match (status, result) {
@@ -188,6 +208,44 @@ pub async fn run_blocking_task(
             status_name(status),
             done.error
         ))),
+    }
+}
+
+/// Cancels a task the request queued, unless disarmed: the request ended
+/// (its client went away, or its wait ran out) before the task did, and
+/// nobody else is waiting for it.
+struct CancelOnDrop {
+    state: AppState,
+    id: i64,
+    request_id: Option<String>,
+    armed: bool,
+}
+
+impl CancelOnDrop {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (state, id) = (self.state.clone(), self.id);
+        let call = mesh_upstream::CallContext::new(self.request_id.take(), state.route_timeout);
+        let cancel = state.tasks.unary(
+            &call,
+            mesh_proto::tasks::v1::CancelTaskRequest { id },
+            mesh_proto::tasks::v1::task_service_client::TaskServiceClient::cancel_task,
+        );
+        tokio::spawn(async move {
+            match cancel.await {
+                Ok(_) => tracing::debug!(task_id = id, "request ended first; its blocking task was cancelled"),
+                // It may have just ended: nothing left to cancel.
+                Err(err) => tracing::debug!(task_id = id, error = %err, "cancelling the request's task"),
+            }
+        });
     }
 }
 

@@ -26,7 +26,7 @@ use crate::state::AppState;
     "timeout_ms": 10000}))]
 pub struct SubmitBody {
     /// One of the kinds the tasks service knows.
-    #[schema(example = "echo")]
+    #[schema(schema_with = kind_schema, example = "echo")]
     kind: String,
     /// Kind-specific input: echo takes anything; sleep `{"ms": N}`; hash
     /// `{"data": "...", "rounds": N}`; ticker `{"steps": N, "step_ms": M}`;
@@ -48,7 +48,8 @@ pub struct SubmitBody {
     /// Not before this time (RFC 3339). Give this or `countdown_ms`, not both.
     #[schema(format = DateTime)]
     run_at: Option<String>,
-    /// Not before this many ms from now.
+    /// Not before this many ms from now; at most 365 days.
+    #[schema(maximum = 31_536_000_000_u64)]
     countdown_ms: Option<u64>,
     /// Named queue; "" means "default".
     #[serde(default)]
@@ -64,10 +65,44 @@ pub struct ListParams {
     #[param(minimum = 0, maximum = 1000)]
     page_size: Option<i32>,
     /// From the previous page's `next_page_token`.
+    #[param(pattern = "^(before-[1-9][0-9]{0,17})?$")]
     page_token: Option<String>,
     /// Only tasks in this state.
     #[param(schema_with = status_schema)]
     status: Option<String>,
+}
+
+/// The kinds of task the tasks service runs (its built-in registry; a test
+/// holds the two equal by asking a live tasks service).
+pub const KINDS: &[&str] = &["echo", "fetch", "flaky", "hash", "sleep", "ticker"];
+
+/// [`KINDS`] as an enum schema.
+pub fn kind_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(KINDS.iter().copied()))
+        .build()
+}
+
+/// One server-sent event of `GET /tasks/{id}/events`, as a client's event
+/// parser sees it.
+#[derive(ToSchema)]
+#[allow(dead_code)] // a schema only: the events are written by `Event`
+pub struct TaskEvent {
+    /// `task`: `data` is a `Task`; `error`: `data` is an `ErrorBody` (the
+    /// stream failed part-way and ends).
+    #[schema(schema_with = event_name_schema)]
+    event: String,
+    /// JSON: a `Task` or an `ErrorBody`, by `event`.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+fn event_name_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["task", "error"]))
+        .build()
 }
 
 /// The task states' names, as an enum schema spelled by [`status_name`].
@@ -91,6 +126,7 @@ pub struct Accepted {
 #[derive(Serialize, ToSchema)]
 pub struct TaskPage {
     /// Pass as `page_token` for the next page; empty on the last one.
+    #[schema(pattern = "^(before-[1-9][0-9]{0,17})?$")]
     pub next_page_token: String,
     pub tasks: Vec<TaskJson>,
 }
@@ -342,8 +378,8 @@ pub async fn retry(
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StatsParams {
-    /// One queue's figures; absent: every queue's.
-    #[param(pattern = "^[a-z0-9_-]{1,64}$")]
+    /// One queue's figures; absent or empty: every queue's.
+    #[param(pattern = "^([a-z0-9_-]{1,64})?$")]
     queue: Option<String>,
 }
 
@@ -427,8 +463,10 @@ pub async fn get(
     Ok(axum::Json(task.into()))
 }
 
-/// Cancel a task.
-#[utoipa::path(delete, path = "/tasks/{id}", tag = "tasks", operation_id = "cancel_task",
+/// Cancel a task: a queued one at once, a running one as soon as its worker
+/// sees the request. The task is kept; `GET /tasks/{id}` shows it cancelled.
+/// 409 if it has already ended.
+#[utoipa::path(post, path = "/tasks/{id}/cancel", tag = "tasks", operation_id = "cancel_task",
     params(("id" = i64, Path, minimum = 1, description = "The task's id")),
     responses((status = 200, description = "The task, cancelled or asked to stop", body = TaskJson)))]
 #[tracing::instrument(level = "debug", skip_all, fields(id = %id))]
@@ -477,7 +515,7 @@ const WATCH_LIMIT: Duration = Duration::from_secs(3600);
 /// until the task ends. A failure mid-stream becomes an `error` event.
 #[utoipa::path(get, path = "/tasks/{id}/events", tag = "tasks", operation_id = "watch_task",
     params(("id" = i64, Path, minimum = 1, description = "The task's id")),
-    responses((status = 200, content_type = "text/event-stream", body = String,
+    responses((status = 200, content_type = "text/event-stream", body = TaskEvent,
         description = "Server-sent events: `task` events whose data is a `Task` (JSON), until the task ends; \
             an `error` event (data: an `ErrorBody`) if the stream fails part-way. Keep-alive comments in between.",
         example = "event: task\ndata: {\"id\":12,\"kind\":\"sleep\",\"status\":\"running\",...}\n\n")))]

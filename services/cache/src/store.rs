@@ -9,7 +9,7 @@ use bytes::Bytes;
 use crate::backend::CacheBackend;
 use crate::error::CacheError;
 
-pub const MAX_KEY_BYTES: usize = 512;
+pub const MAX_KEY_CHARS: usize = 512;
 pub const MAX_NAMESPACE_BYTES: usize = 64;
 pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
 /// A year: longer TTLs are almost certainly unit mistakes.
@@ -111,10 +111,13 @@ fn validate_key(key: &str) -> Result<(), CacheError> {
     if key.is_empty() {
         return Err(CacheError::invalid("key", "must not be empty"));
     }
-    if key.len() > MAX_KEY_BYTES {
+    // Characters, not bytes, as the HTTP contract counts a string's length
+    // (JSON Schema's maxLength).
+    let chars = key.chars().count();
+    if chars > MAX_KEY_CHARS {
         return Err(CacheError::invalid(
             "key",
-            format!("is {} bytes; at most {MAX_KEY_BYTES}", key.len()),
+            format!("is {chars} characters; at most {MAX_KEY_CHARS}"),
         ));
     }
     Ok(())

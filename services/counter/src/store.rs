@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::backend::CounterBackend;
 use crate::error::CounterError;
 
-pub const MAX_NAME_BYTES: usize = 256;
+pub const MAX_NAME_CHARS: usize = 256;
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 
 #[derive(Clone)]
@@ -44,10 +44,13 @@ fn validate_name(name: &str) -> Result<(), CounterError> {
     if name.is_empty() {
         return Err(CounterError::invalid("name", "must not be empty"));
     }
-    if name.len() > MAX_NAME_BYTES {
+    // Characters, not bytes, as the HTTP contract counts a string's length
+    // (JSON Schema's maxLength).
+    let chars = name.chars().count();
+    if chars > MAX_NAME_CHARS {
         return Err(CounterError::invalid(
             "name",
-            format!("is {} bytes; at most {MAX_NAME_BYTES}", name.len()),
+            format!("is {chars} characters; at most {MAX_NAME_CHARS}"),
         ));
     }
     Ok(())

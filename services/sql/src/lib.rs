@@ -233,6 +233,16 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// A positive id written the one way the services write it: 1 to 18 ASCII
+/// digits, no sign, no leading zero (`[1-9][0-9]{0,17}`, as the page-token
+/// patterns in the OpenAPI document say). Anything else is `None`, so a
+/// token that breaks the documented pattern is refused, never read leniently.
+pub fn positive_id(digits: &str) -> Option<i64> {
+    let well_formed =
+        (1..=18).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0');
+    well_formed.then(|| digits.parse().ok()).flatten()
+}
+
 /// The one text rule both backends share: PostgreSQL refuses the NUL
 /// character in `TEXT` while SQLite stores it, so a value with one is refused
 /// up front, on either backend, with a message naming the field's problem.
@@ -241,5 +251,20 @@ pub fn check_text(text: &str) -> Result<(), &'static str> {
         Err("must not contain the NUL character (U+0000)")
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::positive_id;
+
+    #[test]
+    fn positive_ids_are_read_only_in_their_one_written_form() {
+        assert_eq!(positive_id("1"), Some(1));
+        assert_eq!(positive_id("42"), Some(42));
+        assert_eq!(positive_id("999999999999999999"), Some(999_999_999_999_999_999));
+        for bad in ["", "0", "007", "+5", "-3", " 5", "5 ", "1x", "1000000000000000000", "١"] {
+            assert_eq!(positive_id(bad), None, "{bad:?}");
+        }
     }
 }

@@ -98,7 +98,8 @@ impl TaskContext {
 
     /// Runs blocking work on the bounded blocking pool. If the attempt is
     /// abandoned (timeout, cancel), the thread runs on and its result is
-    /// ignored; its pool slot stays taken until it ends.
+    /// ignored; its pool slot stays taken until it ends (so blocking work
+    /// that can stop early should watch for that: see [`Sleep`]).
     pub async fn blocking<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
         Self::on(&self.pools.blocking, f).await
     }
@@ -167,8 +168,16 @@ impl TaskKind for Sleep {
     }
     async fn run(&self, payload: Value, ctx: &TaskContext) -> Result<Value, String> {
         let ms = whole(&payload, "ms", 0, self.max_ms)?;
-        ctx.blocking(move || std::thread::sleep(Duration::from_millis(ms)))
-            .await?;
+        // The thread blocks as `time.sleep` would, but on a channel that this
+        // attempt holds: an attempt that is abandoned (cancelled, timed out)
+        // drops the sender, which wakes the thread at once and frees its slot
+        // in the blocking pool, instead of sleeping on for nobody.
+        let (abandoned, wake) = std::sync::mpsc::channel::<()>();
+        let slept = ctx.blocking(move || {
+            let _ = wake.recv_timeout(Duration::from_millis(ms));
+        });
+        slept.await?;
+        drop(abandoned);
         Ok(json!({"message": "Task complete!", "slept_ms": ms}))
     }
 }
@@ -548,6 +557,22 @@ mod tests {
             .validate(&json!({"steps": 21, "step_ms": 100}))
             .unwrap_err();
         assert_eq!(err, "payload: steps × step_ms is 2100 ms; at most 2000");
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_sleep_frees_its_blocking_thread_at_once() {
+        // One blocking slot: a second sleep can only run once the first,
+        // abandoned after 50 ms of its 10 minutes, has given the slot back.
+        let pools = Pools::new(1, 1);
+        let ctx = |id| TaskContext::new(id, 1, pools.clone(), watch::channel(None).0);
+        let long = ctx(1);
+        let abandoned = tokio::time::timeout(Duration::from_millis(50), SLEEP.run(json!({"ms": 600_000}), &long)).await;
+        assert!(abandoned.is_err(), "the 10-minute sleep cannot have finished");
+        let short = ctx(2);
+        let next = tokio::time::timeout(Duration::from_secs(60), SLEEP.run(json!({"ms": 1}), &short))
+            .await
+            .expect("the blocking slot was given back long before the first sleep's 10 minutes");
+        assert_eq!(next.unwrap()["slept_ms"], 1);
     }
 
     #[tokio::test]

@@ -306,7 +306,6 @@ fn decode_token(token: &str) -> Result<i64, TaskError> {
     }
     token
         .strip_prefix("before-")
-        .and_then(|id| id.parse::<i64>().ok())
-        .filter(|id| *id > 0)
+        .and_then(mesh_sql::positive_id)
         .ok_or_else(|| TaskError::invalid("page_token", "not a token this service issued"))
 }
