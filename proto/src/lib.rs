@@ -430,14 +430,14 @@ mod tests {
             ("DELETE", "/cache/{key}", "", "Delete"),
             ("POST", "/tasks", "*", "SubmitTask"),
             ("GET", "/tasks/{id}", "", "GetTask"),
-            ("DELETE", "/tasks/{id}", "", "CancelTask"),
+            ("POST", "/tasks/{id}/cancel", "", "CancelTask"),
             ("GET", "/tasks", "", "ListTasks"),
             ("GET", "/tasks/{id}/events", "", "WatchTask"),
             ("POST", "/tasks/{id}/retry", "", "RetryTask"),
             ("GET", "/tasks/stats", "", "QueueStats"),
             ("POST", "/counters/{name}/increment", "*", "Increment"),
             ("GET", "/counters/{name}", "", "Get"),
-            ("DELETE", "/counters/{name}", "", "Reset"),
+            ("POST", "/counters/{name}/reset", "", "Reset"),
         ] {
             assert!(rows.contains(&want), "{want:?} missing from {rows:?}");
         }
