@@ -504,3 +504,49 @@ async fn claiming_stays_an_index_seek_with_100k_tasks_queued() {
     eprintln!("drained {succeeded} of the 100,000 queued tasks, each exactly once (no rate asserted)");
     conn.close().await.unwrap();
 }
+
+/// On PostgreSQL a task queued through one replica wakes the idle workers of
+/// another at once (LISTEN/NOTIFY), also when it becomes ready later (a
+/// countdown): with polling slowed to ten minutes, the worker replica still
+/// starts both long before its next poll.
+#[tokio::test]
+async fn a_task_queued_on_one_replica_wakes_another_replicas_idle_workers() {
+    let Some(url) = postgres("notify_wakes_other_replicas").await else {
+        return;
+    };
+    let schema = format!("{}_", unique("notify"));
+    let _schemas = SchemaGuard::new(&url, [format!("{schema}tasks")]);
+    let common = [
+        "--database-url",
+        &url,
+        "--db-schema-prefix",
+        &schema,
+        "--poll-ms",
+        "600000",
+    ];
+    // The front replica only serves the API; the worker replica only works.
+    let front = replicas("tasks-service", 1, &args(&[&common[..], &["--workers", "0"]].concat())).await;
+    let worker = replicas("tasks-service", 1, &args(&[&common[..], &["--workers", "2"]].concat())).await;
+    let mut client = TaskServiceClient::new(front[0].channel());
+    let submit = |countdown_ms: u64| SubmitTaskRequest {
+        kind: "echo".into(),
+        payload: Some(mesh_tests::proto::json::to_proto(json!("wake up"))),
+        countdown: (countdown_ms > 0).then(|| prost_types::Duration {
+            seconds: 0,
+            nanos: (countdown_ms * 1_000_000) as i32,
+        }),
+        ..Default::default()
+    };
+    let now = client.submit_task(submit(0)).await.unwrap().into_inner().id;
+    let later = client.submit_task(submit(500)).await.unwrap().into_inner().id;
+    // WAIT (30 s) is far below the worker's 10-minute poll: only a
+    // notification can have woken it.
+    let done = wait_all(&client, &[now, later], WAIT).await;
+    for t in done.values() {
+        assert_eq!(t.status, TaskStatus::Succeeded as i32, "{t:?}");
+    }
+    eventually("the worker replica ran both", WAIT, async || {
+        worker[0].logs().matches("task started").count() == 2
+    })
+    .await;
+}

@@ -123,7 +123,7 @@ pub async fn connect(
     };
     let options: AnyConnectOptions = url.parse().map_err(ConnectError::Connect)?;
     let schema = match backend {
-        Backend::Postgres => Some(format!("{}{service}", config.db_schema_prefix)),
+        Backend::Postgres => Some(schema_name(config, service)),
         Backend::Sqlite => None,
     };
     if let Some(schema) = &schema {
@@ -167,6 +167,11 @@ pub async fn connect(
     migrator.run(&pool).await.map_err(ConnectError::Migrate)?;
     tracing::info!(?backend, schema = schema.as_deref().unwrap_or("-"), "database ready");
     Ok((pool, backend))
+}
+
+/// The PostgreSQL schema `service` keeps its tables in.
+pub fn schema_name(config: &SqlConfig, service: &str) -> String {
+    format!("{}{service}", config.db_schema_prefix)
 }
 
 /// Takes an exclusive lock on `path` (created if missing), waiting for any

@@ -5,6 +5,8 @@
 //!   (echo, sleep, hash, ticker, flaky, fetch);
 //! - [`worker`]: the worker pool: leases, time limits, cancellation, progress, retries,
 //!   and the reaper (expired leases, priority aging, result retention);
+//! - [`wakeups`]: on PostgreSQL, LISTEN/NOTIFY so every replica's idle workers wake
+//!   when a task is queued anywhere (polling is the fallback);
 //! - [`service`]: the `mesh.tasks.v1.TaskService` adapter, including `WatchTask`;
 //! - [`run`]: serve on a bound listener until a shutdown future resolves.
 #![forbid(unsafe_code)]
@@ -14,6 +16,7 @@ pub mod fetch_policy;
 pub mod kinds;
 pub mod service;
 pub mod store;
+pub mod wakeups;
 pub mod worker;
 
 use std::future::Future;
@@ -22,6 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mesh_proto::tasks::v1::task_service_server::TaskServiceServer;
+use mesh_sql::Backend;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -57,9 +61,11 @@ pub struct Config {
     #[arg(long, env = "TASKS_LEASE_MS", default_value_t = 30_000)]
     pub lease_ms: u64,
 
-    /// How often idle workers look for tasks queued through other replicas, in ms.
-    #[arg(long, env = "TASKS_POLL_MS", default_value_t = 200)]
-    pub poll_ms: u64,
+    /// How often idle workers look for tasks queued through other replicas,
+    /// in ms. Default: 200 on SQLite; 5000 on PostgreSQL, where LISTEN/NOTIFY
+    /// wakes them at once and polling is only the fallback.
+    #[arg(long, env = "TASKS_POLL_MS")]
+    pub poll_ms: Option<u64>,
 
     /// How long running tasks may take to finish at shutdown before they are
     /// put back in the queue, in ms.
@@ -132,7 +138,17 @@ pub async fn run(
         &POSTGRES_MIGRATIONS,
     )
     .await?;
-    let store = TaskStore::new(pool.clone(), backend);
+    let mut store = TaskStore::new(pool.clone(), backend);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    if let (Backend::Postgres, Some(url)) = (backend, &config.sql.database_url) {
+        let channel = wakeups::channel(&mesh_sql::schema_name(&config.sql, "tasks"));
+        store = store.with_channel(&channel);
+        tokio::spawn(wakeups::listen(url.clone(), channel, store.clone(), stop_rx.clone()));
+    }
+    let poll_ms = config.poll_ms.unwrap_or(match backend {
+        Backend::Sqlite => 200,
+        Backend::Postgres => 5000,
+    });
     let limits = Limits {
         max_sleep_ms: config.max_sleep_ms,
         max_hash_rounds: config.max_hash_rounds,
@@ -150,7 +166,7 @@ pub async fn run(
             workers: config.workers,
             queues: config.queues.clone(),
             lease: Duration::from_millis(config.lease_ms.max(300)),
-            poll: Duration::from_millis(config.poll_ms.max(10)),
+            poll: Duration::from_millis(poll_ms.max(10)),
             cancel_poll: Duration::from_millis(config.cancel_poll_ms.max(10)),
             shutdown_grace: Duration::from_millis(config.shutdown_grace_ms),
             backoff: store::Backoff {
@@ -163,7 +179,6 @@ pub async fn run(
             cpu_threads: config.cpu_threads.unwrap_or(cores),
         },
     );
-    let (stop_tx, stop_rx) = watch::channel(false);
     let api = TasksApi::new(store, registry, stop_rx);
     let served = mesh_common::grpc::GrpcServer::new(TaskServiceServer::new(api))
         .with_probe(move || {

@@ -130,10 +130,7 @@ impl TaskStore {
             return Ok((task_from_row(&row)?, false));
         };
         let task = task_from_row(&row)?;
-        if ready_at > now {
-            self.due_at(ready_at);
-        }
-        self.wake();
+        self.announce(ready_at).await;
         self.changed(task.id);
         Ok((task, true))
     }
@@ -222,7 +219,7 @@ impl TaskStore {
              WHERE id = $1 AND status IN ('{FAILED}', '{CANCELLED}') RETURNING {COLUMNS}"
         );
         if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
-            self.wake();
+            self.announce(now).await;
             self.changed(id);
             return task_from_row(&row);
         }

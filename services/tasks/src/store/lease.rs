@@ -220,8 +220,7 @@ impl TaskStore {
             .await?;
         self.changed(task.id);
         if let (Status::Queued, Some(at)) = (status, run_at) {
-            self.due_at(at);
-            self.wake();
+            self.announce(at).await;
         }
         Ok((done.rows_affected() == 1).then_some(status))
     }

@@ -148,6 +148,10 @@ pub struct TaskStore {
     /// Wakes idle local workers when a task is submitted here. Workers also
     /// poll, for tasks submitted through other replicas.
     submitted: Arc<Notify>,
+    /// On PostgreSQL, the channel every replica LISTENs on (see
+    /// `crate::wakeups`): a queued task is announced there too, so idle
+    /// workers of other replicas start it without waiting for their poll.
+    channel: Option<Arc<str>>,
     /// The earliest future `run_at` this process scheduled (a countdown, a
     /// retry's back-off), so idle workers wake for it on time rather than at
     /// their next poll.
@@ -163,9 +167,16 @@ impl TaskStore {
             pool,
             backend,
             submitted: Arc::new(Notify::new()),
+            channel: None,
             due: Default::default(),
             changes: broadcast::channel(1024).0,
         }
+    }
+
+    /// Announces queued tasks on `channel` too (PostgreSQL's NOTIFY).
+    pub fn with_channel(mut self, channel: &str) -> Self {
+        self.channel = Some(channel.into());
+        self
     }
 
     pub fn submitted(&self) -> &Notify {
@@ -184,6 +195,36 @@ impl TaskStore {
     fn wake(&self) {
         self.submitted.notify_waiters();
         self.submitted.notify_one();
+    }
+
+    /// A task becomes ready at `ready_at_ms`: wakes this process's idle
+    /// workers and, on PostgreSQL, every replica's (`pg_notify`, delivered
+    /// once the task's row is committed, as it already is here). A failed
+    /// NOTIFY costs only time: the others find the task at their next poll.
+    async fn announce(&self, ready_at_ms: i64) {
+        if ready_at_ms > now_ms() {
+            self.due_at(ready_at_ms);
+        }
+        self.wake();
+        if let Some(channel) = &self.channel {
+            let sent = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel.as_ref())
+                .bind(ready_at_ms.to_string())
+                .execute(&self.pool)
+                .await;
+            if let Err(err) = sent {
+                tracing::warn!(error = %err, "cannot NOTIFY the other replicas; they find the task at their next poll");
+            }
+        }
+    }
+
+    /// Another replica (or this one) announced a task that becomes ready at
+    /// `ready_at_ms` (0: now).
+    pub fn heard(&self, ready_at_ms: i64) {
+        if ready_at_ms > now_ms() {
+            self.due_at(ready_at_ms);
+        }
+        self.wake();
     }
 
     /// Remembers that a task becomes ready at `at_ms`.

@@ -45,7 +45,7 @@ impl TaskStore {
         );
         let requeued = sqlx::query(&sql).bind(now).execute(&self.pool).await?;
         if requeued.rows_affected() > 0 {
-            self.wake();
+            self.announce(now).await;
         }
         Ok(requeued.rows_affected() + failed.rows_affected() + cancelled.rows_affected())
     }
