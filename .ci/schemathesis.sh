@@ -146,6 +146,7 @@ step "schemathesis run (all checks, seed $seed, at most $max_examples examples p
 #   `countdown_ms` given together, or a time more than 365 days ahead. Those
 #   are documented 400s. And a reused Idempotency-Key with another body is
 #   a documented 422 (Schemathesis sends the same key with different bodies).
+#   POST /tasks:batch (submit_tasks) likewise, for each of its tasks.
 # - POST /counters/{name}/increment: the same 422 for a reused key.
 # One worker, so that a seed gives the same requests in the same order.
 mkdir -p "$report_dir"
@@ -169,6 +170,10 @@ enabled = false
 
 [[operations]]
 include-operation-id = "submit_task"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "422", "429"]
+
+[[operations]]
+include-operation-id = "submit_tasks"
 checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "422", "429"]
 
 [[operations]]

@@ -271,6 +271,7 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
         .route("/items/{id}", get(items::get).patch(items::patch).delete(items::delete))
         .route("/cache/{key}", get(cache::get).put(cache::put).delete(cache::delete))
         .route("/tasks", post(tasks::submit).get(tasks::list))
+        .route("/tasks:batch", post(tasks::submit_batch))
         .route("/tasks/stats", get(tasks::stats))
         .route("/tasks/{id}", get(tasks::get))
         .route("/tasks/{id}/cancel", post(tasks::cancel))

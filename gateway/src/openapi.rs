@@ -84,7 +84,7 @@ pub async fn index() -> axum::Json<Index> {
     paths(
         items::create, items::list, items::get, items::patch, items::delete,
         cache::get, cache::put, cache::delete,
-        tasks::submit, tasks::list, tasks::stats, tasks::get, tasks::cancel, tasks::retry, tasks::events,
+        tasks::submit, tasks::submit_batch, tasks::list, tasks::stats, tasks::get, tasks::cancel, tasks::retry, tasks::events,
         counter::get, counter::reset, counter::increment,
         seed::test, seed::cached_data, seed::increment, seed::start_task, seed::run_blocking_task,
         seed::call_another_service,
@@ -133,6 +133,7 @@ pub const ERRORS: &[(&str, &str, &[u16])] = &[
     ("PUT", "/cache/{key}", &[400, 408, 413, 415, 500, 503, 504]),
     ("DELETE", "/cache/{key}", &[400, 404, 500, 503, 504]),
     ("POST", "/tasks", &[400, 408, 413, 415, 422, 500, 503, 504]),
+    ("POST", "/tasks:batch", &[400, 408, 413, 415, 422, 500, 503, 504]),
     ("GET", "/tasks", &[400, 500, 503, 504]),
     ("GET", "/tasks/stats", &[400, 500, 503, 504]),
     ("GET", "/tasks/{id}", &[400, 404, 500, 503, 504]),

@@ -70,6 +70,7 @@ fn sample_body(binding: &Binding) -> Option<serde_json::Value> {
         "/mesh.items.v1.ItemService/UpdateItem" => serde_json::json!({"price_cents": 175, "version": 1}),
         "/mesh.cache.v1.CacheService/Set" => serde_json::json!({"value": "v", "ttl_seconds": 5}),
         "/mesh.tasks.v1.TaskService/SubmitTask" => serde_json::json!({"kind": "echo"}),
+        "/mesh.tasks.v1.TaskService/SubmitTasks" => serde_json::json!({"tasks": [{"kind": "echo"}]}),
         "/mesh.counter.v1.CounterService/Increment" => serde_json::json!({"by": 1}),
         // A binding with a body this test does not know: `{}` still shows
         // whether the route exists (a 400 is not a fallback's answer).

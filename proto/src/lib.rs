@@ -429,6 +429,7 @@ mod tests {
             ("PUT", "/cache/{key}", "*", "Set"),
             ("DELETE", "/cache/{key}", "", "Delete"),
             ("POST", "/tasks", "*", "SubmitTask"),
+            ("POST", "/tasks:batch", "*", "SubmitTasks"),
             ("GET", "/tasks/{id}", "", "GetTask"),
             ("POST", "/tasks/{id}/cancel", "", "CancelTask"),
             ("GET", "/tasks", "", "ListTasks"),
@@ -441,7 +442,7 @@ mod tests {
         ] {
             assert!(rows.contains(&want), "{want:?} missing from {rows:?}");
         }
-        assert_eq!(rows.len(), 18, "{rows:?}");
+        assert_eq!(rows.len(), 19, "{rows:?}");
         // Stats is used by /overview only: no binding of its own.
         assert!(
             bindings::BINDINGS

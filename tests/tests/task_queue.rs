@@ -681,3 +681,108 @@ async fn ten_thousand_tasks_drain_exactly_once_on_postgres_with_three_replicas()
     let runs = runs();
     assert_eq!(runs.iter().sum::<usize>(), 10_000, "{runs:?}");
 }
+
+/// `SubmitTasks` / `POST /tasks:batch`: all or none, each task with its own
+/// priority and key, errors naming the task's index, capped by --max-batch.
+#[tokio::test]
+async fn a_batch_is_queued_whole_or_not_at_all() {
+    let mesh = Mesh::start_with(MeshOptions {
+        tasks_args: args(&["--workers", "0", "--max-batch", "5"]),
+        ..Default::default()
+    })
+    .await;
+    let mut c = TaskServiceClient::new(mesh.tasks.channel());
+    let total = |c: &mut Client| {
+        let mut c = c.clone();
+        async move {
+            c.queue_stats(QueueStatsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .queued
+        }
+    };
+    let keyed = |key: &str, priority: i32| SubmitTaskRequest {
+        idempotency_key: key.into(),
+        priority,
+        ..task("echo", json!(key))
+    };
+    let batch = vec![keyed("b-0", 1), keyed("b-1", 9), task("sleep", json!({"ms": 5}))];
+    let done = c
+        .submit_tasks(SubmitTasksRequest { tasks: batch.clone() })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(done.len(), 3);
+    assert_eq!(done.iter().map(|t| t.priority).collect::<Vec<_>>(), [1, 9, 0]);
+    assert_eq!(total(&mut c).await, 3);
+
+    // The same batch again: the keyed tasks are the ones already queued; the
+    // unkeyed one is queued again.
+    let again = c
+        .submit_tasks(SubmitTasksRequest { tasks: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!((again[0].id, again[1].id), (done[0].id, done[1].id));
+    assert_ne!(again[2].id, done[2].id);
+    assert_eq!(total(&mut c).await, 4);
+
+    // One bad task refuses the whole batch, naming it; nothing is queued.
+    let bad = vec![keyed("b-2", 0), task("sleep", json!({"ms": -1}))];
+    let err = c.submit_tasks(SubmitTasksRequest { tasks: bad }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().starts_with("tasks[1].payload:"), "{}", err.message());
+    // A reused key with another request refuses it too (422 over HTTP).
+    let reused = vec![
+        keyed("b-3", 0),
+        SubmitTaskRequest {
+            priority: 5,
+            ..keyed("b-0", 1)
+        },
+    ];
+    let err = c.submit_tasks(SubmitTasksRequest { tasks: reused }).await.unwrap_err();
+    assert!(
+        err.message().starts_with("tasks[1]: IDEMPOTENCY_KEY_REUSED"),
+        "{}",
+        err.message()
+    );
+    let over = (0..6).map(|i| task("echo", json!(i))).collect();
+    let err = c.submit_tasks(SubmitTasksRequest { tasks: over }).await.unwrap_err();
+    assert!(err.message().contains("at most 5"), "{}", err.message());
+    let err = c.submit_tasks(SubmitTasksRequest { tasks: vec![] }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(total(&mut c).await, 4, "no refused batch queued anything");
+
+    // Over HTTP.
+    let post = |body: Value| mesh.http.post(mesh.at("/tasks:batch")).json(&body).send();
+    let r = post(
+        json!({"tasks": [{"kind": "echo", "payload": 1}, {"kind": "echo", "priority": 3,
+        "idempotency_key": "h-1"}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::ACCEPTED);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["tasks"].as_array().unwrap().len(), 2, "{body}");
+    assert_eq!(body["tasks"][0]["status"], "queued");
+    let r = post(json!({"tasks": [{"kind": "echo"}, {"kind": "echo", "priority": 10}]}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("tasks[1].priority"),
+        "{body}"
+    );
+    let r = post(json!({"tasks": [{"kind": "echo", "priority": 2, "idempotency_key": "h-1"}]}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(total(&mut c).await, 6);
+}

@@ -55,6 +55,28 @@ pub struct SubmitBody {
     #[serde(default)]
     #[schema(pattern = "^([a-z0-9_-]{1,64})?$", max_length = 64)]
     queue: String,
+    /// Makes a repeat safe, as the `Idempotency-Key` header does (which
+    /// `POST /tasks` also takes; if both are given they must agree). In a
+    /// batch, each task's own.
+    #[schema(min_length = 1, max_length = 256, pattern = "^[\\x21-\\x7e]+$")]
+    idempotency_key: Option<String>,
+}
+
+/// `POST /tasks:batch`: many tasks, all queued or none.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"tasks": [{"kind": "echo", "payload": "a", "idempotency_key": "batch-7-0"},
+    {"kind": "sleep", "payload": {"ms": 200}, "priority": 9}]}))]
+pub struct BatchBody {
+    /// 1 to the tasks service's `--max-batch` (1000 by default) tasks.
+    #[schema(min_items = 1)]
+    tasks: Vec<SubmitBody>,
+}
+
+/// `202 Accepted` to a batch: each task's id and state, in the order given.
+#[derive(Serialize, ToSchema)]
+pub struct BatchAccepted {
+    pub tasks: Vec<Accepted>,
 }
 
 #[derive(Deserialize, Default, IntoParams)]
@@ -288,24 +310,50 @@ pub async fn submit(
     State(state): State<AppState>,
     call: Call,
     IdempotencyKey(key): IdempotencyKey,
-    Json(body): Json<SubmitBody>,
+    Json(mut body): Json<SubmitBody>,
 ) -> Result<Response, AppError> {
+    let key = match (key, body.idempotency_key.take()) {
+        (header, Some(field)) if !header.is_empty() && header != field => {
+            return Err(AppError::invalid(
+                "idempotency_key: differs from the Idempotency-Key header; give one of them",
+            ));
+        }
+        (header, field) if header.is_empty() => field.unwrap_or_default(),
+        (header, _) => header,
+    };
+    let mut message = submit_request(body).map_err(AppError::invalid)?;
+    message.idempotency_key = key;
+    let task = submit_message(&state, &call, message).await?;
+    let accepted = Accepted {
+        status: status_name(task.status()),
+        task_id: task.id,
+    };
+    let mut response = (StatusCode::ACCEPTED, axum::Json(accepted)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/tasks/{}", task.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// A submit body as the `SubmitTask` request (its key included); the error
+/// is a message naming the field.
+fn submit_request(body: SubmitBody) -> Result<pb::SubmitTaskRequest, String> {
     let run_at = body
         .run_at
         .as_deref()
         .map(|s| {
             s.parse::<prost_types::Timestamp>()
-                .map_err(|_| AppError::invalid(format!("run_at: {s:?} is not an RFC 3339 time")))
+                .map_err(|_| format!("run_at: {s:?} is not an RFC 3339 time"))
         })
         .transpose()?;
     let depth = mesh_proto::json::depth(&body.payload);
     if depth > mesh_proto::json::MAX_DEPTH {
-        return Err(AppError::invalid(format!(
+        return Err(format!(
             "payload: nests arrays and objects {depth} levels deep; at most {}",
             mesh_proto::json::MAX_DEPTH
-        )));
+        ));
     }
-    let message = pb::SubmitTaskRequest {
+    Ok(pb::SubmitTaskRequest {
         kind: body.kind,
         payload: Some(mesh_proto::json::to_proto(body.payload)),
         priority: body.priority,
@@ -318,18 +366,42 @@ pub async fn submit(
             .countdown_ms
             .and_then(|ms| prost_types::Duration::try_from(Duration::from_millis(ms)).ok()),
         queue: body.queue,
-        idempotency_key: key,
-    };
-    let task = submit_message(&state, &call, message).await?;
-    let accepted = Accepted {
-        status: status_name(task.status()),
-        task_id: task.id,
-    };
-    let mut response = (StatusCode::ACCEPTED, axum::Json(accepted)).into_response();
-    if let Ok(location) = HeaderValue::from_str(&format!("/tasks/{}", task.id)) {
-        response.headers_mut().insert(header::LOCATION, location);
-    }
-    Ok(response)
+        idempotency_key: body.idempotency_key.unwrap_or_default(),
+    })
+}
+
+/// Queues many tasks at once, all or none; answers 202 with each task's id
+/// in the order given.
+#[utoipa::path(post, path = "/tasks:batch", tag = "tasks", operation_id = "submit_tasks",
+    request_body = BatchBody,
+    responses((status = 202, description = "All queued (a task whose key was seen before: the task it created)",
+        body = BatchAccepted)))]
+#[tracing::instrument(level = "debug", skip_all)]
+pub async fn submit_batch(
+    State(state): State<AppState>,
+    call: Call,
+    Json(body): Json<BatchBody>,
+) -> Result<(StatusCode, axum::Json<BatchAccepted>), AppError> {
+    let tasks = body
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, task)| submit_request(task).map_err(|m| AppError::invalid(format!("tasks[{i}].{m}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Never retried (`Kind::of`: SubmitTasks is not idempotent as a whole).
+    let done = state
+        .tasks
+        .unary(&call, pb::SubmitTasksRequest { tasks }, TaskServiceClient::submit_tasks)
+        .await?;
+    let tasks = done
+        .tasks
+        .into_iter()
+        .map(|task| Accepted {
+            status: status_name(task.status()),
+            task_id: task.id,
+        })
+        .collect();
+    Ok((StatusCode::ACCEPTED, axum::Json(BatchAccepted { tasks })))
 }
 
 /// Queues a plain task (no retries, limits or schedule).

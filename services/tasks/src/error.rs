@@ -10,6 +10,10 @@ pub const IDEMPOTENCY_KEY_REUSED: &str = "IDEMPOTENCY_KEY_REUSED";
 pub enum TaskError {
     #[error("{field}: {message}")]
     InvalidArgument { field: &'static str, message: String },
+    /// A task of a batch was refused: the whole batch is, naming the task
+    /// (`tasks[3].payload: ...`).
+    #[error("{}", in_batch(*index, source))]
+    InBatch { index: usize, source: Box<TaskError> },
     /// The idempotency key was used before with a different request.
     #[error(
         "{IDEMPOTENCY_KEY_REUSED}: idempotency_key was first used with a different request; \
@@ -36,6 +40,47 @@ impl TaskError {
     }
 }
 
+impl TaskError {
+    /// The gRPC code: exhaustive, a batch's error has its task's.
+    fn code(&self) -> Code {
+        match self {
+            TaskError::InvalidArgument { .. } | TaskError::IdempotencyKeyReused => Code::InvalidArgument,
+            TaskError::InBatch { source, .. } => source.code(),
+            TaskError::NotFound(_) => Code::NotFound,
+            TaskError::FailedPrecondition(_) => Code::FailedPrecondition,
+            TaskError::Unavailable(_) => Code::Unavailable,
+            TaskError::Internal(_) => Code::Internal,
+        }
+    }
+
+    fn key_reused(&self) -> bool {
+        match self {
+            TaskError::IdempotencyKeyReused => true,
+            TaskError::InBatch { source, .. } => source.key_reused(),
+            _ => false,
+        }
+    }
+
+    /// This error, as the error of the batch's task at `index`.
+    pub fn in_batch(self, index: usize) -> Self {
+        match self {
+            // Not the task's fault: the batch's.
+            TaskError::Unavailable(_) | TaskError::Internal(_) => self,
+            source => TaskError::InBatch {
+                index,
+                source: Box::new(source),
+            },
+        }
+    }
+}
+
+fn in_batch(index: usize, source: &TaskError) -> String {
+    match source {
+        TaskError::InvalidArgument { field, message } => format!("tasks[{index}].{field}: {message}"),
+        other => format!("tasks[{index}]: {other}"),
+    }
+}
+
 impl From<sqlx::Error> for TaskError {
     fn from(err: sqlx::Error) -> Self {
         if mesh_sql::is_unavailable(&err) {
@@ -48,13 +93,7 @@ impl From<sqlx::Error> for TaskError {
 
 impl From<TaskError> for Status {
     fn from(err: TaskError) -> Self {
-        let code = match &err {
-            TaskError::InvalidArgument { .. } | TaskError::IdempotencyKeyReused => Code::InvalidArgument,
-            TaskError::NotFound(_) => Code::NotFound,
-            TaskError::FailedPrecondition(_) => Code::FailedPrecondition,
-            TaskError::Unavailable(_) => Code::Unavailable,
-            TaskError::Internal(_) => Code::Internal,
-        };
+        let code = err.code();
         if matches!(code, Code::Unavailable | Code::Internal) {
             tracing::error!(error = %err, "tasks call failed");
         }
@@ -66,7 +105,7 @@ impl From<TaskError> for Status {
             _ => err.to_string(),
         };
         let mut status = Status::new(code, message);
-        if matches!(err, TaskError::IdempotencyKeyReused) {
+        if err.key_reused() {
             mesh_common::reason::set(&mut status, IDEMPOTENCY_KEY_REUSED);
         }
         status

@@ -112,6 +112,11 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_hash_rounds: u64,
 
+    /// The most tasks one `SubmitTasks` (`POST /tasks:batch`) may carry.
+    #[arg(long, env = "TASKS_MAX_BATCH", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub max_batch: u64,
+
     /// How often a running task's cancel flag is checked, in ms (a cancel
     /// through the same replica is seen at once).
     #[arg(long, env = "TASKS_CANCEL_POLL_MS", default_value_t = 250)]
@@ -179,7 +184,7 @@ pub async fn run(
             cpu_threads: config.cpu_threads.unwrap_or(cores),
         },
     );
-    let api = TasksApi::new(store, registry, stop_rx);
+    let api = TasksApi::new(store, registry, stop_rx, config.max_batch as usize);
     let served = mesh_common::grpc::GrpcServer::new(TaskServiceServer::new(api))
         .with_probe(move || {
             let pool = pool.clone();

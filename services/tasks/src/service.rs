@@ -26,15 +26,41 @@ pub struct TasksApi {
     /// Flips to true at shutdown, so open watch streams end and do not hold
     /// the server's graceful stop hostage.
     stopping: watch::Receiver<bool>,
+    /// The most tasks one `SubmitTasks` may carry (`--max-batch`).
+    max_batch: usize,
 }
 
 impl TasksApi {
-    pub fn new(store: TaskStore, registry: Registry, stopping: watch::Receiver<bool>) -> Self {
+    pub fn new(store: TaskStore, registry: Registry, stopping: watch::Receiver<bool>, max_batch: usize) -> Self {
         Self {
             store,
             registry,
             stopping,
+            max_batch,
         }
+    }
+
+    /// Checks one submit request against the registry (kind, payload) and
+    /// turns it into the store's form.
+    fn new_task(&self, r: pb::SubmitTaskRequest) -> Result<NewTask, TaskError> {
+        let kind = self.registry.get(&r.kind).ok_or_else(|| {
+            TaskError::invalid(
+                "kind",
+                format!(
+                    "unknown task kind {:?}; known kinds: {}",
+                    r.kind,
+                    self.registry.names().join(", ")
+                ),
+            )
+        })?;
+        let payload = r
+            .payload
+            .clone()
+            .map(mesh_proto::json::from_proto)
+            .unwrap_or(serde_json::Value::Null);
+        check_depth(&payload)?;
+        kind.validate(&payload).map_err(|m| TaskError::invalid("payload", m))?;
+        new_task(r, payload)
     }
 }
 
@@ -180,25 +206,8 @@ fn new_task(r: pb::SubmitTaskRequest, payload: serde_json::Value) -> Result<NewT
 impl TaskService for TasksApi {
     #[tracing::instrument(level = "debug", skip_all, fields(kind = %request.get_ref().kind, priority = request.get_ref().priority))]
     async fn submit_task(&self, request: Request<pb::SubmitTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        let r = request.into_inner();
-        let kind = self.registry.get(&r.kind).ok_or_else(|| {
-            TaskError::invalid(
-                "kind",
-                format!(
-                    "unknown task kind {:?}; known kinds: {}",
-                    r.kind,
-                    self.registry.names().join(", ")
-                ),
-            )
-        })?;
-        let payload = r
-            .payload
-            .clone()
-            .map(mesh_proto::json::from_proto)
-            .unwrap_or(serde_json::Value::Null);
-        check_depth(&payload)?;
-        kind.validate(&payload).map_err(|m| TaskError::invalid("payload", m))?;
-        let (task, created) = self.store.submit(new_task(r, payload)?).await?;
+        let new = self.new_task(request.into_inner())?;
+        let (task, created) = self.store.submit(new).await?;
         if created {
             tracing::debug!(task = task.id, "task queued");
         } else {
@@ -208,6 +217,39 @@ impl TaskService for TasksApi {
             );
         }
         Ok(Response::new(task_to_proto(task)))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(tasks = request.get_ref().tasks.len()))]
+    async fn submit_tasks(
+        &self,
+        request: Request<pb::SubmitTasksRequest>,
+    ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
+        let batch = request.into_inner().tasks;
+        if batch.is_empty() {
+            return Err(TaskError::invalid("tasks", "give at least one task").into());
+        }
+        if batch.len() > self.max_batch {
+            return Err(TaskError::invalid(
+                "tasks",
+                format!(
+                    "{} tasks; at most {} in one batch (--max-batch)",
+                    batch.len(),
+                    self.max_batch
+                ),
+            )
+            .into());
+        }
+        let batch = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| self.new_task(r).map_err(|e| e.in_batch(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let done = self.store.submit_many(batch).await?;
+        let created = done.iter().filter(|(_, created)| *created).count();
+        tracing::debug!(created, repeated = done.len() - created, "batch queued");
+        Ok(Response::new(pb::SubmitTasksResponse {
+            tasks: done.into_iter().map(|(task, _)| task_to_proto(task)).collect(),
+        }))
     }
 
     #[tracing::instrument(level = "debug", skip_all, fields(task = request.get_ref().id))]

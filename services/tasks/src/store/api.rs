@@ -58,81 +58,42 @@ impl TaskStore {
     /// valid). With an idempotency key that was seen before, returns the task
     /// the first submit created, and `false`.
     pub async fn submit(&self, new: NewTask) -> Result<(Task, bool), TaskError> {
-        if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&new.priority) {
-            return Err(TaskError::invalid(
-                "priority",
-                format!(
-                    "must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {}",
-                    new.priority
-                ),
-            ));
+        let prepared = prepare(new)?;
+        let mut conn = self.pool.acquire().await?;
+        let (task, created) = insert(&mut conn, prepared).await?;
+        drop(conn);
+        if created {
+            self.announce(task.run_at_ms.max(task.created_ms)).await;
+            self.changed(task.id);
         }
-        if new.max_attempts > MAX_ATTEMPTS {
-            return Err(TaskError::invalid("max_attempts", format!("at most {MAX_ATTEMPTS}")));
+        Ok((task, created))
+    }
+
+    /// Queues every task of a batch, or none: all are checked first, then
+    /// inserted in one transaction. An error names the task's index; a
+    /// reused idempotency key with another request refuses the batch too.
+    /// A task whose key was seen before (with the same request) is answered
+    /// with the existing task, as [`TaskStore::submit`] does.
+    pub async fn submit_many(&self, batch: Vec<NewTask>) -> Result<Vec<(Task, bool)>, TaskError> {
+        let prepared = batch
+            .into_iter()
+            .enumerate()
+            .map(|(i, new)| prepare(new).map_err(|e| e.in_batch(i)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(prepared.len());
+        for (i, p) in prepared.into_iter().enumerate() {
+            out.push(insert(&mut tx, p).await.map_err(|e| e.in_batch(i))?);
         }
-        validate_queue(&new.queue)?;
-        if new
-            .idempotency_key
-            .as_ref()
-            .is_some_and(|k| k.is_empty() || k.len() > 256)
-        {
-            return Err(TaskError::invalid("idempotency_key", "must be 1 to 256 bytes"));
+        tx.commit().await?;
+        let created = out.iter().filter(|(_, created)| *created);
+        if let Some(first) = created.clone().map(|(t, _)| t.run_at_ms.max(t.created_ms)).min() {
+            self.announce(first).await;
         }
-        if let Some(key) = &new.idempotency_key {
-            mesh_sql::check_text(key).map_err(|m| TaskError::invalid("idempotency_key", m))?;
+        for (task, _) in created {
+            self.changed(task.id);
         }
-        let timeout_ms = match new.timeout {
-            Some(t) if t.is_zero() => return Err(TaskError::invalid("timeout", "must be positive")),
-            Some(t) => Some(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
-            None => None,
-        };
-        let payload_text = new.payload.to_string();
-        if payload_text.len() > MAX_PAYLOAD_BYTES {
-            return Err(TaskError::invalid(
-                "payload",
-                format!("is {} bytes of JSON; at most {MAX_PAYLOAD_BYTES}", payload_text.len()),
-            ));
-        }
-        let now = now_ms();
-        let ready_at = new.run_at_ms.max(now);
-        let sql = format!(
-            "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms, max_attempts, \
-                 timeout_ms, run_at_ms, queued_ms, eff_priority, queue, idempotency_key, request_fingerprint) \
-             VALUES ($1, $2, $3, '{QUEUED}', 0, $4, $4, $5, $6, $7, $7, $3, $8, $9, $10) \
-             ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
-            .bind(&new.kind)
-            .bind(payload_text)
-            .bind(new.priority)
-            .bind(now)
-            .bind(new.max_attempts.max(1) as i32)
-            .bind(timeout_ms)
-            .bind(ready_at)
-            .bind(&new.queue)
-            .bind(new.idempotency_key.as_deref())
-            .bind(new.fingerprint.as_deref())
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some(row) = row else {
-            // The key was used before (the insert did nothing, so no second
-            // row exists): answer with the task it created, if this is the
-            // same request again.
-            let sql = format!("SELECT {COLUMNS}, request_fingerprint FROM tasks WHERE idempotency_key = $1");
-            let row = sqlx::query(&sql)
-                .bind(new.idempotency_key.as_deref())
-                .fetch_one(&self.pool)
-                .await?;
-            let first: Option<String> = row.try_get("request_fingerprint")?;
-            if first.is_some() && first != new.fingerprint {
-                return Err(TaskError::IdempotencyKeyReused);
-            }
-            return Ok((task_from_row(&row)?, false));
-        };
-        let task = task_from_row(&row)?;
-        self.announce(ready_at).await;
-        self.changed(task.id);
-        Ok((task, true))
+        Ok(out)
     }
 
     pub async fn get(&self, id: i64) -> Result<Task, TaskError> {
@@ -305,4 +266,103 @@ fn decode_token(token: &str) -> Result<i64, TaskError> {
         .strip_prefix("before-")
         .and_then(mesh_sql::positive_id)
         .ok_or_else(|| TaskError::invalid("page_token", "not a token this service issued"))
+}
+
+/// A task checked and ready to insert.
+struct Prepared {
+    new: NewTask,
+    timeout_ms: Option<i64>,
+    payload_text: String,
+}
+
+/// Every check a task passes before it is inserted.
+fn prepare(new: NewTask) -> Result<Prepared, TaskError> {
+    if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&new.priority) {
+        return Err(TaskError::invalid(
+            "priority",
+            format!(
+                "must be between {MIN_PRIORITY} and {MAX_PRIORITY}, got {}",
+                new.priority
+            ),
+        ));
+    }
+    if new.max_attempts > MAX_ATTEMPTS {
+        return Err(TaskError::invalid("max_attempts", format!("at most {MAX_ATTEMPTS}")));
+    }
+    validate_queue(&new.queue)?;
+    if new
+        .idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
+        return Err(TaskError::invalid("idempotency_key", "must be 1 to 256 bytes"));
+    }
+    if let Some(key) = &new.idempotency_key {
+        mesh_sql::check_text(key).map_err(|m| TaskError::invalid("idempotency_key", m))?;
+    }
+    let timeout_ms = match new.timeout {
+        Some(t) if t.is_zero() => return Err(TaskError::invalid("timeout", "must be positive")),
+        Some(t) => Some(i64::try_from(t.as_millis()).unwrap_or(i64::MAX).max(1)),
+        None => None,
+    };
+    let payload_text = new.payload.to_string();
+    if payload_text.len() > MAX_PAYLOAD_BYTES {
+        return Err(TaskError::invalid(
+            "payload",
+            format!("is {} bytes of JSON; at most {MAX_PAYLOAD_BYTES}", payload_text.len()),
+        ));
+    }
+    Ok(Prepared {
+        new,
+        timeout_ms,
+        payload_text,
+    })
+}
+
+/// Inserts one prepared task on `conn` (a pooled connection or a batch's
+/// transaction). With a key seen before: the task it created and `false`,
+/// or `IdempotencyKeyReused` if that was a different request.
+async fn insert(conn: &mut sqlx::AnyConnection, p: Prepared) -> Result<(Task, bool), TaskError> {
+    let Prepared {
+        new,
+        timeout_ms,
+        payload_text,
+    } = p;
+    let now = now_ms();
+    let ready_at = new.run_at_ms.max(now);
+    let sql = format!(
+        "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms, max_attempts, \
+             timeout_ms, run_at_ms, queued_ms, eff_priority, queue, idempotency_key, request_fingerprint) \
+         VALUES ($1, $2, $3, '{QUEUED}', 0, $4, $4, $5, $6, $7, $7, $3, $8, $9, $10) \
+         ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(&new.kind)
+        .bind(payload_text)
+        .bind(new.priority)
+        .bind(now)
+        .bind(new.max_attempts.max(1) as i32)
+        .bind(timeout_ms)
+        .bind(ready_at)
+        .bind(&new.queue)
+        .bind(new.idempotency_key.as_deref())
+        .bind(new.fingerprint.as_deref())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(row) = row else {
+        // The key was used before (the insert did nothing, so no second
+        // row exists): answer with the task it created, if this is the
+        // same request again.
+        let sql = format!("SELECT {COLUMNS}, request_fingerprint FROM tasks WHERE idempotency_key = $1");
+        let row = sqlx::query(&sql)
+            .bind(new.idempotency_key.as_deref())
+            .fetch_one(&mut *conn)
+            .await?;
+        let first: Option<String> = row.try_get("request_fingerprint")?;
+        if first.is_some() && first != new.fingerprint {
+            return Err(TaskError::IdempotencyKeyReused);
+        }
+        return Ok((task_from_row(&row)?, false));
+    };
+    Ok((task_from_row(&row)?, true))
 }
