@@ -194,6 +194,18 @@ pub async fn run_blocking_task(
     // Queueing and running may take a while; allow the sleep plus a margin.
     let limit = Duration::from_millis(p.ms) + state.route_timeout * 2;
     let done = wait_for(&state, &call, task.id, limit).await?;
+    // A watch that ends with the task still queued or running (the tasks
+    // service stopping) leaves the guard armed: nobody waits for it now.
+    if !matches!(
+        done.status(),
+        TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Cancelled
+    ) {
+        return Err(AppError::Unavailable(format!(
+            "task {} is still {}; the wait for it ended",
+            done.id,
+            status_name(done.status())
+        )));
+    }
     guard.disarm();
     let status = done.status();
     let result = done.result.map(mesh_proto::json::from_proto);
@@ -239,7 +251,11 @@ impl Drop for CancelOnDrop {
             mesh_proto::tasks::v1::CancelTaskRequest { id },
             mesh_proto::tasks::v1::task_service_client::TaskServiceClient::cancel_task,
         );
-        tokio::spawn(async move {
+        // Outside a runtime (its shutdown) there is nothing to cancel with.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
             match cancel.await {
                 Ok(_) => tracing::debug!(task_id = id, "request ended first; its blocking task was cancelled"),
                 // It may have just ended: nothing left to cancel.

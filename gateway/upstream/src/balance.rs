@@ -82,6 +82,8 @@ impl Load {
     /// proportion to the time since the last update.
     fn update(&self, now: Instant, rtt_ns: f64) -> f64 {
         let mut estimate = self.estimate.lock().unwrap_or_else(|p| p.into_inner());
+        // A caller that read the clock before another's update: no decay.
+        let now = now.max(estimate.updated);
         if estimate.rtt_ns < rtt_ns {
             estimate.rtt_ns = rtt_ns;
         } else {
@@ -176,33 +178,43 @@ impl tower::Service<Request> for Balance {
         };
         let cut_at = request.extensions().get::<PerTryCut>().map(|cut| cut.0);
         Box::pin(async move {
-            let sent = Instant::now();
-            let _in_flight = InFlight::enter(&replica);
+            // Until the response head (tower's `CompleteOnResponse`), or until
+            // the caller gives up: an abandoned call's time counts too, so a
+            // replica that hangs looks slow, not idle (as tower's PeakEwma).
+            let in_flight = InFlight::enter(&replica);
             let attempt = replica.outlier.attempt(cut_at);
             let result = replica.channel.clone().oneshot(request).await;
-            // Latency up to the response head, as tower's `CompleteOnResponse`.
-            let now = Instant::now();
-            replica.load.update(now, nanos(now.saturating_duration_since(sent)));
+            drop(in_flight);
             attempt.answered(&result);
             result.map_err(BoxError::from)
         })
     }
 }
 
-/// Counts a call in flight on a replica for as long as it lives (a cut or
-/// abandoned call leaves when it is dropped).
-struct InFlight<'a>(&'a Replica);
+/// Counts a call in flight on a replica for as long as it lives, and on
+/// drop (answered, cut or abandoned) folds the time it took into the
+/// replica's latency estimate.
+struct InFlight<'a> {
+    replica: &'a Replica,
+    sent: Instant,
+}
 
 impl<'a> InFlight<'a> {
     fn enter(replica: &'a Replica) -> Self {
         replica.load.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(replica)
+        Self {
+            replica,
+            sent: Instant::now(),
+        }
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let load = &self.replica.load;
+        load.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = Instant::now();
+        load.update(now, nanos(now.saturating_duration_since(self.sent)));
     }
 }
 

@@ -182,6 +182,11 @@ impl Controller {
             return;
         };
         let now = Instant::now();
+        // Reports keep coming while calls that were in flight fail: one
+        // ejection per streak, not one per report.
+        if m.ejected_until.is_some_and(|t| t > now) {
+            return;
+        }
         // A replica that behaved for a minute starts its back-off over.
         if m.last_ejection.is_some_and(|t| now - t > Duration::from_secs(60)) {
             m.ejections = 0;
