@@ -550,3 +550,110 @@ async fn a_task_queued_on_one_replica_wakes_another_replicas_idle_workers() {
     })
     .await;
 }
+
+/// QueueStats costs what is queued and running, not the ended history: with
+/// 100,000 ended rows its live query reads only the `tasks_live` partial
+/// index (no scan of the tasks table), its ended counts come from the
+/// trigger-kept `task_ends`, and the answer is exact.
+#[tokio::test]
+async fn queue_stats_stay_flat_with_100k_ended_tasks() {
+    use sqlx::{Connection, Executor, Row};
+    let Some(url) = postgres("stats_flat_with_100k_ended").await else {
+        return;
+    };
+    let prefix = format!("{}_", unique("stats"));
+    let schema = format!("{prefix}tasks");
+    let _schemas = SchemaGuard::new(&url, [schema.clone()]);
+    let server = Server::start(
+        "tasks-service",
+        &args(&["--database-url", &url, "--db-schema-prefix", &prefix, "--workers", "0"]),
+    )
+    .await;
+    server.wait_serving().await;
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    conn.execute(format!("SET search_path TO \"{schema}\"").as_str())
+        .await
+        .unwrap();
+    // 100,000 ended (a third each succeeded, failed, cancelled), 300 queued
+    // in two queues, 20 running.
+    conn.execute(
+        "INSERT INTO tasks (kind, payload, priority, status, created_ms, updated_ms) \
+         SELECT 'echo', 'null', 5, (ARRAY['succeeded','failed','cancelled'])[g % 3 + 1], g, g \
+         FROM generate_series(1, 100000) g",
+    )
+    .await
+    .unwrap();
+    conn.execute(
+        "INSERT INTO tasks (kind, payload, priority, status, created_ms, updated_ms, queue) \
+         SELECT 'echo', 'null', g % 10, 'queued', g, g, CASE WHEN g % 2 = 0 THEN 'default' ELSE 'io' END \
+         FROM generate_series(1, 300) g",
+    )
+    .await
+    .unwrap();
+    conn.execute(
+        "INSERT INTO tasks (kind, payload, priority, status, created_ms, updated_ms) \
+         SELECT 'echo', 'null', 1, 'running', g, g FROM generate_series(1, 20) g",
+    )
+    .await
+    .unwrap();
+    // Rows leave and re-enter the ended states: a retry, a retention purge.
+    conn.execute(
+        "UPDATE tasks SET status = 'queued' WHERE id IN (SELECT id FROM tasks WHERE status = 'failed' LIMIT 10)",
+    )
+    .await
+    .unwrap();
+    conn.execute("DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE status = 'succeeded' LIMIT 100)")
+        .await
+        .unwrap();
+    conn.execute("ANALYZE tasks").await.unwrap();
+
+    // The service's live query (store/api.rs) never scans the tasks table.
+    let plan: Vec<String> = sqlx::query(
+        "EXPLAIN SELECT status, priority, CASE WHEN run_at_ms > 0 THEN 1 ELSE 0 END AS later, \
+                COUNT(*) AS n, MIN(queued_ms) AS oldest \
+         FROM tasks WHERE status IN ('queued', 'running') AND (CAST(NULL AS TEXT) IS NULL OR queue = NULL) \
+         GROUP BY status, priority, CASE WHEN run_at_ms > 0 THEN 1 ELSE 0 END",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get::<String, _>(0))
+    .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("tasks_live"),
+        "the live counts must read the partial index:\n{plan}"
+    );
+    assert!(
+        !plan.contains("Seq Scan on tasks"),
+        "no scan of the whole table:\n{plan}"
+    );
+
+    // Exact: the service's answer is what counting every row says.
+    let mut client = TaskServiceClient::new(server.channel());
+    let stats = client
+        .queue_stats(mesh_tests::proto::tasks::v1::QueueStatsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut real = Vec::new();
+    for status in ["succeeded", "failed", "cancelled", "running", "queued"] {
+        let sql = format!("SELECT count(*) FROM tasks WHERE status = '{status}'");
+        let n: i64 = sqlx::query(&sql).fetch_one(&mut conn).await.unwrap().get(0);
+        real.push(n as u64);
+    }
+    assert_eq!(
+        (
+            stats.succeeded,
+            stats.failed,
+            stats.cancelled,
+            stats.running,
+            stats.queued + stats.scheduled
+        ),
+        (real[0], real[1], real[2], real[3], real[4])
+    );
+    // 33,333 succeeded less the 100 purged; 33,334 failed less the 10 retried.
+    assert_eq!((real[0], real[1], real[2]), (33_233, 33_324, 33_333));
+    conn.close().await.unwrap();
+}

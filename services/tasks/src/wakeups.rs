@@ -33,8 +33,15 @@ pub async fn listen(url: String, channel: String, store: TaskStore, mut stop: wa
                 store.heard(0);
                 loop {
                     tokio::select! {
-                        received = listener.recv() => match received {
-                            Ok(notification) => store.heard(notification.payload().parse().unwrap_or(0)),
+                        // `try_recv` says when the connection was lost (None;
+                        // the next call reconnects): notifications sent in
+                        // between are gone, so look at the queue then.
+                        received = listener.try_recv() => match received {
+                            Ok(Some(notification)) => store.heard(notification.payload().parse().unwrap_or(0)),
+                            Ok(None) => {
+                                tracing::info!("LISTEN connection lost; reconnecting");
+                                store.heard(0);
+                            }
                             Err(err) => {
                                 tracing::warn!(error = %err, "lost the LISTEN connection; workers poll until it is back");
                                 break;

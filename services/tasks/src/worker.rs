@@ -134,6 +134,11 @@ impl Worker {
     /// Waits for a local submit, the poll interval (or, if sooner, the time
     /// a task scheduled here becomes ready), or shutdown.
     async fn idle(&mut self) {
+        if self.store.next_due_in().is_none()
+            && let Err(err) = self.store.refresh_due().await
+        {
+            tracing::debug!(error = %err, "cannot look up the next scheduled task; polling");
+        }
         let wait = self
             .store
             .next_due_in()

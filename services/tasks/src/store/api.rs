@@ -80,15 +80,28 @@ impl TaskStore {
             .enumerate()
             .map(|(i, new)| prepare(new).map_err(|e| e.in_batch(i)))
             .collect::<Result<Vec<_>, _>>()?;
+        // Keyed tasks go in in key order, so two batches sharing keys take
+        // the unique index's locks in one order and cannot deadlock; the
+        // answer keeps the request's order.
+        let mut order: Vec<(usize, Prepared)> = prepared.into_iter().enumerate().collect();
+        order.sort_by(|(_, a), (_, b)| a.new.idempotency_key.cmp(&b.new.idempotency_key));
         let mut tx = self.pool.begin().await?;
-        let mut out = Vec::with_capacity(prepared.len());
-        for (i, p) in prepared.into_iter().enumerate() {
-            out.push(insert(&mut tx, p).await.map_err(|e| e.in_batch(i))?);
+        let mut out: Vec<Option<(Task, bool)>> = (0..order.len()).map(|_| None).collect();
+        for (i, p) in order {
+            out[i] = Some(insert(&mut tx, p).await.map_err(|e| e.in_batch(i))?);
         }
         tx.commit().await?;
+        let out: Vec<(Task, bool)> = out.into_iter().flatten().collect();
         let created = out.iter().filter(|(_, created)| *created);
-        if let Some(first) = created.clone().map(|(t, _)| t.run_at_ms.max(t.created_ms)).min() {
-            self.announce(first).await;
+        // Workers wake for what is ready now, and the others learn when the
+        // first of the later ones becomes ready (they look again then).
+        let now = now_ms();
+        let ready: Vec<i64> = created.clone().map(|(t, _)| t.run_at_ms).collect();
+        if ready.iter().any(|at| *at <= now) {
+            self.announce(now).await;
+        }
+        if let Some(later) = ready.iter().copied().filter(|at| *at > now).min() {
+            self.announce(later).await;
         }
         for (task, _) in created {
             self.changed(task.id);
@@ -192,24 +205,34 @@ impl TaskStore {
     }
 
     /// Counts per status (and per priority for ready tasks).
+    /// The queue's counts. Costs what is queued and running, not what
+    /// ended: the live counts read the `tasks_live` partial index only, and
+    /// the ended counts the `task_ends` table that triggers keep (migration
+    /// 0005), however many ended rows the retention keeps.
     pub async fn stats(&self, queue: Option<&str>) -> Result<QueueStats, TaskError> {
         let now = now_ms();
-        let rows = sqlx::query(
+        let live = sqlx::query(&format!(
             "SELECT status, priority, CASE WHEN run_at_ms > $1 THEN 1 ELSE 0 END AS later, \
                     COUNT(*) AS n, MIN(queued_ms) AS oldest \
-             FROM tasks WHERE (CAST($2 AS TEXT) IS NULL OR queue = $2) \
-             GROUP BY status, priority, CASE WHEN run_at_ms > $1 THEN 1 ELSE 0 END",
-        )
+             FROM tasks WHERE status IN ('{QUEUED}', '{RUNNING}') AND (CAST($2 AS TEXT) IS NULL OR queue = $2) \
+             GROUP BY status, priority, CASE WHEN run_at_ms > $1 THEN 1 ELSE 0 END"
+        ))
         .bind(now)
         .bind(queue)
         .fetch_all(&self.pool)
         .await?;
+        let ended = sqlx::query(
+            "SELECT status, CAST(SUM(n) AS BIGINT) AS n FROM task_ends \
+             WHERE (CAST($1 AS TEXT) IS NULL OR queue = $1) GROUP BY status",
+        )
+        .bind(queue)
+        .fetch_all(&self.pool)
+        .await?;
         let mut stats = QueueStats::default();
-        for row in rows {
-            let status = Status::parse(&row.try_get::<String, _>("status")?)?;
+        for row in live {
             let n = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
             let later = row.try_get::<i32, _>("later")? == 1;
-            match status {
+            match Status::parse(&row.try_get::<String, _>("status")?)? {
                 Status::Queued if later => stats.scheduled += n,
                 Status::Queued => {
                     stats.queued += n;
@@ -218,9 +241,17 @@ impl TaskStore {
                     stats.oldest_queued_ms = Some(stats.oldest_queued_ms.map_or(oldest, |o| o.min(oldest)));
                 }
                 Status::Running => stats.running += n,
+                // Not selected: ended tasks are counted in task_ends.
+                Status::Succeeded | Status::Failed | Status::Cancelled => {}
+            }
+        }
+        for row in ended {
+            let n = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);
+            match Status::parse(&row.try_get::<String, _>("status")?)? {
                 Status::Succeeded => stats.succeeded += n,
                 Status::Failed => stats.failed += n,
                 Status::Cancelled => stats.cancelled += n,
+                Status::Queued | Status::Running => {}
             }
         }
         Ok(stats)

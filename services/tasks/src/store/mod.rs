@@ -241,6 +241,24 @@ impl TaskStore {
         let due = (*self.due.lock().unwrap_or_else(|p| p.into_inner()))?;
         u64::try_from(due - now_ms()).ok().map(Duration::from_millis)
     }
+
+    /// Learns from the table when the next scheduled task becomes ready:
+    /// only one due time is kept in memory, so once it has passed, a later
+    /// one (queued here or elsewhere) is looked up rather than left to the
+    /// poll. An index range read of the live rows (`tasks_live`).
+    pub async fn refresh_due(&self) -> Result<(), TaskError> {
+        let now = now_ms();
+        let next: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(run_at_ms) FROM tasks WHERE status = '{QUEUED}' AND run_at_ms > $1"
+        ))
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        if let Some(at) = next {
+            self.due_at(at);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
