@@ -359,7 +359,7 @@ mod tests {
     fn the_table_has_every_mesh_rpc_and_its_idempotency_level() {
         use bindings::{Idempotency, METHODS};
         let rpcs = rpcs_in_descriptor_set();
-        assert_eq!(rpcs.len(), 19, "{rpcs:?}");
+        assert_eq!(rpcs.len(), 20, "{rpcs:?}");
         assert_eq!(METHODS.len(), rpcs.len());
         for (path, streaming, level) in &rpcs {
             let m = bindings::method(path).unwrap_or_else(|| panic!("{path} missing from METHODS"));

@@ -52,8 +52,14 @@ async fn each_builtin_kind_runs_and_watch_streams_every_state() {
     let dir = tempfile::tempdir().unwrap();
     let (_s, mut c) = tasks(&dir, "2").await;
 
+    // Due in a second, so that the watch is open before the task runs (a
+    // busy machine can take longer than the 200 ms sleep to open it) and
+    // sees it queued, running and succeeded.
     let t = c
-        .submit_task(submit("sleep", json!({"ms": 200}), 0))
+        .submit_task(SubmitTaskRequest {
+            countdown: prost_types::Duration::try_from(Duration::from_secs(1)).ok(),
+            ..submit("sleep", json!({"ms": 200}), 0)
+        })
         .await
         .unwrap()
         .into_inner();
