@@ -196,6 +196,7 @@ fn new_task(r: pb::SubmitTaskRequest, payload: serde_json::Value) -> Result<NewT
         max_attempts: r.max_attempts.max(1),
         timeout: duration_from_proto("timeout", r.timeout)?,
         run_at_ms,
+        submitted_ms: now,
         queue: if r.queue.is_empty() { "default".into() } else { r.queue },
         idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
         fingerprint,

@@ -27,6 +27,9 @@ pub struct NewTask {
     pub timeout: Option<Duration>,
     /// Not before this time (ms since the epoch); 0 means now.
     pub run_at_ms: i64,
+    /// When the request was read (its `created` time): a countdown counts
+    /// from here, however long the insert then waits for a connection.
+    pub submitted_ms: i64,
     pub queue: String,
     pub idempotency_key: Option<String>,
     /// With a key: what the request asked for, so a reuse of the key with a
@@ -359,7 +362,11 @@ async fn insert(conn: &mut sqlx::AnyConnection, p: Prepared) -> Result<(Task, bo
         timeout_ms,
         payload_text,
     } = p;
-    let now = now_ms();
+    let now = if new.submitted_ms > 0 {
+        new.submitted_ms
+    } else {
+        now_ms()
+    };
     let ready_at = new.run_at_ms.max(now);
     let sql = format!(
         "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms, max_attempts, \
