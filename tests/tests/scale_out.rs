@@ -430,10 +430,11 @@ async fn claiming_stays_an_index_seek_with_100k_tasks_queued() {
     .await
     .unwrap();
     conn.execute("ANALYZE tasks").await.unwrap();
-    // The candidate search of the service's claim statement (store.rs).
+    // The candidate search of the service's claim statement (store/lease.rs),
+    // for the largest batch a default replica claims (32 per worker × 4).
     let plan: Vec<String> = sqlx::query(
         "EXPLAIN SELECT id FROM tasks WHERE status = 'queued' AND queue IN ('default') AND run_at_ms <= 9999999999999 \
-         ORDER BY eff_priority DESC, queued_ms, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+         ORDER BY eff_priority DESC, queued_ms, id LIMIT 128 FOR UPDATE SKIP LOCKED",
     )
     .fetch_all(&mut conn)
     .await
@@ -656,4 +657,125 @@ async fn queue_stats_stay_flat_with_100k_ended_tasks() {
     // 33,333 succeeded less the 100 purged; 33,334 failed less the 10 retried.
     assert_eq!((real[0], real[1], real[2]), (33_233, 33_324, 33_333));
     conn.close().await.unwrap();
+}
+
+/// Batched claims keep priorities across replicas: a priority-9 task queued
+/// behind 10,000 priority-1 tasks that two replicas are draining starts
+/// before every one of them except those already claimed into the
+/// replicas' local queues (at most --claim-batch × --workers per replica).
+#[tokio::test]
+async fn a_priority_9_task_overtakes_10000_queued_ones_except_those_already_claimed() {
+    use mesh_tests::proto::tasks::v1::{QueueStatsRequest, SubmitTasksRequest};
+    use sqlx::{Connection, Executor, Row};
+    let Some(url) = postgres("priority_across_local_queues").await else {
+        return;
+    };
+    let prefix = format!("{}_", unique("overtake"));
+    let schema = format!("{prefix}tasks");
+    let _schemas = SchemaGuard::new(&url, [schema.clone()]);
+    const CLAIM_BATCH: i64 = 8;
+    const WORKERS: i64 = 2;
+    const REPLICAS: i64 = 2;
+    const QUEUED: usize = 10_000;
+    // Aging off for the test's length: it is about the local queues.
+    let common = [
+        "--database-url",
+        &url,
+        "--db-schema-prefix",
+        &prefix,
+        "--aging-ms",
+        "600000",
+    ];
+    let front = replicas("tasks-service", 1, &args(&[&common[..], &["--workers", "0"]].concat())).await;
+    let mut client = TaskServiceClient::new(front[0].channel());
+    let echo = |priority: i32| SubmitTaskRequest {
+        kind: "echo".into(),
+        payload: Some(mesh_tests::proto::json::to_proto(json!(priority))),
+        priority,
+        ..Default::default()
+    };
+    for _ in 0..QUEUED / 1000 {
+        client
+            .submit_tasks(SubmitTasksRequest {
+                tasks: vec![echo(1); 1000],
+            })
+            .await
+            .unwrap();
+    }
+    let (batch, workers) = (CLAIM_BATCH.to_string(), WORKERS.to_string());
+    let worker_flags = args(&[&common[..], &["--workers", &workers, "--claim-batch", &batch]].concat());
+    let _workers = replicas("tasks-service", REPLICAS as usize, &worker_flags).await;
+    // Submit once both replicas are draining (their local queues full).
+    eventually("the replicas are draining", Duration::from_secs(120), async || {
+        let s = client
+            .queue_stats(QueueStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if s.succeeded >= 500 { Ok(()) } else { Err(s.succeeded) }
+    })
+    .await;
+    let sent = Instant::now();
+    let urgent = client.submit_task(echo(9)).await.unwrap().into_inner();
+    let submit_ms = sent.elapsed().as_millis() as i64 + 1;
+    wait_all(&client, &[urgent.id], Duration::from_secs(120)).await;
+    eventually("the queue drains", Duration::from_secs(180), async || {
+        let s = client
+            .queue_stats(QueueStatsRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        if s.queued == 0 && s.running == 0 {
+            Ok(())
+        } else {
+            Err(s)
+        }
+    })
+    .await;
+
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    conn.execute(format!("SET search_path TO \"{schema}\"").as_str())
+        .await
+        .unwrap();
+    let row = sqlx::query("SELECT created_ms, started_ms, attempts FROM tasks WHERE id = $1")
+        .bind(urgent.id)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let (created, started, attempts): (i64, i64, i32) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(attempts, 1);
+    // The urgent task's insert had committed by the time its submit call
+    // returned: by created_ms + submit_ms at the latest (the call began
+    // before the server read it). ahead: priority-1 tasks that started after
+    // that and before it, so had been claimed before it was queued (the
+    // bounds are strict: timestamps are milliseconds). in_window: those that
+    // started while the insert may still have been committing (not bounded).
+    // overtaken: those that started after it.
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE started_ms > $1 + $3 AND started_ms < $2), \
+                count(*) FILTER (WHERE started_ms > $1 AND started_ms <= $1 + $3), \
+                count(*) FILTER (WHERE started_ms > $2), \
+                count(*) FILTER (WHERE attempts <> 1 OR status <> 'succeeded') \
+         FROM tasks WHERE priority = 1",
+    )
+    .bind(created)
+    .bind(started)
+    .bind(submit_ms)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let (ahead, in_window, overtaken, repeated): (i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    conn.close().await.unwrap();
+    let claimed_bound = CLAIM_BATCH * WORKERS * REPLICAS;
+    eprintln!(
+        "priority 9 started after {ahead} claimed priority-1 tasks (bound {claimed_bound}; \
+         {in_window} more started in the {submit_ms} ms its submit took); {overtaken} started after it"
+    );
+    assert!(
+        ahead <= claimed_bound,
+        "{ahead} queued tasks started between its insert and its start; at most {claimed_bound} were claimed"
+    );
+    assert!(overtaken >= 1000, "it overtook only {overtaken} tasks");
+    assert_eq!(repeated, 0, "every task succeeded on its one attempt");
 }

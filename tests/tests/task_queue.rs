@@ -786,3 +786,90 @@ async fn a_batch_is_queued_whole_or_not_at_all() {
     assert_eq!(r.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(total(&mut c).await, 6);
 }
+
+/// A replica claims short tasks ahead into its local queue; the ones no
+/// worker started go back to the queue at once (when they wait too long
+/// behind a long task, or at shutdown), not after their lease: with a
+/// 10-minute lease, a second process runs every one of them, each once.
+#[tokio::test]
+async fn claimed_tasks_that_never_started_go_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let flags = ["--workers", "1", "--claim-batch", "50", "--lease-ms", "600000"];
+    let (mut first, mut c) = service(&dir, &flags).await;
+    let stats = |c: &mut Client| {
+        let mut c = c.clone();
+        async move { c.queue_stats(QueueStatsRequest::default()).await.unwrap().into_inner() }
+    };
+    // Short tasks first, so the replica learns to claim ahead.
+    let warm: Vec<SubmitTaskRequest> = (0..300).map(|i| task("echo", json!(i))).collect();
+    let mut ids: Vec<i64> = c
+        .submit_tasks(SubmitTasksRequest { tasks: warm })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks
+        .iter()
+        .map(|t| t.id)
+        .collect();
+    eventually("the short tasks run", WAIT, async || {
+        let s = stats(&mut c).await;
+        if s.succeeded == 300 { Ok(()) } else { Err(s) }
+    })
+    .await;
+    // Then a long task ahead of 200 short ones, in one batch: one claim takes
+    // the long one and short ones behind it, which wait while it runs.
+    let mut batch = vec![SubmitTaskRequest {
+        priority: 9,
+        ..task("sleep", json!({"ms": 2000}))
+    }];
+    batch.extend((0..200).map(|i| task("echo", json!(i))));
+    let queued = c
+        .submit_tasks(SubmitTasksRequest { tasks: batch })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let long = queued[0].id;
+    ids.extend(queued.iter().map(|t| t.id));
+    let needle = format!("task={long} ");
+    eventually("the long task starts", WAIT, async || {
+        first
+            .logs()
+            .lines()
+            .any(|l| l.contains(&needle) && l.contains("task started"))
+    })
+    .await;
+    let status = first.terminate().await;
+    assert!(status.success(), "tasks-service exited {status}:\n{}", first.logs());
+    let logs = first.logs();
+    assert!(
+        logs.contains("claimed tasks that had not started went back to the queue"),
+        "the claimed short tasks were never given back:\n{logs}"
+    );
+    assert!(
+        !logs.contains("put unfinished tasks back"),
+        "the long task finished within the grace:\n{logs}"
+    );
+
+    // Nothing is left claimed: the unstarted tasks are queued, with no attempt counted.
+    let (mut inspect, mut c) = service(&dir, &["--workers", "0"]).await;
+    let s = stats(&mut c).await;
+    assert_eq!(s.running, 0, "{s:?}");
+    assert_eq!(s.succeeded + s.queued, 501, "{s:?}");
+    let left = c
+        .list_tasks(ListTasksRequest {
+            page_size: 1000,
+            page_token: String::new(),
+            status: TaskStatus::Queued as i32,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert!(!left.is_empty(), "the replica ran every task before it stopped: {s:?}");
+    assert!(left.iter().all(|t| t.attempts == 0), "{left:?}");
+    inspect.terminate().await;
+    // A new process runs them now, long before the 10-minute lease.
+    let (_second, mut c) = service(&dir, &flags).await;
+    drained_exactly_once(&mut c, &ids, WAIT).await;
+}

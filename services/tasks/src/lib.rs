@@ -3,7 +3,8 @@
 //! - [`store`]: the queue in SQL, split by caller (client API, worker leases, reaper); no tonic;
 //! - [`kinds`]: the [`kinds::TaskKind`] trait, the bounded pools, and the built-in kinds
 //!   (echo, sleep, hash, ticker, flaky, fetch);
-//! - [`worker`]: the worker pool: leases, time limits, cancellation, progress, retries,
+//! - [`worker`]: the worker pool: batched claims into a local queue, leases, time limits,
+//!   cancellation, progress, batched completions, retries,
 //!   and the reaper (expired leases, priority aging, result retention);
 //! - [`wakeups`]: on PostgreSQL, LISTEN/NOTIFY so every replica's idle workers wake
 //!   when a task is queued anywhere (polling is the fallback);
@@ -55,6 +56,16 @@ pub struct Config {
     /// Tasks this process runs at once (0: serve the API only).
     #[arg(long, env = "TASKS_WORKERS", default_value_t = 4)]
     pub workers: usize,
+
+    /// The most claimed tasks per worker that wait in this replica's local
+    /// queue. A replica claims in batches: for its idle workers, plus (only
+    /// when tasks run shorter than a claim takes) enough to keep them busy
+    /// through the next claim. A task queued later with a higher priority
+    /// waits behind at most this × workers claimed tasks per replica. 1: claim
+    /// only for an idle worker.
+    #[arg(long, env = "TASKS_CLAIM_BATCH", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub claim_batch: u64,
 
     /// How long a worker's claim on a task lasts without renewal, in ms. A task
     /// whose worker died runs again once this has passed.
@@ -169,6 +180,7 @@ pub async fn run(
         registry.clone(),
         WorkerConfig {
             workers: config.workers,
+            claim_batch: config.claim_batch as usize,
             queues: config.queues.clone(),
             lease: Duration::from_millis(config.lease_ms.max(300)),
             poll: Duration::from_millis(poll_ms.max(10)),

@@ -1,14 +1,16 @@
-//! What workers call: claim a task under a lease, renew it (learning of a
-//! cancel), report progress, record how the attempt ended, and put back what
-//! they still hold when their process shuts down.
+//! What a replica's workers call: claim tasks in a batch, each under its
+//! own lease, give back claimed tasks that never started, renew a lease
+//! (learning of a cancel), report progress, record how attempts ended (in a
+//! batch), and put back what they still hold when their process shuts down.
 //!
-//! Claiming is one statement, safe when many workers in many processes claim
-//! at once: on PostgreSQL the candidate row is locked with `FOR UPDATE SKIP
-//! LOCKED` (workers skip each other's rows instead of waiting); on SQLite every
-//! write is serialised by the database, and the `status = 'queued'` guard makes
-//! a lost race a no-op. Every later write names the worker and `status =
-//! 'running'`, so a worker that lost its lease changes nothing.
+//! Claiming is one statement for many tasks, safe when many replicas claim
+//! at once: on PostgreSQL the candidate rows are locked with `FOR UPDATE SKIP
+//! LOCKED` (claimers skip each other's rows instead of waiting); on SQLite
+//! every write is serialised by the database, and the `status = 'queued'`
+//! guard makes a lost race a no-op. Every later write names the replica and
+//! `status = 'running'`, so a replica that lost a lease changes nothing.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use mesh_sql::{Backend, now_ms};
@@ -39,38 +41,194 @@ pub enum Lease {
     Lost,
 }
 
+/// Where a claimed task stands in the claim order: effective priority
+/// (highest first), then the time it became ready, then its id.
+pub type Rank = (std::cmp::Reverse<i32>, i64, i64);
+
+/// How one attempt ended, ready to be recorded (see
+/// [`TaskStore::finish_many`]): the task's next state and what it keeps.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Finished {
+    pub id: i64,
+    #[serde(serialize_with = "status_name")]
+    pub status: Status,
+    result: Option<String>,
+    error: Option<String>,
+    pub detail: String,
+    attempt_log: String,
+    started_ms: i64,
+    finished_ms: Option<i64>,
+    run_at_ms: Option<i64>,
+}
+
+fn status_name<S: serde::Serializer>(status: &Status, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(status.as_str())
+}
+
+impl Finished {
+    /// The record of `task`'s attempt that started at `started_ms` and
+    /// ended at `now` with `outcome`: done, cancelled, failed for good, or
+    /// (a failure with attempts left) queued again after `backoff`.
+    pub fn new(task: &Task, outcome: Outcome, backoff: Backoff, started_ms: i64, now: i64) -> Result<Self, TaskError> {
+        // PostgreSQL's TEXT cannot hold NUL; a kind's message must not fail the write.
+        let clean = |error: &str| error.replace('\0', "\u{FFFD}");
+        let attempt = Attempt {
+            number: task.attempts,
+            started_ms,
+            finished_ms: now,
+            error: match &outcome {
+                Outcome::Succeeded(_) => None,
+                Outcome::Failed { error, .. } => Some(clean(error)),
+                Outcome::Cancelled => Some("cancelled".into()),
+            },
+            timed_out: matches!(outcome, Outcome::Failed { timed_out: true, .. }),
+        };
+        let mut log = task.attempt_log.clone();
+        log.push(attempt);
+        let attempt_log = serde_json::to_string(&log).map_err(|e| TaskError::Internal(e.to_string()))?;
+        let (status, result, error, detail, run_at_ms) = match outcome {
+            Outcome::Succeeded(v) => (Status::Succeeded, Some(v.to_string()), None, String::new(), None),
+            Outcome::Cancelled => (
+                Status::Cancelled,
+                None,
+                None,
+                "cancelled while running".to_string(),
+                None,
+            ),
+            Outcome::Failed { error, timed_out } if task.counted_attempts() < task.max_attempts => {
+                let wait = backoff.after(task.counted_attempts(), task.id);
+                let why = if timed_out { "timed out" } else { "failed" };
+                let detail = format!(
+                    "attempt {} of {} {why}; retrying in {} ms",
+                    task.counted_attempts(),
+                    task.max_attempts,
+                    wait.as_millis()
+                );
+                (
+                    Status::Queued,
+                    None,
+                    Some(clean(&error)),
+                    detail,
+                    Some(now + wait.as_millis() as i64),
+                )
+            }
+            Outcome::Failed { error, timed_out } => {
+                let what = if timed_out { "timed out" } else { "failed" };
+                let detail = format!(
+                    "{what} on its last attempt ({} of {})",
+                    task.attempts, task.max_attempts
+                );
+                (Status::Failed, None, Some(clean(&error)), detail, None)
+            }
+        };
+        Ok(Self {
+            id: task.id,
+            status,
+            result,
+            error,
+            detail,
+            attempt_log,
+            started_ms,
+            finished_ms: (status != Status::Queued).then_some(now),
+            run_at_ms,
+        })
+    }
+}
+
 impl TaskStore {
-    /// Takes the next ready task from `queues` (highest effective priority,
-    /// then ready longest) for `worker`, with a lease of `lease`.
-    pub async fn claim(&self, worker: &str, lease: Duration, queues: &[String]) -> Result<Option<Task>, TaskError> {
+    /// Takes up to `n` ready tasks from `queues` for the replica `worker`,
+    /// each with its own lease of `lease`, in the order they should start
+    /// (highest effective priority, then ready longest), each with its
+    /// [`Rank`] in that order. One statement
+    /// however many: the candidates are locked `FOR UPDATE SKIP LOCKED` on
+    /// PostgreSQL (claimers skip each other's rows instead of waiting); on
+    /// SQLite writes are serialised and the `status` guard makes a lost race
+    /// a no-op.
+    pub async fn claim(
+        &self,
+        worker: &str,
+        lease: Duration,
+        queues: &[String],
+        n: usize,
+    ) -> Result<Vec<(Rank, Task)>, TaskError> {
+        if n == 0 || queues.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = now_ms();
         let lock = match self.backend {
             Backend::Postgres => "FOR UPDATE SKIP LOCKED",
             Backend::Sqlite => "",
         };
-        let queue_params: Vec<String> = (0..queues.len()).map(|i| format!("${}", i + 4)).collect();
+        let queue_params: Vec<String> = (0..queues.len()).map(|i| format!("${}", i + 5)).collect();
         let sql = format!(
-            "UPDATE tasks SET status = '{RUNNING}', attempts = attempts + 1, started_ms = $1, \
+            "WITH picked AS (SELECT id FROM tasks WHERE status = '{QUEUED}' AND queue IN ({}) AND run_at_ms <= $1 \
+                             ORDER BY eff_priority DESC, queued_ms, id LIMIT $4 {lock}) \
+             UPDATE tasks SET status = '{RUNNING}', attempts = attempts + 1, started_ms = $1, \
                  updated_ms = $1, worker = $2, lease_until_ms = $3, progress_percent = 0, progress_message = '' \
-             WHERE id = (SELECT id FROM tasks WHERE status = '{QUEUED}' AND queue IN ({}) AND run_at_ms <= $1 \
-                         ORDER BY eff_priority DESC, queued_ms, id LIMIT 1 {lock}) \
-               AND status = '{QUEUED}' \
-             RETURNING {COLUMNS}",
+             WHERE id IN (SELECT id FROM picked) AND status = '{QUEUED}' \
+             RETURNING {COLUMNS}, eff_priority, queued_ms",
             queue_params.join(", ")
         );
         let mut query = sqlx::query(&sql)
             .bind(now)
             .bind(worker)
-            .bind(now + lease.as_millis() as i64);
+            .bind(now + lease.as_millis() as i64)
+            .bind(i64::try_from(n).unwrap_or(i64::MAX));
         for q in queues {
             query = query.bind(q);
         }
-        let row = query.fetch_optional(&self.pool).await?;
-        let task = row.as_ref().map(task_from_row).transpose()?;
-        if let Some(t) = &task {
+        let rows = query.fetch_all(&self.pool).await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let eff: i32 = row.try_get("eff_priority")?;
+            let queued: i64 = row.try_get("queued_ms")?;
+            claimed.push((std::cmp::Reverse(eff), queued, task_from_row(row)?));
+        }
+        // RETURNING does not keep the candidates' order.
+        let mut tasks: Vec<(Rank, Task)> = claimed
+            .into_iter()
+            .map(|(eff, queued, task)| ((eff, queued, task.id), task))
+            .collect();
+        tasks.sort_by_key(|(rank, _)| *rank);
+        for (_, t) in &tasks {
             self.changed(t.id);
         }
-        Ok(task)
+        Ok(tasks)
+    }
+
+    /// Gives back tasks `worker` claimed but never started (its local queue
+    /// at shutdown, or ones that waited there too long): queued again at
+    /// once, keeping their place (priority, age) and with the claim's
+    /// attempt taken back. Announced, so any replica's idle workers take
+    /// them now. Returns how many went back.
+    pub async fn unclaim(&self, worker: &str, ids: &[i64]) -> Result<u64, TaskError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids_json = serde_json::to_string(ids).map_err(|e| TaskError::Internal(e.to_string()))?;
+        let id_list = match self.backend {
+            Backend::Postgres => "SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST($3 AS JSON))",
+            Backend::Sqlite => "SELECT value FROM json_each($3)",
+        };
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE tasks SET status = '{QUEUED}', worker = NULL, lease_until_ms = NULL, updated_ms = $2, \
+                 attempts = attempts - 1, started_ms = CASE WHEN attempts = 1 THEN NULL ELSE started_ms END \
+             WHERE worker = $1 AND status = '{RUNNING}' AND id IN ({id_list})"
+        );
+        let done = sqlx::query(&sql)
+            .bind(worker)
+            .bind(now)
+            .bind(ids_json)
+            .execute(&self.pool)
+            .await?;
+        for id in ids {
+            self.changed(*id);
+        }
+        if done.rows_affected() > 0 {
+            self.announce(now).await;
+        }
+        Ok(done.rows_affected())
     }
 
     /// Extends the lease of a task this worker still holds, and tells it
@@ -124,122 +282,83 @@ impl TaskStore {
         Ok(())
     }
 
-    /// Records how an attempt ended, if `worker` still holds the task: done,
-    /// failed for good, cancelled, or queued again after `backoff` when it
-    /// failed with attempts left. Returns the task's new state (`None` when
-    /// the lease had been lost and the result was dropped).
-    pub async fn finish(
-        &self,
-        task: &Task,
-        worker: &str,
-        outcome: Outcome,
-        backoff: Backoff,
-    ) -> Result<Option<Status>, TaskError> {
-        let now = now_ms();
-        let attempt = Attempt {
-            number: task.attempts,
-            started_ms: task.started_ms.unwrap_or(now),
-            finished_ms: now,
-            error: match &outcome {
-                Outcome::Succeeded(_) => None,
-                Outcome::Failed { error, .. } => Some(error.replace('\0', "\u{FFFD}")),
-                Outcome::Cancelled => Some("cancelled".into()),
-            },
-            timed_out: matches!(outcome, Outcome::Failed { timed_out: true, .. }),
-        };
-        let mut log = task.attempt_log.clone();
-        log.push(attempt);
-        let log = serde_json::to_string(&log).map_err(|e| TaskError::Internal(e.to_string()))?;
-        let (status, result, error, detail, run_at) = match outcome {
-            Outcome::Succeeded(v) => (Status::Succeeded, Some(v.to_string()), None, String::new(), None),
-            Outcome::Cancelled => (
-                Status::Cancelled,
-                None,
-                None,
-                "cancelled while running".to_string(),
-                None,
-            ),
-            // PostgreSQL's TEXT cannot hold NUL; a kind's message must not fail the write.
-            Outcome::Failed { error, timed_out } if task.counted_attempts() < task.max_attempts => {
-                let error = error.replace('\0', "\u{FFFD}");
-                let wait = backoff.after(task.counted_attempts(), task.id);
-                let why = if timed_out { "timed out" } else { "failed" };
-                let detail = format!(
-                    "attempt {} of {} {why}; retrying in {} ms",
-                    task.counted_attempts(),
-                    task.max_attempts,
-                    wait.as_millis()
-                );
-                (
-                    Status::Queued,
-                    None,
-                    Some(error),
-                    detail,
-                    Some(now + wait.as_millis() as i64),
-                )
+    /// Records how attempts ended, for the tasks `worker` still holds, in
+    /// one statement however many: done, failed for good, cancelled, or
+    /// queued again after their back-off. Returns the ids whose end was
+    /// recorded; the others had lost their lease (another worker owns them
+    /// now) and their results are dropped. Watchers are told only once the
+    /// statement has committed: nothing is reported before it is durable.
+    pub async fn finish_many(&self, worker: &str, ended: &[Finished]) -> Result<HashSet<i64>, TaskError> {
+        if ended.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let rows = serde_json::to_string(ended).map_err(|e| TaskError::Internal(e.to_string()))?;
+        let done = match self.backend {
+            Backend::Postgres => {
+                "SELECT * FROM json_to_recordset(CAST($3 AS JSON)) AS d(id BIGINT, status TEXT, result TEXT, \
+                     error TEXT, detail TEXT, attempt_log TEXT, started_ms BIGINT, finished_ms BIGINT, run_at_ms BIGINT)"
             }
-            Outcome::Failed { error, timed_out } => {
-                let error = error.replace('\0', "\u{FFFD}");
-                let detail = if timed_out {
-                    format!(
-                        "timed out on its last attempt ({} of {})",
-                        task.attempts, task.max_attempts
-                    )
-                } else {
-                    format!(
-                        "failed on its last attempt ({} of {})",
-                        task.attempts, task.max_attempts
-                    )
-                };
-                (Status::Failed, None, Some(error), detail, None)
+            Backend::Sqlite => {
+                "SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.status') AS status, \
+                        json_extract(value, '$.result') AS result, json_extract(value, '$.error') AS error, \
+                        json_extract(value, '$.detail') AS detail, json_extract(value, '$.attempt_log') AS attempt_log, \
+                        json_extract(value, '$.started_ms') AS started_ms, \
+                        json_extract(value, '$.finished_ms') AS finished_ms, \
+                        json_extract(value, '$.run_at_ms') AS run_at_ms \
+                 FROM json_each($3)"
             }
         };
-        let finished = (status != Status::Queued).then_some(now);
+        // The ended rows' columns are renamed (e_*), so that every name in
+        // SET and RETURNING is the table's own.
         let sql = format!(
-            "UPDATE tasks SET status = $3, result = $4, error = $5, detail = $6, attempt_log = $7, \
-                 finished_ms = $8, updated_ms = $9, lease_until_ms = NULL, \
-                 worker = CASE WHEN $3 = '{QUEUED}' THEN NULL ELSE worker END, \
-                 run_at_ms = COALESCE($10, run_at_ms), queued_ms = COALESCE($10, queued_ms), \
-                 eff_priority = CASE WHEN $3 = '{QUEUED}' THEN priority ELSE eff_priority END, \
-                 progress_percent = CASE WHEN $3 = '{SUCCEEDED}' THEN 100 ELSE progress_percent END, \
-                 progress_message = CASE WHEN $3 = '{SUCCEEDED}' THEN 'done' ELSE progress_message END \
-             WHERE id = $1 AND worker = $2 AND status = '{RUNNING}'"
+            "WITH ended(e_id, e_status, e_result, e_error, e_detail, e_log, e_started, e_finished, e_run_at) AS ({done}) \
+             UPDATE tasks SET status = e_status, result = e_result, error = e_error, detail = e_detail, \
+                 attempt_log = e_log, started_ms = e_started, finished_ms = e_finished, updated_ms = $2, \
+                 lease_until_ms = NULL, \
+                 worker = CASE WHEN e_status = '{QUEUED}' THEN NULL ELSE worker END, \
+                 run_at_ms = COALESCE(e_run_at, run_at_ms), queued_ms = COALESCE(e_run_at, queued_ms), \
+                 eff_priority = CASE WHEN e_status = '{QUEUED}' THEN priority ELSE eff_priority END, \
+                 progress_percent = CASE WHEN e_status = '{SUCCEEDED}' THEN 100 ELSE progress_percent END, \
+                 progress_message = CASE WHEN e_status = '{SUCCEEDED}' THEN 'done' ELSE progress_message END \
+             FROM ended WHERE id = e_id AND worker = $1 AND status = '{RUNNING}' \
+             RETURNING id"
         );
-        let done = sqlx::query(&sql)
-            .bind(task.id)
+        let recorded: HashSet<i64> = sqlx::query_scalar(&sql)
             .bind(worker)
-            .bind(status.as_str())
-            .bind(result)
-            .bind(error)
-            .bind(detail)
-            .bind(log)
-            .bind(finished)
-            .bind(now)
-            .bind(run_at)
-            .execute(&self.pool)
-            .await?;
-        self.changed(task.id);
-        if let (Status::Queued, Some(at)) = (status, run_at) {
+            .bind(now_ms())
+            .bind(rows)
+            .fetch_all(&self.pool)
+            .await?
+            .into_iter()
+            .collect();
+        for id in &recorded {
+            self.changed(*id);
+        }
+        let retry_at = ended
+            .iter()
+            .filter(|e| recorded.contains(&e.id))
+            .filter_map(|e| e.run_at_ms)
+            .min();
+        if let Some(at) = retry_at {
             self.announce(at).await;
         }
-        Ok((done.rows_affected() == 1).then_some(status))
+        Ok(recorded)
     }
 
-    /// Puts back every task that the workers of process `worker_prefix` still
-    /// run (when it shuts down before they finish), so another can take them at once.
-    pub async fn release(&self, worker_prefix: &str) -> Result<u64, TaskError> {
+    /// Puts back every task that replica `worker` still runs (when it shuts
+    /// down before they finish), so another can take them at once.
+    pub async fn release(&self, worker: &str) -> Result<u64, TaskError> {
         let now = now_ms();
         let sql = format!(
             "UPDATE tasks SET status = '{QUEUED}', worker = NULL, lease_until_ms = NULL, updated_ms = $2, \
                  queued_ms = $2, eff_priority = priority, attempts = attempts - 1, \
                  detail = 'queued again: its worker shut down' \
-             WHERE worker LIKE $1 AND status = '{RUNNING}'"
+             WHERE worker = $1 AND status = '{RUNNING}'"
         );
-        let done = sqlx::query(&sql)
-            .bind(format!("{worker_prefix}-%"))
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
+        let done = sqlx::query(&sql).bind(worker).bind(now).execute(&self.pool).await?;
+        if done.rows_affected() > 0 {
+            self.announce(now).await;
+        }
         Ok(done.rows_affected())
     }
 }

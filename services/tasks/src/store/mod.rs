@@ -31,7 +31,7 @@ use crate::error::TaskError;
 
 pub use api::{DEFAULT_PAGE, MAX_ATTEMPTS, MAX_PAGE, MAX_PAYLOAD_BYTES, NewTask, Page, QueueStats, validate_queue};
 pub use backoff::Backoff;
-pub use lease::{Lease, Outcome};
+pub use lease::{Finished, Lease, Outcome, Rank};
 pub use reaper::LOST_WORKER_ALLOWANCE;
 
 pub const MIN_PRIORITY: i32 = 0;

@@ -1,21 +1,31 @@
-//! The worker pool: N loops per process, each claiming one task at a time
-//! from the queues this replica serves.
+//! The worker pool: N worker loops per process over one local queue, fed
+//! by one claimer and drained into one completer.
 //!
-//! A worker holds its task under a lease and renews it while the task runs;
-//! if the process dies, the lease runs out and any replica's reaper queues the
-//! task again. While a task runs, its worker also enforces the task's time
-//! limit, watches for a cancel request, and writes reported progress. On
-//! shutdown, workers stop claiming, give running tasks a grace period, and put
-//! back whatever is still unfinished.
+//! - [`local`]: the claimer takes ready tasks in batches into a small local
+//!   queue, sized by how many workers are idle and how short tasks are;
+//! - the workers (here) run each task under its own lease, renewed while it
+//!   runs; they enforce its time limit, watch for a cancel request, write
+//!   reported progress, and hand how it ended to
+//! - [`complete`]: one writer that records ends in batches.
+//!
+//! If the process dies, the leases run out and any replica's reaper queues
+//! the tasks again. On shutdown, the claimer stops and gives back what no
+//! worker started, running tasks get a grace period, and whatever is still
+//! unfinished after it is put back.
+
+mod complete;
+mod local;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::kinds::{Pools, Registry, TaskContext};
-use crate::store::{Backoff, Lease, Outcome, Status, Task, TaskStore};
+use crate::store::{Backoff, Finished, Lease, Outcome, Task, TaskStore};
+use complete::Ended;
+use local::LocalQueue;
 
 /// How often at most a running task's progress is written.
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
@@ -24,6 +34,9 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 pub struct WorkerConfig {
     /// Concurrent tasks in this process (0: this replica only serves the API).
     pub workers: usize,
+    /// The most claimed tasks per worker in the local queue (at least 1: then
+    /// a task is claimed only for an idle worker).
+    pub claim_batch: usize,
     /// The queues this replica's workers take tasks from.
     pub queues: Vec<String>,
     /// How long a claim lasts without renewal.
@@ -45,6 +58,8 @@ pub struct WorkerConfig {
 
 pub struct Pool {
     workers: JoinSet<()>,
+    claimer: Option<tokio::task::JoinHandle<()>>,
+    completer: Option<tokio::task::JoinHandle<()>>,
     reaper: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     store: TaskStore,
@@ -55,31 +70,59 @@ pub struct Pool {
 impl Pool {
     pub fn start(store: TaskStore, registry: Registry, config: WorkerConfig) -> Self {
         let (stop, stop_rx) = watch::channel(false);
-        // Unique per process start: a restarted process must not renew or finish
-        // the claims of its previous life.
+        // Unique per process start, and the `worker` of every task this
+        // replica claims: a restarted process must not renew or finish the
+        // claims of its previous life.
         let worker_id: Arc<str> = format!("{}-{}", std::process::id(), mesh_sql::now_ms()).into();
         let pools = Pools::new(config.blocking_threads, config.cpu_threads);
+        let local = LocalQueue::new(config.workers, config.claim_batch);
+        let (ends_tx, ends_rx) = mpsc::channel(complete::MAX_BATCH * 2);
         let mut workers = JoinSet::new();
         for n in 0..config.workers {
             let w = Worker {
                 store: store.clone(),
                 registry: registry.clone(),
                 pools: pools.clone(),
-                id: format!("{worker_id}-{n}"),
+                local: local.clone(),
+                ends: ends_tx.clone(),
+                name: format!("{worker_id}-{n}"),
+                worker_id: worker_id.clone(),
                 config: config.clone(),
                 stop: stop_rx.clone(),
             };
             workers.spawn(w.run());
         }
+        drop(ends_tx);
+        let (claimer, completer) = if config.workers > 0 {
+            (
+                Some(tokio::spawn(local::claimer(
+                    local,
+                    store.clone(),
+                    config.clone(),
+                    worker_id.clone(),
+                    stop_rx.clone(),
+                ))),
+                Some(tokio::spawn(complete::completer(
+                    store.clone(),
+                    worker_id.clone(),
+                    ends_rx,
+                ))),
+            )
+        } else {
+            (None, None)
+        };
         let reaper = tokio::spawn(reap(store.clone(), config.clone(), stop_rx));
         tracing::info!(
             workers = config.workers,
+            claim_batch = config.claim_batch,
             queues = %config.queues.join(","),
             lease_ms = config.lease.as_millis() as u64,
             "worker pool started"
         );
         Self {
             workers,
+            claimer,
+            completer,
             reaper,
             stop,
             store,
@@ -88,16 +131,31 @@ impl Pool {
         }
     }
 
-    /// Stops claiming, waits up to the grace period for running tasks, then
-    /// puts back whatever is unfinished.
+    /// Stops claiming and gives back the claimed tasks no worker started,
+    /// waits up to the grace period for running tasks and their ends to be
+    /// recorded, then puts back whatever is unfinished.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
         self.reaper.abort();
+        if let Some(claimer) = self.claimer.take() {
+            let _ = claimer.await;
+        }
+        let deadline = tokio::time::Instant::now() + self.grace;
         let drained =
-            tokio::time::timeout(self.grace, async { while self.workers.join_next().await.is_some() {} }).await;
+            tokio::time::timeout_at(deadline, async { while self.workers.join_next().await.is_some() {} }).await;
         if drained.is_err() {
             self.workers.abort_all();
             while self.workers.join_next().await.is_some() {}
+        }
+        // Every worker is gone, so the completer's channel is closed: it
+        // ends once it has recorded what they handed it.
+        if let Some(completer) = self.completer.take() {
+            let flush = deadline.max(tokio::time::Instant::now() + Duration::from_secs(5));
+            if tokio::time::timeout_at(flush, completer).await.is_err() {
+                tracing::error!("the tasks' ends were not all recorded in time; their leases will expire");
+            }
+        }
+        if drained.is_err() {
             match self.store.release(&self.worker_id).await {
                 Ok(0) => {}
                 Ok(released) => tracing::warn!(released, "put unfinished tasks back in the queue"),
@@ -112,47 +170,30 @@ struct Worker {
     store: TaskStore,
     registry: Registry,
     pools: Pools,
-    id: String,
+    local: Arc<LocalQueue>,
+    ends: mpsc::Sender<Ended>,
+    /// This loop's name in log lines.
+    name: String,
+    /// The replica's claim identity (the tasks' `worker`).
+    worker_id: Arc<str>,
     config: WorkerConfig,
     stop: watch::Receiver<bool>,
 }
 
 impl Worker {
-    async fn run(mut self) {
-        while !*self.stop.borrow() {
-            match self.store.claim(&self.id, self.config.lease, &self.config.queues).await {
-                Ok(Some(task)) => self.execute(task).await,
-                Ok(None) => self.idle().await,
-                Err(err) => {
-                    tracing::warn!(worker = %self.id, error = %err, "cannot claim a task; retrying");
-                    self.idle().await;
-                }
-            }
+    async fn run(self) {
+        let local = self.local.clone();
+        let mut stop = self.stop.clone();
+        while let Some(task) = local.next(&mut stop).await {
+            self.execute(task).await;
         }
     }
 
-    /// Waits for a local submit, the poll interval (or, if sooner, the time
-    /// a task scheduled here becomes ready), or shutdown.
-    async fn idle(&mut self) {
-        if self.store.next_due_in().is_none()
-            && let Err(err) = self.store.refresh_due().await
-        {
-            tracing::debug!(error = %err, "cannot look up the next scheduled task; polling");
-        }
-        let wait = self
-            .store
-            .next_due_in()
-            .map_or(self.config.poll, |due| due.min(self.config.poll));
-        tokio::select! {
-            () = self.store.submitted().notified() => {}
-            () = tokio::time::sleep(wait) => {}
-            _ = self.stop.changed() => {}
-        }
-    }
-
-    #[tracing::instrument(skip_all, fields(worker = %self.id, task = task.id, kind = %task.kind, attempt = task.attempts))]
+    #[tracing::instrument(skip_all, fields(worker = %self.name, task = task.id, kind = %task.kind, attempt = task.attempts))]
     async fn execute(&self, task: Task) {
         tracing::info!("task started");
+        let started = Instant::now();
+        let started_ms = mesh_sql::now_ms();
         let outcome = match self.registry.get(&task.kind) {
             // Cancelled while its previous worker ran it: do not start again.
             _ if task.cancel_requested => Outcome::Cancelled,
@@ -165,6 +206,7 @@ impl Worker {
                 None => return, // lease lost: another worker owns the task now
             },
         };
+        self.local.ran(started.elapsed());
         // A cancel that arrived while a failing attempt ended wins over a retry.
         let outcome = match outcome {
             Outcome::Failed { .. } if self.cancel_requested(task.id).await => Outcome::Cancelled,
@@ -176,13 +218,21 @@ impl Worker {
             Outcome::Failed { .. } => "failed",
             Outcome::Cancelled => "cancelled",
         };
-        match self.store.finish(&task, &self.id, outcome, self.config.backoff).await {
-            Ok(Some(Status::Queued)) => tracing::info!(outcome = label, "attempt ended; retry scheduled"),
-            Ok(Some(status)) => tracing::info!(outcome = label, status = status.as_str(), "task finished"),
-            Ok(None) => tracing::warn!("task ended, but its lease had been lost; result dropped"),
+        let finished = match Finished::new(&task, outcome, self.config.backoff, started_ms, mesh_sql::now_ms()) {
+            Ok(finished) => finished,
             Err(err) => {
-                tracing::error!(error = %err, "cannot record the task's end; its lease will expire and it will run again")
+                tracing::error!(error = %err, "cannot record the task's end; its lease will expire and it will run again");
+                return;
             }
+        };
+        let ended = Ended {
+            finished,
+            kind: task.kind.clone(),
+            attempt: task.attempts,
+            outcome: label,
+        };
+        if self.ends.send(ended).await.is_err() {
+            tracing::error!("the completer has stopped; the task's lease will expire and it will run again");
         }
     }
 
@@ -201,10 +251,12 @@ impl Worker {
             }
         };
         tokio::pin!(timed_out);
-        let mut renew = tokio::time::interval(self.config.lease / 3);
-        renew.tick().await;
-        let mut cancel_poll = tokio::time::interval(self.config.cancel_poll);
-        cancel_poll.tick().await;
+        // First ticks one period from now. (Awaiting an interval's immediate
+        // first tick is not free: the timer fires it at its next turn, about
+        // a millisecond, which a short task would wait twice.)
+        let every = |period: Duration| tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        let mut renew = every(self.config.lease / 3);
+        let mut cancel_poll = every(self.config.cancel_poll);
         let mut changes = self.store.subscribe();
         let mut progress_open = true;
         // Progress is written at most every PROGRESS_EVERY, however often
@@ -222,7 +274,7 @@ impl Worker {
                     tracing::warn!(limit_ms = ms as u64, "time limit passed; abandoning the attempt");
                     return Some(Outcome::Failed { error: format!("timed out after {ms} ms"), timed_out: true });
                 }
-                _ = renew.tick() => match self.store.renew(task.id, &self.id, self.config.lease).await {
+                _ = renew.tick() => match self.store.renew(task.id, &self.worker_id, self.config.lease).await {
                     Ok(Lease::Held { cancel_requested: true }) => return Some(self.cancelled()),
                     Ok(Lease::Held { .. }) => {}
                     Ok(Lease::Lost) => {
@@ -255,7 +307,7 @@ impl Worker {
                     next_progress_write = tokio::time::Instant::now() + PROGRESS_EVERY;
                     let report = progress_rx.borrow_and_update().clone();
                     if let Some((percent, message)) = report
-                        && let Err(err) = self.store.progress(task.id, &self.id, percent, &message).await
+                        && let Err(err) = self.store.progress(task.id, &self.worker_id, percent, &message).await
                     {
                         tracing::warn!(error = %err, "cannot record progress");
                     }
