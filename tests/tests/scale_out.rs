@@ -737,23 +737,31 @@ async fn a_priority_9_task_overtakes_10000_queued_ones_except_those_already_clai
     conn.execute(format!("SET search_path TO \"{schema}\"").as_str())
         .await
         .unwrap();
-    let row = sqlx::query("SELECT created_ms, started_ms, attempts FROM tasks WHERE id = $1")
+    let row = sqlx::query("SELECT created_ms, started_ms, attempts, attempt_log FROM tasks WHERE id = $1")
         .bind(urgent.id)
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    let (created, started, attempts): (i64, i64, i32) = (row.get(0), row.get(1), row.get(2));
+    let (created, started, attempts, log): (i64, i64, i32, String) = (row.get(0), row.get(1), row.get(2), row.get(3));
     assert_eq!(attempts, 1);
+    let log: serde_json::Value = serde_json::from_str(&log).unwrap();
+    let claimed = log[0]["claimed_ms"]
+        .as_i64()
+        .expect("the attempt log has the claim time");
     // The urgent task's insert had committed by the time its submit call
     // returned: by created_ms + submit_ms at the latest (the call began
     // before the server read it). ahead: priority-1 tasks that started after
-    // that and before it, so had been claimed before it was queued (the
-    // bounds are strict: timestamps are milliseconds). in_window: those that
-    // started while the insert may still have been committing (not bounded).
-    // overtaken: those that started after it.
+    // that and before its replica began the claim that took it, so had been
+    // claimed before it was queued: a claim that begins once it is queued
+    // takes it first (the bounds are strict: timestamps are milliseconds).
+    // in_window: those that started while its insert may still have been
+    // committing (not bounded). late: those that started after its claim
+    // began but before it started (other replicas' workers meanwhile; not
+    // bounded either). overtaken: those that started after it.
     let row = sqlx::query(
-        "SELECT count(*) FILTER (WHERE started_ms > $1 + $3 AND started_ms < $2), \
+        "SELECT count(*) FILTER (WHERE started_ms > $1 + $3 AND started_ms < $4), \
                 count(*) FILTER (WHERE started_ms > $1 AND started_ms <= $1 + $3), \
+                count(*) FILTER (WHERE started_ms >= $4 AND started_ms <= $2), \
                 count(*) FILTER (WHERE started_ms > $2), \
                 count(*) FILTER (WHERE attempts <> 1 OR status <> 'succeeded') \
          FROM tasks WHERE priority = 1",
@@ -761,20 +769,23 @@ async fn a_priority_9_task_overtakes_10000_queued_ones_except_those_already_clai
     .bind(created)
     .bind(started)
     .bind(submit_ms)
+    .bind(claimed)
     .fetch_one(&mut conn)
     .await
     .unwrap();
-    let (ahead, in_window, overtaken, repeated): (i64, i64, i64, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let (ahead, in_window, late, overtaken, repeated): (i64, i64, i64, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
     conn.close().await.unwrap();
     let claimed_bound = CLAIM_BATCH * WORKERS * REPLICAS;
     eprintln!(
-        "priority 9 started after {ahead} claimed priority-1 tasks (bound {claimed_bound}; \
-         {in_window} more started in the {submit_ms} ms its submit took); {overtaken} started after it"
+        "priority 9 claimed after {ahead} claimed priority-1 tasks started (bound {claimed_bound}); \
+         {in_window} started in the {submit_ms} ms its submit took, {late} between its claim and its \
+         start ({} ms); {overtaken} started after it",
+        started - claimed
     );
     assert!(
         ahead <= claimed_bound,
-        "{ahead} queued tasks started between its insert and its start; at most {claimed_bound} were claimed"
+        "{ahead} queued tasks started between its insert and its claim; at most {claimed_bound} were claimed"
     );
     assert!(overtaken >= 1000, "it overtook only {overtaken} tasks");
     assert_eq!(repeated, 0, "every task succeeded on its one attempt");

@@ -174,6 +174,7 @@ impl TaskStore {
              WHERE id = $1 AND status = '{RUNNING}' RETURNING {COLUMNS}"
         );
         if let Some(row) = sqlx::query(&sql).bind(id).bind(now).fetch_optional(&self.pool).await? {
+            self.note_cancel(id);
             self.changed(id);
             return task_from_row(&row);
         }

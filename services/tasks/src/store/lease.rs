@@ -50,6 +50,8 @@ pub type Rank = (std::cmp::Reverse<i32>, i64, i64);
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Finished {
     pub id: i64,
+    /// The claim's attempt number: the end is recorded only for that claim.
+    attempts: u32,
     #[serde(serialize_with = "status_name")]
     pub status: Status,
     result: Option<String>,
@@ -74,6 +76,8 @@ impl Finished {
         let clean = |error: &str| error.replace('\0', "\u{FFFD}");
         let attempt = Attempt {
             number: task.attempts,
+            // Until the end is recorded, the row's started_ms is the claim's time.
+            claimed_ms: task.started_ms,
             started_ms,
             finished_ms: now,
             error: match &outcome {
@@ -123,6 +127,7 @@ impl Finished {
         };
         Ok(Self {
             id: task.id,
+            attempts: task.attempts,
             status,
             result,
             error,
@@ -199,30 +204,35 @@ impl TaskStore {
     /// Gives back tasks `worker` claimed but never started (its local queue
     /// at shutdown, or ones that waited there too long): queued again at
     /// once, keeping their place (priority, age) and with the claim's
-    /// attempt taken back. Announced, so any replica's idle workers take
-    /// them now. Returns how many went back.
-    pub async fn unclaim(&self, worker: &str, ids: &[i64]) -> Result<u64, TaskError> {
-        if ids.is_empty() {
+    /// attempt taken back. Each is named with its claim's attempt number, so
+    /// a task that was queued again and claimed anew meanwhile is left alone.
+    /// Announced, so any replica's idle workers take them now. Returns how
+    /// many went back.
+    pub async fn unclaim(&self, worker: &str, tasks: &[(i64, u32)]) -> Result<u64, TaskError> {
+        if tasks.is_empty() {
             return Ok(0);
         }
-        let ids_json = serde_json::to_string(ids).map_err(|e| TaskError::Internal(e.to_string()))?;
-        let id_list = match self.backend {
-            Backend::Postgres => "SELECT CAST(value AS BIGINT) FROM json_array_elements_text(CAST($3 AS JSON))",
-            Backend::Sqlite => "SELECT value FROM json_each($3)",
+        let pairs = serde_json::to_string(tasks).map_err(|e| TaskError::Internal(e.to_string()))?;
+        let claims = match self.backend {
+            Backend::Postgres => {
+                "SELECT CAST(value->>0 AS BIGINT), CAST(value->>1 AS INTEGER) \
+                 FROM json_array_elements(CAST($3 AS JSON))"
+            }
+            Backend::Sqlite => "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($3)",
         };
         let now = now_ms();
         let sql = format!(
             "UPDATE tasks SET status = '{QUEUED}', worker = NULL, lease_until_ms = NULL, updated_ms = $2, \
                  attempts = attempts - 1, started_ms = CASE WHEN attempts = 1 THEN NULL ELSE started_ms END \
-             WHERE worker = $1 AND status = '{RUNNING}' AND id IN ({id_list})"
+             WHERE worker = $1 AND status = '{RUNNING}' AND (id, attempts) IN ({claims})"
         );
         let done = sqlx::query(&sql)
             .bind(worker)
             .bind(now)
-            .bind(ids_json)
+            .bind(pairs)
             .execute(&self.pool)
             .await?;
-        for id in ids {
+        for (id, _) in tasks {
             self.changed(*id);
         }
         if done.rows_affected() > 0 {
@@ -233,15 +243,17 @@ impl TaskStore {
 
     /// Extends the lease of a task this worker still holds, and tells it
     /// whether a cancel was asked for.
-    pub async fn renew(&self, id: i64, worker: &str, lease: Duration) -> Result<Lease, TaskError> {
+    pub async fn renew(&self, task: &Task, worker: &str, lease: Duration) -> Result<Lease, TaskError> {
         let sql = format!(
-            "UPDATE tasks SET lease_until_ms = $3 WHERE id = $1 AND worker = $2 AND status = '{RUNNING}' \
+            "UPDATE tasks SET lease_until_ms = $3 \
+             WHERE id = $1 AND worker = $2 AND attempts = $4 AND status = '{RUNNING}' \
              RETURNING cancel_requested"
         );
         let row = sqlx::query(&sql)
-            .bind(id)
+            .bind(task.id)
             .bind(worker)
             .bind(now_ms() + lease.as_millis() as i64)
+            .bind(task.attempts as i32)
             .fetch_optional(&self.pool)
             .await?;
         Ok(match row {
@@ -265,20 +277,21 @@ impl TaskStore {
     }
 
     /// Records progress a running task reported.
-    pub async fn progress(&self, id: i64, worker: &str, percent: u32, message: &str) -> Result<(), TaskError> {
+    pub async fn progress(&self, task: &Task, worker: &str, percent: u32, message: &str) -> Result<(), TaskError> {
         let sql = format!(
             "UPDATE tasks SET progress_percent = $3, progress_message = $4, updated_ms = $5 \
-             WHERE id = $1 AND worker = $2 AND status = '{RUNNING}'"
+             WHERE id = $1 AND worker = $2 AND attempts = $6 AND status = '{RUNNING}'"
         );
         sqlx::query(&sql)
-            .bind(id)
+            .bind(task.id)
             .bind(worker)
             .bind(percent.min(100) as i32)
             .bind(message)
             .bind(now_ms())
+            .bind(task.attempts as i32)
             .execute(&self.pool)
             .await?;
-        self.changed(id);
+        self.changed(task.id);
         Ok(())
     }
 
@@ -295,11 +308,13 @@ impl TaskStore {
         let rows = serde_json::to_string(ended).map_err(|e| TaskError::Internal(e.to_string()))?;
         let done = match self.backend {
             Backend::Postgres => {
-                "SELECT * FROM json_to_recordset(CAST($3 AS JSON)) AS d(id BIGINT, status TEXT, result TEXT, \
-                     error TEXT, detail TEXT, attempt_log TEXT, started_ms BIGINT, finished_ms BIGINT, run_at_ms BIGINT)"
+                "SELECT * FROM json_to_recordset(CAST($3 AS JSON)) AS d(id BIGINT, attempts INTEGER, status TEXT, \
+                     result TEXT, error TEXT, detail TEXT, attempt_log TEXT, started_ms BIGINT, finished_ms BIGINT, \
+                     run_at_ms BIGINT)"
             }
             Backend::Sqlite => {
-                "SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.status') AS status, \
+                "SELECT json_extract(value, '$.id') AS id, json_extract(value, '$.attempts') AS attempts, \
+                        json_extract(value, '$.status') AS status, \
                         json_extract(value, '$.result') AS result, json_extract(value, '$.error') AS error, \
                         json_extract(value, '$.detail') AS detail, json_extract(value, '$.attempt_log') AS attempt_log, \
                         json_extract(value, '$.started_ms') AS started_ms, \
@@ -311,7 +326,8 @@ impl TaskStore {
         // The ended rows' columns are renamed (e_*), so that every name in
         // SET and RETURNING is the table's own.
         let sql = format!(
-            "WITH ended(e_id, e_status, e_result, e_error, e_detail, e_log, e_started, e_finished, e_run_at) AS ({done}) \
+            "WITH ended(e_id, e_attempt, e_status, e_result, e_error, e_detail, e_log, e_started, e_finished, e_run_at) \
+                 AS ({done}) \
              UPDATE tasks SET status = e_status, result = e_result, error = e_error, detail = e_detail, \
                  attempt_log = e_log, started_ms = e_started, finished_ms = e_finished, updated_ms = $2, \
                  lease_until_ms = NULL, \
@@ -320,7 +336,7 @@ impl TaskStore {
                  eff_priority = CASE WHEN e_status = '{QUEUED}' THEN priority ELSE eff_priority END, \
                  progress_percent = CASE WHEN e_status = '{SUCCEEDED}' THEN 100 ELSE progress_percent END, \
                  progress_message = CASE WHEN e_status = '{SUCCEEDED}' THEN 'done' ELSE progress_message END \
-             FROM ended WHERE id = e_id AND worker = $1 AND status = '{RUNNING}' \
+             FROM ended WHERE id = e_id AND attempts = e_attempt AND worker = $1 AND status = '{RUNNING}' \
              RETURNING id"
         );
         let recorded: HashSet<i64> = sqlx::query_scalar(&sql)

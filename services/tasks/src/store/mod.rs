@@ -19,6 +19,7 @@ mod lease;
 mod reaper;
 mod rows;
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,6 +36,8 @@ pub use lease::{Finished, Lease, Outcome, Rank};
 pub use reaper::LOST_WORKER_ALLOWANCE;
 
 pub const MIN_PRIORITY: i32 = 0;
+/// How many cancels of running tasks a process remembers for its workers.
+const CANCEL_NOTES: usize = 1024;
 pub const MAX_PRIORITY: i32 = 9;
 
 pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -133,6 +136,10 @@ impl Task {
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Attempt {
     pub number: u32,
+    /// When its replica claimed the task (it may wait in the replica's
+    /// local queue before a worker starts it); absent in older logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claimed_ms: Option<i64>,
     pub started_ms: i64,
     pub finished_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +163,10 @@ pub struct TaskStore {
     /// retry's back-off), so idle workers wake for it on time rather than at
     /// their next poll.
     due: Arc<Mutex<Option<i64>>>,
+    /// Running tasks whose cancel was asked for through this process (the
+    /// latest `CANCEL_NOTES`), so a worker that pops one from its local queue
+    /// stops it before it starts.
+    cancels: Arc<Mutex<VecDeque<i64>>>,
     /// Ids of tasks this process changed, so watchers answer at once.
     /// (Changes made by other replicas are seen by the watchers' polling.)
     changes: broadcast::Sender<i64>,
@@ -169,6 +180,7 @@ impl TaskStore {
             submitted: Arc::new(Notify::new()),
             channel: None,
             due: Default::default(),
+            cancels: Default::default(),
             changes: broadcast::channel(1024).0,
         }
     }
@@ -190,6 +202,28 @@ impl TaskStore {
     fn changed(&self, id: i64) {
         // No receivers is fine: nobody is watching.
         let _ = self.changes.send(id);
+    }
+
+    /// Notes that a cancel was asked for running task `id` (through this process).
+    fn note_cancel(&self, id: i64) {
+        let mut notes = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        if notes.len() == CANCEL_NOTES {
+            notes.pop_front();
+        }
+        notes.push_back(id);
+    }
+
+    /// Whether a cancel was asked for running task `id` through this
+    /// process (forgetting the note).
+    pub fn take_cancel_note(&self, id: i64) -> bool {
+        let mut notes = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        match notes.iter().position(|n| *n == id) {
+            Some(at) => {
+                notes.remove(at);
+                true
+            }
+            None => false,
+        }
     }
 
     fn wake(&self) {

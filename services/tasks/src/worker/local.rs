@@ -17,7 +17,9 @@
 //!   `claim_batch × workers` claimed tasks per replica;
 //! - a claimed task that waited longer than the hold time (a third of the
 //!   lease, at most a second) goes back to the database for any replica, as
-//!   does the whole local queue at shutdown: never after its lease.
+//!   does the whole local queue at shutdown; a worker that pops one that
+//!   waited half its lease (the claimer stalled) gives it back too, so none
+//!   starts near the end of its lease.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -109,8 +111,9 @@ impl LocalQueue {
         prefetch(pace.claim, pace.run, self.claim_batch - 1)
     }
 
-    /// A worker's next task, waiting for one; `None` once `stop` is set.
-    pub async fn next(&self, stop: &mut watch::Receiver<bool>) -> Option<Task> {
+    /// A worker's next task and how long it waited here, waiting for one;
+    /// `None` once `stop` is set.
+    pub async fn next(&self, stop: &mut watch::Receiver<bool>) -> Option<(Task, Duration)> {
         loop {
             if *stop.borrow() {
                 return None;
@@ -126,7 +129,7 @@ impl LocalQueue {
                 if left <= (self.workers * self.per_worker()) / 2 {
                     self.want.notify_one();
                 }
-                return Some(claimed.task);
+                return Some((claimed.task, claimed.at.elapsed()));
             }
             self.idle.fetch_add(1, Ordering::SeqCst);
             self.want.notify_one();
@@ -168,18 +171,22 @@ impl LocalQueue {
     }
 
     /// Takes out the tasks that have waited at least `hold` (all of them
-    /// with `Duration::ZERO`).
-    fn take_waiting(&self, hold: Duration) -> Vec<i64> {
+    /// with `Duration::ZERO`), as (id, the claim's attempt number).
+    fn take_waiting(&self, hold: Duration) -> Vec<(i64, u32)> {
         let mut buffer = self.buffer();
         let mut out = Vec::new();
         buffer.retain(|c| {
             let stale = c.at.elapsed() >= hold;
             if stale {
-                out.push(c.task.id);
+                out.push((c.task.id, c.task.attempts));
             }
             !stale
         });
         out
+    }
+
+    fn is_empty(&self) -> bool {
+        self.buffer().is_empty()
     }
 }
 
@@ -192,8 +199,17 @@ pub(super) async fn claimer(
     worker: Arc<str>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let hold = (config.lease / 3).min(Duration::from_secs(1));
+    let hold = hold_time(config.lease);
     while !*stop.borrow() {
+        // Whatever the claimer does next, nothing waits here past the hold
+        // time, so never near its lease.
+        let stale = local.take_waiting(hold);
+        if !stale.is_empty() {
+            // Tasks ran longer than the pace said: stop prefetching until
+            // finished tasks show they are short again.
+            local.ran(hold);
+            give_back(&store, &worker, stale, "waited too long in the local queue").await;
+        }
         let n = local.wanted();
         if n == 0 {
             let want = local.want.notified();
@@ -202,18 +218,13 @@ pub(super) async fn claimer(
                 () = tokio::time::sleep(hold) => {}
                 _ = stop.changed() => {}
             }
-            let stale = local.take_waiting(hold);
-            if !stale.is_empty() {
-                // Tasks ran longer than the pace said: stop prefetching
-                // until finished tasks show they are short again.
-                local.ran(hold);
-                give_back(&store, &worker, stale, "waited too long in the local queue").await;
-            }
             continue;
         }
         let started = Instant::now();
+        // While tasks wait here, an idle claimer still wakes within the hold time.
+        let cap = (!local.is_empty()).then_some(hold);
         match store.claim(&worker, config.lease, &config.queues, n).await {
-            Ok(tasks) if tasks.is_empty() => wait_for_work(&store, &config, &mut stop).await,
+            Ok(tasks) if tasks.is_empty() => wait_for_work(&store, &config, cap, &mut stop).await,
             Ok(tasks) => {
                 tracing::debug!(wanted = n, claimed = tasks.len(), "claimed");
                 ewma(
@@ -224,45 +235,53 @@ pub(super) async fn claimer(
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot claim tasks; retrying");
-                wait_for_work(&store, &config, &mut stop).await;
+                wait_for_work(&store, &config, cap, &mut stop).await;
             }
         }
     }
-    give_back(
-        &store,
-        &worker,
-        local.take_waiting(Duration::ZERO),
-        "its replica is shutting down",
-    )
-    .await;
+    let left = local.take_waiting(Duration::ZERO);
+    give_back(&store, &worker, left, "its replica is shutting down").await;
 }
 
-async fn give_back(store: &TaskStore, worker: &str, ids: Vec<i64>, why: &str) {
-    if ids.is_empty() {
+/// How long a claimed task may wait in the local queue: a third of the
+/// lease, at most a second.
+pub(super) fn hold_time(lease: Duration) -> Duration {
+    (lease / 3).min(Duration::from_secs(1))
+}
+
+/// Gives back claimed tasks no worker started: (id, the claim's attempt number).
+pub(super) async fn give_back(store: &TaskStore, worker: &str, tasks: Vec<(i64, u32)>, why: &str) {
+    if tasks.is_empty() {
         return;
     }
-    match store.unclaim(worker, &ids).await {
+    match store.unclaim(worker, &tasks).await {
         Ok(n) => tracing::info!(
             count = n,
             why,
             "claimed tasks that had not started went back to the queue"
         ),
         Err(err) => {
-            tracing::warn!(error = %err, count = ids.len(), why, "cannot give back claimed tasks; their leases will expire")
+            tracing::warn!(error = %err, count = tasks.len(), why, "cannot give back claimed tasks; their leases will expire")
         }
     }
 }
 
 /// The queue had nothing ready: waits for a submit here or an announcement
 /// from another replica, the poll interval (or, if sooner, the time a
-/// scheduled task becomes ready), or shutdown.
-async fn wait_for_work(store: &TaskStore, config: &WorkerConfig, stop: &mut watch::Receiver<bool>) {
+/// scheduled task becomes ready, or `cap`), or shutdown.
+async fn wait_for_work(
+    store: &TaskStore,
+    config: &WorkerConfig,
+    cap: Option<Duration>,
+    stop: &mut watch::Receiver<bool>,
+) {
     if store.next_due_in().is_none()
         && let Err(err) = store.refresh_due().await
     {
         tracing::debug!(error = %err, "cannot look up the next scheduled task; polling");
     }
-    let wait = store.next_due_in().map_or(config.poll, |due| due.min(config.poll));
+    let poll = cap.map_or(config.poll, |cap| cap.min(config.poll));
+    let wait = store.next_due_in().map_or(poll, |due| due.min(poll));
     tokio::select! {
         () = store.submitted().notified() => {}
         () = tokio::time::sleep(wait) => {}

@@ -184,7 +184,23 @@ impl Worker {
     async fn run(self) {
         let local = self.local.clone();
         let mut stop = self.stop.clone();
-        while let Some(task) = local.next(&mut stop).await {
+        let stalled = self.config.lease / 2;
+        while let Some((mut task, waited)) = local.next(&mut stop).await {
+            if waited >= stalled {
+                // The claimer stalled: too little of the lease is left to start it.
+                local::give_back(
+                    &self.store,
+                    &self.worker_id,
+                    vec![(task.id, task.attempts)],
+                    "waited half its lease in the local queue",
+                )
+                .await;
+                continue;
+            }
+            // A cancel asked for while it waited here: through this process,
+            // noted; through another, read again if it waited a while.
+            task.cancel_requested |= self.store.take_cancel_note(task.id)
+                || (waited >= self.config.cancel_poll && self.cancel_requested(task.id).await);
             self.execute(task).await;
         }
     }
@@ -274,7 +290,7 @@ impl Worker {
                     tracing::warn!(limit_ms = ms as u64, "time limit passed; abandoning the attempt");
                     return Some(Outcome::Failed { error: format!("timed out after {ms} ms"), timed_out: true });
                 }
-                _ = renew.tick() => match self.store.renew(task.id, &self.worker_id, self.config.lease).await {
+                _ = renew.tick() => match self.store.renew(task, &self.worker_id, self.config.lease).await {
                     Ok(Lease::Held { cancel_requested: true }) => return Some(self.cancelled()),
                     Ok(Lease::Held { .. }) => {}
                     Ok(Lease::Lost) => {
@@ -307,7 +323,7 @@ impl Worker {
                     next_progress_write = tokio::time::Instant::now() + PROGRESS_EVERY;
                     let report = progress_rx.borrow_and_update().clone();
                     if let Some((percent, message)) = report
-                        && let Err(err) = self.store.progress(task.id, &self.worker_id, percent, &message).await
+                        && let Err(err) = self.store.progress(task, &self.worker_id, percent, &message).await
                     {
                         tracing::warn!(error = %err, "cannot record progress");
                     }
