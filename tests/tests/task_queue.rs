@@ -791,6 +791,26 @@ async fn a_batch_is_queued_whole_or_not_at_all() {
         .unwrap();
     assert_eq!(r.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(total(&mut c).await, 6);
+    // Unkeyed tasks go in with one statement, keyed ones one by one: the
+    // answer keeps the request's order either way.
+    let mixed = vec![
+        task("echo", json!("u-0")),
+        keyed("m-0", 2),
+        task("echo", json!("u-1")),
+        task("echo", json!("u-2")),
+        keyed("m-1", 3),
+    ];
+    let answer = c
+        .submit_tasks(SubmitTasksRequest { tasks: mixed })
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    let payloads: Vec<Value> = answer.iter().map(|t| from_proto(t.payload.clone().unwrap())).collect();
+    assert_eq!(
+        payloads,
+        [json!("u-0"), json!("m-0"), json!("u-1"), json!("u-2"), json!("m-1")]
+    );
 }
 
 /// A replica claims short tasks ahead into its local queue; the ones no

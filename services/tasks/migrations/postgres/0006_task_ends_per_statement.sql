@@ -36,20 +36,19 @@ BEGIN
 END
 $$;
 
+-- An update changes no id, so a row that stays in one ended state (and
+-- queue) counts once in each table and cancels out: the change per key is
+-- the new ended rows minus the old, with no join of the two tables.
 CREATE OR REPLACE FUNCTION task_ends_apply_updated() RETURNS trigger LANGUAGE plpgsql
 SET search_path FROM CURRENT AS $$
 BEGIN
   INSERT INTO task_ends (queue, status, shard, n)
     SELECT queue, status, shard, SUM(d) FROM (
-      SELECT o.queue, o.status, (o.id % 16)::INTEGER AS shard, -1 AS d
-        FROM old_rows o JOIN new_rows w ON w.id = o.id
-        WHERE o.status IN ('succeeded', 'failed', 'cancelled')
-          AND (w.status IS DISTINCT FROM o.status OR w.queue IS DISTINCT FROM o.queue)
+      SELECT queue, status, (id % 16)::INTEGER AS shard, 1 AS d FROM new_rows
+        WHERE status IN ('succeeded', 'failed', 'cancelled')
       UNION ALL
-      SELECT w.queue, w.status, (w.id % 16)::INTEGER, 1
-        FROM old_rows o JOIN new_rows w ON w.id = o.id
-        WHERE w.status IN ('succeeded', 'failed', 'cancelled')
-          AND (w.status IS DISTINCT FROM o.status OR w.queue IS DISTINCT FROM o.queue)
+      SELECT queue, status, (id % 16)::INTEGER, -1 FROM old_rows
+        WHERE status IN ('succeeded', 'failed', 'cancelled')
     ) changes
     GROUP BY queue, status, shard HAVING SUM(d) <> 0 ORDER BY queue, status, shard
   ON CONFLICT (queue, status, shard) DO UPDATE SET n = task_ends.n + EXCLUDED.n;

@@ -86,11 +86,17 @@ impl TaskStore {
         // Keyed tasks go in in key order, so two batches sharing keys take
         // the unique index's locks in one order and cannot deadlock; the
         // answer keeps the request's order.
+        // Tasks without a key go in with one statement.
         let mut order: Vec<(usize, Prepared)> = prepared.into_iter().enumerate().collect();
         order.sort_by(|(_, a), (_, b)| a.new.idempotency_key.cmp(&b.new.idempotency_key));
+        let keyed_from = order.partition_point(|(_, p)| p.new.idempotency_key.is_none());
+        let keyed = order.split_off(keyed_from);
         let mut tx = self.pool.begin().await?;
-        let mut out: Vec<Option<(Task, bool)>> = (0..order.len()).map(|_| None).collect();
-        for (i, p) in order {
+        let mut out: Vec<Option<(Task, bool)>> = (0..keyed.len() + order.len()).map(|_| None).collect();
+        for (i, task) in self.insert_unkeyed(&mut tx, order).await? {
+            out[i] = Some((task, true));
+        }
+        for (i, p) in keyed {
             out[i] = Some(insert(&mut tx, p).await.map_err(|e| e.in_batch(i))?);
         }
         tx.commit().await?;
@@ -110,6 +116,91 @@ impl TaskStore {
             self.changed(task.id);
         }
         Ok(out)
+    }
+
+    /// Inserts tasks without an idempotency key in one statement (their rows
+    /// as JSON, so one statement text whatever the count); returns each with
+    /// its index in the batch.
+    async fn insert_unkeyed(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        tasks: Vec<(usize, Prepared)>,
+    ) -> Result<Vec<(usize, Task)>, TaskError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        #[derive(serde::Serialize)]
+        struct Row<'a> {
+            ord: usize,
+            kind: &'a str,
+            payload: &'a str,
+            priority: i32,
+            created: i64,
+            max_attempts: i32,
+            timeout_ms: Option<i64>,
+            ready_at: i64,
+            queue: &'a str,
+        }
+        let now = now_ms();
+        let rows: Vec<Row> = tasks
+            .iter()
+            .enumerate()
+            .map(|(ord, (_, p))| {
+                let created = if p.new.submitted_ms > 0 {
+                    p.new.submitted_ms
+                } else {
+                    now
+                };
+                Row {
+                    ord,
+                    kind: &p.new.kind,
+                    payload: &p.payload_text,
+                    priority: p.new.priority,
+                    created,
+                    max_attempts: p.new.max_attempts.max(1) as i32,
+                    timeout_ms: p.timeout_ms,
+                    ready_at: p.new.run_at_ms.max(created),
+                    queue: &p.new.queue,
+                }
+            })
+            .collect();
+        let json = serde_json::to_string(&rows).map_err(|e| TaskError::Internal(e.to_string()))?;
+        let source = match self.backend {
+            mesh_sql::Backend::Postgres => {
+                "SELECT * FROM json_to_recordset(CAST($1 AS JSON)) AS r(ord INTEGER, kind TEXT, payload TEXT, \
+                     priority INTEGER, created BIGINT, max_attempts INTEGER, timeout_ms BIGINT, ready_at BIGINT, \
+                     queue TEXT)"
+            }
+            mesh_sql::Backend::Sqlite => {
+                "SELECT json_extract(value, '$.ord') AS ord, json_extract(value, '$.kind') AS kind, \
+                        json_extract(value, '$.payload') AS payload, json_extract(value, '$.priority') AS priority, \
+                        json_extract(value, '$.created') AS created, \
+                        json_extract(value, '$.max_attempts') AS max_attempts, \
+                        json_extract(value, '$.timeout_ms') AS timeout_ms, \
+                        json_extract(value, '$.ready_at') AS ready_at, json_extract(value, '$.queue') AS queue \
+                 FROM json_each($1)"
+            }
+        };
+        // Rows go in in the batch's order (ORDER BY ord), so their ids rise in
+        // that order: the returned rows, sorted by id, match it.
+        let sql = format!(
+            "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms, max_attempts, \
+                 timeout_ms, run_at_ms, queued_ms, eff_priority, queue) \
+             SELECT kind, payload, priority, '{QUEUED}', 0, created, created, max_attempts, timeout_ms, \
+                 ready_at, ready_at, priority, queue FROM ({source}) AS r ORDER BY ord \
+             RETURNING {COLUMNS}"
+        );
+        let rows = sqlx::query(&sql).bind(json).fetch_all(&mut *conn).await?;
+        let mut inserted = rows.iter().map(task_from_row).collect::<Result<Vec<_>, _>>()?;
+        if inserted.len() != tasks.len() {
+            return Err(TaskError::Internal(format!(
+                "inserted {} of {} tasks",
+                inserted.len(),
+                tasks.len()
+            )));
+        }
+        inserted.sort_by_key(|t| t.id);
+        Ok(tasks.into_iter().map(|(i, _)| i).zip(inserted).collect())
     }
 
     pub async fn get(&self, id: i64) -> Result<Task, TaskError> {

@@ -160,9 +160,11 @@ impl TaskStore {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let lock = match self.backend {
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
+        // On PostgreSQL, `= ANY(ARRAY(...))` reads the picked rows by primary
+        // key; `IN (SELECT ...)` was planned as a scan of the whole table.
+        let (lock, picked) = match self.backend {
+            Backend::Postgres => ("FOR UPDATE SKIP LOCKED", "id = ANY(ARRAY(SELECT id FROM picked))"),
+            Backend::Sqlite => ("", "id IN (SELECT id FROM picked)"),
         };
         let queue_params: Vec<String> = (0..queues.len()).map(|i| format!("${}", i + 5)).collect();
         let sql = format!(
@@ -170,7 +172,7 @@ impl TaskStore {
                              ORDER BY eff_priority DESC, queued_ms, id LIMIT $4 {lock}) \
              UPDATE tasks SET status = '{RUNNING}', attempts = attempts + 1, started_ms = $1, \
                  updated_ms = $1, worker = $2, lease_until_ms = $3, progress_percent = 0, progress_message = '' \
-             WHERE id IN (SELECT id FROM picked) AND status = '{QUEUED}' \
+             WHERE {picked} AND status = '{QUEUED}' \
              RETURNING {COLUMNS}, eff_priority, queued_ms",
             queue_params.join(", ")
         );
@@ -324,7 +326,14 @@ impl TaskStore {
             }
         };
         // The ended rows' columns are renamed (e_*), so that every name in
-        // SET and RETURNING is the table's own.
+        // SET and RETURNING is the table's own. On PostgreSQL the rows are
+        // found by primary key (`= ANY`): left to the join, the planner
+        // scanned every index entry of status 'running', dead ones included,
+        // which grows with every task run until vacuum.
+        let by_id = match self.backend {
+            Backend::Postgres => "id = ANY(ARRAY(SELECT e_id FROM ended))",
+            Backend::Sqlite => "1 = 1",
+        };
         let sql = format!(
             "WITH ended(e_id, e_attempt, e_status, e_result, e_error, e_detail, e_log, e_started, e_finished, e_run_at) \
                  AS ({done}) \
@@ -336,7 +345,8 @@ impl TaskStore {
                  eff_priority = CASE WHEN e_status = '{QUEUED}' THEN priority ELSE eff_priority END, \
                  progress_percent = CASE WHEN e_status = '{SUCCEEDED}' THEN 100 ELSE progress_percent END, \
                  progress_message = CASE WHEN e_status = '{SUCCEEDED}' THEN 'done' ELSE progress_message END \
-             FROM ended WHERE id = e_id AND attempts = e_attempt AND worker = $1 AND status = '{RUNNING}' \
+             FROM ended WHERE {by_id} AND id = e_id AND attempts = e_attempt AND worker = $1 \
+               AND status = '{RUNNING}' \
              RETURNING id"
         );
         let recorded: HashSet<i64> = sqlx::query_scalar(&sql)

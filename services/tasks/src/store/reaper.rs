@@ -13,6 +13,9 @@ use crate::error::TaskError;
 /// cause (a poison pill), and must not take down worker after worker.
 pub const LOST_WORKER_ALLOWANCE: i32 = 3;
 
+/// Ready rows one aging statement updates at most (PostgreSQL).
+const AGING_CHUNK: u64 = 1000;
+
 impl TaskStore {
     /// Queues again every running task whose lease has expired (its worker
     /// died or hung); one that lost its worker too often fails instead.
@@ -52,22 +55,43 @@ impl TaskStore {
 
     /// Priority aging: a ready task's effective priority is its priority plus
     /// one per `step` it has been ready, up to the maximum.
+    ///
+    /// On PostgreSQL in chunks of `AGING_CHUNK` rows, each locked `FOR UPDATE
+    /// SKIP LOCKED`: a backlog queued at once reaches each step at once, and
+    /// one statement over all of it would hold every ready row while claims
+    /// skip them (a claim that finds nothing waits for new work).
     pub async fn age(&self, step: Duration) -> Result<u64, TaskError> {
         let least = match self.backend {
             Backend::Postgres => "LEAST",
             Backend::Sqlite => "MIN",
         };
+        let due = format!(
+            "status = '{QUEUED}' AND eff_priority < {MAX_PRIORITY} AND queued_ms <= $1 \
+             AND {least}({MAX_PRIORITY}, priority + ($1 - queued_ms) / $2) > eff_priority"
+        );
+        let which = match self.backend {
+            Backend::Postgres => {
+                format!("id = ANY(ARRAY(SELECT id FROM tasks WHERE {due} LIMIT {AGING_CHUNK} FOR UPDATE SKIP LOCKED))")
+            }
+            Backend::Sqlite => due,
+        };
         let sql = format!(
             "UPDATE tasks SET eff_priority = CAST({least}({MAX_PRIORITY}, priority + ($1 - queued_ms) / $2) AS INTEGER) \
-             WHERE status = '{QUEUED}' AND eff_priority < {MAX_PRIORITY} AND queued_ms <= $1 \
-               AND {least}({MAX_PRIORITY}, priority + ($1 - queued_ms) / $2) > eff_priority"
+             WHERE {which}"
         );
-        let done = sqlx::query(&sql)
-            .bind(now_ms())
-            .bind((step.as_millis() as i64).max(1))
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        let now = now_ms();
+        let mut aged = 0;
+        loop {
+            let done = sqlx::query(&sql)
+                .bind(now)
+                .bind((step.as_millis() as i64).max(1))
+                .execute(&self.pool)
+                .await?;
+            aged += done.rows_affected();
+            if self.backend == Backend::Sqlite || done.rows_affected() < AGING_CHUNK {
+                return Ok(aged);
+            }
+        }
     }
 
     /// Deletes ended tasks that finished more than `retention` ago.

@@ -40,10 +40,18 @@ pub(super) async fn completer(store: TaskStore, worker: std::sync::Arc<str>, mut
 async fn record(store: &TaskStore, worker: &str, batch: &[Ended]) {
     let finished: Vec<Finished> = batch.iter().map(|e| e.finished.clone()).collect();
     let mut tries = 0;
+    let t0 = std::time::Instant::now();
     let recorded = loop {
         tries += 1;
         match store.finish_many(worker, &finished).await {
-            Ok(recorded) => break recorded,
+            Ok(recorded) => {
+                tracing::debug!(
+                    count = batch.len(),
+                    took_us = t0.elapsed().as_micros() as u64,
+                    "recorded"
+                );
+                break recorded;
+            }
             Err(err) if tries < WRITE_TRIES => {
                 tracing::warn!(error = %err, count = batch.len(), "cannot record tasks' ends; trying again");
                 tokio::time::sleep(Duration::from_millis(100 * u64::from(tries))).await;

@@ -64,16 +64,21 @@ fn prefetch(claim: Option<f64>, run: Option<f64>, cap: usize) -> usize {
     }
 }
 
-/// How many tasks to claim now: none while no worker waits and the local
-/// queue holds more than half its prefetch; else enough for the idle
-/// workers and the prefetch, never more than `claim_batch` per worker in all.
+/// How many tasks to claim now. Idle workers take buffered tasks first
+/// (workers just woken for tasks already here still count as idle until
+/// they take one); then: none while no worker lacks a task and the buffer
+/// holds more than half its prefetch; else enough for the workers that lack
+/// one and to refill the prefetch, never more than `claim_batch` per worker
+/// in the buffer.
 fn wanted(workers: usize, claim_batch: usize, idle: usize, buffered: usize, per_worker: usize) -> usize {
     let per_worker = per_worker.min(claim_batch.saturating_sub(1));
-    if idle == 0 && buffered > (workers * per_worker) / 2 {
+    let served = idle.min(buffered);
+    let (lacking, left) = (idle - served, buffered - served);
+    let prefetch = workers * per_worker;
+    if lacking == 0 && left > prefetch / 2 {
         return 0;
     }
-    let target = (idle + workers * per_worker).min(workers * claim_batch);
-    target.saturating_sub(buffered)
+    (lacking + prefetch.saturating_sub(left)).min((workers * claim_batch).saturating_sub(buffered))
 }
 
 pub(super) struct LocalQueue {
@@ -226,7 +231,12 @@ pub(super) async fn claimer(
         match store.claim(&worker, config.lease, &config.queues, n).await {
             Ok(tasks) if tasks.is_empty() => wait_for_work(&store, &config, cap, &mut stop).await,
             Ok(tasks) => {
-                tracing::debug!(wanted = n, claimed = tasks.len(), "claimed");
+                tracing::debug!(
+                    wanted = n,
+                    claimed = tasks.len(),
+                    took_us = started.elapsed().as_micros() as u64,
+                    "claimed"
+                );
                 ewma(
                     &mut local.pace.lock().unwrap_or_else(|p| p.into_inner()).claim,
                     started.elapsed(),
@@ -313,6 +323,9 @@ mod tests {
         assert_eq!(wanted(4, 32, 3, 0, 0), 3);
         assert_eq!(wanted(4, 32, 0, 0, 0), 0);
         assert_eq!(wanted(4, 32, 2, 1, 0), 1);
+        // Woken workers that have not yet taken the tasks pushed for them.
+        assert_eq!(wanted(4, 32, 4, 4, 0), 0);
+        assert_eq!(wanted(4, 32, 4, 124, 31), 0);
         // Prefetch 10 per worker: fill to idle + 40, refill at half.
         assert_eq!(wanted(4, 32, 4, 0, 10), 44);
         assert_eq!(wanted(4, 32, 0, 21, 10), 0);
