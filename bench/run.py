@@ -45,11 +45,19 @@ What one run does, in order:
      replicas-N   items warm and counters with N = 1, 2, 3 replicas on Redis
      scale-N      GET /items/{id} and ListItems page 1 vs a deep page on the
                   10,000-row and the big data set, -c16
+     queue        the tasks service on PostgreSQL beside graphile-worker 0.17.3
+                  (npm ci from bench/queue/): submit one by one and in batches,
+                  the drain of 20,000 tasks with 4 workers (rate, worker RSS,
+                  PostgreSQL's CPU), submit-to-start latency at low load;
+                  needs PostgreSQL (MESH_BENCH_POSTGRES_URL, default
+                  postgres://postgres@127.0.0.1:5432/test), psql and npm
    A group that fails is noted in the report and the next one still runs;
    a missing bench-hello, bench-hop, bench-counter or grpc-load skips its
    rows with a note. --groups names: fastapi, hello, test, items-warm,
-   items-cold, counters, tasks, grpc, hop, replicas (all three), scale (both).
-4. Writes BENCHMARKS.md and bench/results.json under --out-dir, with a
+   items-cold, counters, tasks, grpc, hop, replicas (all three), scale (both),
+   queue.
+4. Writes BENCHMARKS.md and bench/results.json under --out-dir (the queue
+   group: BENCHMARKS-queue.md and bench/results-queue.json), with a
    Targets section where every target is PASS or MISS with its numbers
    (a target whose scenario could not be measured is a MISS).
 

@@ -8,6 +8,8 @@
 - calls: plain HTTP calls to a started server: readiness, single calls,
   paging, exact-count bursts;
 - loads: the measured loads: wrk with its Lua scripts, and grpc-load;
+- queue: the queue group, the tasks service on PostgreSQL beside
+  graphile-worker (bench/queue/);
 - scenarios: the scenario groups (which processes, which loads, what is
   recorded);
 - report: BENCHMARKS.md, bench/results.json and the PASS/MISS lines.

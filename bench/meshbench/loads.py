@@ -127,7 +127,7 @@ class Wrk:
         self.count += 1
         path = self.scripts / f"{self.count:03d}.lua"
         path.write_text(LUA_COMMON + script)
-        argv = [self.binary, f"-t{WRK_THREADS}", f"-c{connections}", f"-d{self.duration}s",
+        argv = [self.binary, f"-t{min(WRK_THREADS, connections)}", f"-c{connections}", f"-d{self.duration}s",
                 "--latency", "--timeout", WRK_TIMEOUT, "-s", str(path), url]
         out = subprocess.run(argv, capture_output=True, text=True, timeout=self.duration + 60)
         (self.scripts / f"{self.count:03d}.out").write_text(" ".join(argv) + "\n" + out.stdout + out.stderr)

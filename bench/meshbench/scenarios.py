@@ -23,6 +23,7 @@ from . import HOST, REDIS_PORT, REFERENCE, log
 from .calls import count_queued, http_call, page_token, parallel_requests, wait_http_ok, with_token
 from .fleet import NO_CACHE_GATEWAY_RUST_LOG, Fleet, Proc, free_port, memory_kib
 from .loads import Load, Wrk, grpc_load, hit_note, lua_post, lua_random_ids, lua_walk_ids
+from .queue import QueueGroup
 from .setup import prepare_items_db, seed_reference_db
 
 CONNECTIONS = (64, 512)
@@ -70,6 +71,7 @@ GROUPS: dict[str, Needs] = {
     "hop": Needs(),
     "replicas": Needs(tools=("redis-cli",), redis=True, data=(SMALL,)),
     "scale": Needs(data=(SMALL, BIG)),
+    "queue": Needs(tools=("psql", "npm"), data=(SMALL,)),
 }
 
 
@@ -387,7 +389,9 @@ class Bench:
             left = queued
             while left and time.monotonic() - t0 < DRAIN_TIMEOUT_S:
                 time.sleep(0.05)
-                left = len(http_call(base, "GET", "/tasks?status=queued&page_size=1")[1]["tasks"])
+                # Queued and running: a worker replica claims tasks ahead of its workers.
+                stats = http_call(base, "GET", "/tasks/stats")[1]
+                left = stats["queued"] + stats["running"]
             seconds = time.monotonic() - t0
             peak = memory_kib(worker.popen.pid)[1]
         finally:
@@ -532,7 +536,7 @@ class Bench:
         return [{"fastapi": self.run_fastapi, "hello": self.run_hello, "test": self.run_mesh_test,
                  "items-warm": self.run_items_warm, "items-cold": self.run_items_cold,
                  "counters": self.run_counters, "tasks": self.run_tasks, "grpc": self.run_grpc,
-                 "hop": self.run_hop}[group]]
+                 "hop": self.run_hop, "queue": lambda: QueueGroup(self).run()}[group]]
 
     def attempt(self, run_group) -> None:
         """Runs one group; a failure is noted in the report and the next group still runs."""

@@ -26,7 +26,8 @@ sys.path.insert(0, str(REFERENCE))
 import seed_db  # noqa: E402  (the reference's row generator, shared by both data sets)
 
 
-APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx", "redis-cli": "redis-tools"}  # command -> package
+APT_PACKAGES = {"wrk": "wrk", "nginx": "nginx", "redis-cli": "redis-tools",  # command -> package
+                "psql": "postgresql-client", "npm": "npm"}
 
 
 def ensure_apt_tools(commands: Iterable[str]) -> dict[str, str]:
