@@ -790,3 +790,88 @@ async fn a_priority_9_task_overtakes_10000_queued_ones_except_those_already_clai
     assert!(overtaken >= 1000, "it overtook only {overtaken} tasks");
     assert_eq!(repeated, 0, "every task succeeded on its one attempt");
 }
+
+/// One replica's keeper looks after all its running tasks: a cancel asked
+/// for through another replica stops a running task (the keeper's poll),
+/// and a replica that was frozen past its lease learns at its next renewal
+/// that another replica took the task over, and records nothing.
+#[tokio::test]
+async fn the_keeper_sees_cancels_from_other_replicas_and_lost_leases() {
+    use mesh_tests::proto::tasks::v1::CancelTaskRequest;
+    use nix::sys::signal::Signal;
+    let Some(url) = postgres("keeper_cancels_and_lost_leases").await else {
+        return;
+    };
+    let schema = format!("{}_", unique("keeper"));
+    let _schemas = SchemaGuard::new(&url, [format!("{schema}tasks")]);
+    let common = [
+        "--database-url",
+        &url,
+        "--db-schema-prefix",
+        &schema,
+        "--lease-ms",
+        "1000",
+    ];
+    let front = replicas("tasks-service", 1, &args(&[&common[..], &["--workers", "0"]].concat())).await;
+    let mut client = TaskServiceClient::new(front[0].channel());
+    let sleep = |ms: u64| SubmitTaskRequest {
+        kind: "sleep".into(),
+        payload: Some(mesh_tests::proto::json::to_proto(json!({ "ms": ms }))),
+        ..Default::default()
+    };
+    let first = replicas("tasks-service", 1, &args(&[&common[..], &["--workers", "1"]].concat())).await;
+    let running = |id: i64| format!("task={id} ");
+
+    // A cancel through the front replica reaches the worker replica's task.
+    let long = client.submit_task(sleep(60_000)).await.unwrap().into_inner().id;
+    eventually("the worker replica starts the long task", WAIT, async || {
+        first[0]
+            .logs()
+            .lines()
+            .any(|l| l.contains(&running(long)) && l.contains("task started"))
+    })
+    .await;
+    client.cancel_task(CancelTaskRequest { id: long }).await.unwrap();
+    let done = wait_all(&client, &[long], WAIT).await.remove(&long).unwrap();
+    assert_eq!(done.status, TaskStatus::Cancelled as i32, "{done:?}");
+
+    // Frozen past its lease, the worker replica loses its task to another.
+    let task = client.submit_task(sleep(3000)).await.unwrap().into_inner().id;
+    eventually("the worker replica starts the task", WAIT, async || {
+        first[0]
+            .logs()
+            .lines()
+            .any(|l| l.contains(&running(task)) && l.contains("task started"))
+    })
+    .await;
+    first[0].signal(Signal::SIGSTOP);
+    let second = replicas("tasks-service", 1, &args(&[&common[..], &["--workers", "1"]].concat())).await;
+    eventually("the second replica takes the task over", WAIT, async || {
+        second[0]
+            .logs()
+            .lines()
+            .any(|l| l.contains(&running(task)) && l.contains("task started"))
+    })
+    .await;
+    first[0].signal(Signal::SIGCONT);
+    eventually("the first replica learns it lost the task", WAIT, async || {
+        first[0]
+            .logs()
+            .lines()
+            .any(|l| l.contains(&running(task)) && l.contains("lease lost"))
+    })
+    .await;
+    let done = wait_all(&client, &[task], WAIT).await.remove(&task).unwrap();
+    assert_eq!(done.status, TaskStatus::Succeeded as i32, "{done:?}");
+    assert_eq!(
+        done.attempts, 2,
+        "the lost attempt, then the one that finished: {done:?}"
+    );
+    let finished = |s: &Server| {
+        s.logs()
+            .lines()
+            .any(|l| l.contains(&running(task)) && l.contains("task finished"))
+    };
+    eventually("the second replica logs the end", WAIT, async || finished(&second[0])).await;
+    assert!(!finished(&first[0]), "the replica that lost the task recorded an end");
+}

@@ -1,7 +1,8 @@
 //! What a replica's workers call: claim tasks in a batch, each under its
-//! own lease, give back claimed tasks that never started, renew a lease
-//! (learning of a cancel), report progress, record how attempts ended (in a
-//! batch), and put back what they still hold when their process shuts down.
+//! own lease, give back claimed tasks that never started, renew every lease
+//! the replica holds (learning of cancels), report progress, record how
+//! attempts ended (in a batch), and put back what they still hold when their
+//! process shuts down.
 //!
 //! Claiming is one statement for many tasks, safe when many replicas claim
 //! at once: on PostgreSQL the candidate rows are locked with `FOR UPDATE SKIP
@@ -32,13 +33,6 @@ pub enum Outcome {
     },
     /// CancelTask stopped it while it ran.
     Cancelled,
-}
-
-/// What a worker learns when it renews its lease.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Lease {
-    Held { cancel_requested: bool },
-    Lost,
 }
 
 /// Where a claimed task stands in the claim order: effective priority
@@ -243,27 +237,45 @@ impl TaskStore {
         Ok(done.rows_affected())
     }
 
-    /// Extends the lease of a task this worker still holds, and tells it
-    /// whether a cancel was asked for.
-    pub async fn renew(&self, task: &Task, worker: &str, lease: Duration) -> Result<Lease, TaskError> {
+    /// Extends the lease of every task replica `worker` holds, in one
+    /// statement; returns them as (id, attempt number, cancel asked for).
+    /// A claim it does not return was lost (queued again, maybe claimed anew).
+    pub async fn renew_all(&self, worker: &str, lease: Duration) -> Result<Vec<(i64, u32, bool)>, TaskError> {
         let sql = format!(
-            "UPDATE tasks SET lease_until_ms = $3 \
-             WHERE id = $1 AND worker = $2 AND attempts = $4 AND status = '{RUNNING}' \
-             RETURNING cancel_requested"
+            "UPDATE tasks SET lease_until_ms = $2 WHERE worker = $1 AND status = '{RUNNING}' \
+             RETURNING id, attempts, cancel_requested"
         );
-        let row = sqlx::query(&sql)
-            .bind(task.id)
+        let rows = sqlx::query(&sql)
             .bind(worker)
             .bind(now_ms() + lease.as_millis() as i64)
-            .bind(task.attempts as i32)
-            .fetch_optional(&self.pool)
+            .fetch_all(&self.pool)
             .await?;
-        Ok(match row {
-            Some(row) => Lease::Held {
-                cancel_requested: row.try_get::<i32, _>(0)? != 0,
-            },
-            None => Lease::Lost,
-        })
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>(0)?,
+                    u32::try_from(r.try_get::<i32, _>(1)?).unwrap_or(0),
+                    r.try_get::<i32, _>(2)? != 0,
+                ))
+            })
+            .collect()
+    }
+
+    /// The tasks replica `worker` holds whose cancel was asked for, as (id,
+    /// attempt number).
+    pub async fn cancels_requested(&self, worker: &str) -> Result<Vec<(i64, u32)>, TaskError> {
+        let sql = format!(
+            "SELECT id, attempts FROM tasks WHERE worker = $1 AND status = '{RUNNING}' AND cancel_requested = 1"
+        );
+        let rows = sqlx::query(&sql).bind(worker).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>(0)?,
+                    u32::try_from(r.try_get::<i32, _>(1)?).unwrap_or(0),
+                ))
+            })
+            .collect()
     }
 
     /// Whether CancelTask was called for this task while it ran.

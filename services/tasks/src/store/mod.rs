@@ -1,8 +1,8 @@
 //! The queue in SQL, split by who calls it; no tonic anywhere below here.
 //!
 //! - `api`: what clients call: submit, get, list, cancel, retry, stats;
-//! - `lease`: what workers call: claim under a lease, renew, progress,
-//!   finish, release at shutdown;
+//! - `lease`: what workers call: claim in batches under leases, give back,
+//!   renew, progress, finish in batches, release at shutdown;
 //! - `reaper`: expired leases, priority aging, retention purge;
 //! - `rows`: the columns read back and the row -> [`Task`] decoding;
 //! - `backoff`: how long a failed attempt waits before the next.
@@ -32,7 +32,7 @@ use crate::error::TaskError;
 
 pub use api::{DEFAULT_PAGE, MAX_ATTEMPTS, MAX_PAGE, MAX_PAYLOAD_BYTES, NewTask, Page, QueueStats, validate_queue};
 pub use backoff::Backoff;
-pub use lease::{Finished, Lease, Outcome, Rank};
+pub use lease::{Finished, Outcome, Rank};
 pub use reaper::LOST_WORKER_ALLOWANCE;
 
 pub const MIN_PRIORITY: i32 = 0;

@@ -3,10 +3,12 @@
 //!
 //! - [`local`]: the claimer takes ready tasks in batches into a small local
 //!   queue, sized by how many workers are idle and how short tasks are;
-//! - the workers (here) run each task under its own lease, renewed while it
-//!   runs; they enforce its time limit, watch for a cancel request, write
-//!   reported progress, and hand how it ended to
-//! - [`complete`]: one writer that records ends in batches.
+//! - the workers (here) run each task under its own lease; they enforce its
+//!   time limit, stop it on a cancel request, write reported progress, and
+//!   hand how it ended to
+//! - [`complete`]: one writer that records ends in batches;
+//! - [`held`]: the keeper, which renews every running task's lease in one
+//!   statement and looks for cancels asked for through other replicas.
 //!
 //! If the process dies, the leases run out and any replica's reaper queues
 //! the tasks again. On shutdown, the claimer stops and gives back what no
@@ -14,6 +16,7 @@
 //! unfinished after it is put back.
 
 mod complete;
+mod held;
 mod local;
 
 use std::sync::Arc;
@@ -23,8 +26,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::kinds::{Pools, Registry, TaskContext};
-use crate::store::{Backoff, Finished, Lease, Outcome, Task, TaskStore};
+use crate::store::{Backoff, Finished, Outcome, Task, TaskStore};
 use complete::Ended;
+use held::{Held, Signal};
 use local::LocalQueue;
 
 /// How often at most a running task's progress is written.
@@ -60,6 +64,7 @@ pub struct Pool {
     workers: JoinSet<()>,
     claimer: Option<tokio::task::JoinHandle<()>>,
     completer: Option<tokio::task::JoinHandle<()>>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
     reaper: tokio::task::JoinHandle<()>,
     stop: watch::Sender<bool>,
     store: TaskStore,
@@ -76,6 +81,7 @@ impl Pool {
         let worker_id: Arc<str> = format!("{}-{}", std::process::id(), mesh_sql::now_ms()).into();
         let pools = Pools::new(config.blocking_threads, config.cpu_threads);
         let local = LocalQueue::new(config.workers, config.claim_batch);
+        let held = Arc::new(Held::default());
         let (ends_tx, ends_rx) = mpsc::channel(complete::MAX_BATCH * 2);
         let mut workers = JoinSet::new();
         for n in 0..config.workers {
@@ -84,6 +90,7 @@ impl Pool {
                 registry: registry.clone(),
                 pools: pools.clone(),
                 local: local.clone(),
+                held: held.clone(),
                 ends: ends_tx.clone(),
                 name: format!("{worker_id}-{n}"),
                 worker_id: worker_id.clone(),
@@ -93,7 +100,7 @@ impl Pool {
             workers.spawn(w.run());
         }
         drop(ends_tx);
-        let (claimer, completer) = if config.workers > 0 {
+        let (claimer, completer, keeper) = if config.workers > 0 {
             (
                 Some(tokio::spawn(local::claimer(
                     local,
@@ -107,9 +114,16 @@ impl Pool {
                     worker_id.clone(),
                     ends_rx,
                 ))),
+                Some(tokio::spawn(held::keeper(
+                    store.clone(),
+                    held,
+                    worker_id.clone(),
+                    config.lease,
+                    config.cancel_poll,
+                ))),
             )
         } else {
-            (None, None)
+            (None, None, None)
         };
         let reaper = tokio::spawn(reap(store.clone(), config.clone(), stop_rx));
         tracing::info!(
@@ -123,6 +137,7 @@ impl Pool {
             workers,
             claimer,
             completer,
+            keeper,
             reaper,
             stop,
             store,
@@ -146,6 +161,10 @@ impl Pool {
         if drained.is_err() {
             self.workers.abort_all();
             while self.workers.join_next().await.is_some() {}
+        }
+        // No task runs any more: nothing left to renew or watch.
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abort();
         }
         // Every worker is gone, so the completer's channel is closed: it
         // ends once it has recorded what they handed it.
@@ -171,6 +190,7 @@ struct Worker {
     registry: Registry,
     pools: Pools,
     local: Arc<LocalQueue>,
+    held: Arc<Held>,
     ends: mpsc::Sender<Ended>,
     /// This loop's name in log lines.
     name: String,
@@ -267,12 +287,10 @@ impl Worker {
             }
         };
         tokio::pin!(timed_out);
-        // First ticks one period from now. (Awaiting an interval's immediate
-        // first tick is not free: the timer fires it at its next turn, about
-        // a millisecond, which a short task would wait twice.)
-        let every = |period: Duration| tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-        let mut renew = every(self.config.lease / 3);
-        let mut cancel_poll = every(self.config.cancel_poll);
+        // The keeper renews its lease and learns of cancels through other
+        // replicas (see `held`); a cancel through this process is seen at once.
+        let mut held = self.held.hold(task);
+        let mut kept = true;
         let mut changes = self.store.subscribe();
         let mut progress_open = true;
         // Progress is written at most every PROGRESS_EVERY, however often
@@ -290,26 +308,22 @@ impl Worker {
                     tracing::warn!(limit_ms = ms as u64, "time limit passed; abandoning the attempt");
                     return Some(Outcome::Failed { error: format!("timed out after {ms} ms"), timed_out: true });
                 }
-                _ = renew.tick() => match self.store.renew(task, &self.worker_id, self.config.lease).await {
-                    Ok(Lease::Held { cancel_requested: true }) => return Some(self.cancelled()),
-                    Ok(Lease::Held { .. }) => {}
-                    Ok(Lease::Lost) => {
-                        tracing::warn!("lease lost; another worker owns this task now");
-                        return None;
+                changed = held.signal.changed(), if kept => {
+                    kept = changed.is_ok();
+                    match *held.signal.borrow_and_update() {
+                        Some(Signal::Cancel) => return Some(self.cancelled()),
+                        Some(Signal::Lost) => {
+                            tracing::warn!("lease lost; another worker owns this task now");
+                            return None;
+                        }
+                        None => {}
                     }
-                    Err(err) => tracing::warn!(error = %err, "cannot renew lease"),
-                },
-                // A cancel through this process is noticed at once; one
-                // through another replica at the next poll.
+                }
+                // A cancel through this process is noticed at once.
                 changed = changes.recv() => {
                     if matches!(changed, Ok(id) if id != task.id) {
                         continue;
                     }
-                    if self.cancel_requested(task.id).await {
-                        return Some(self.cancelled());
-                    }
-                }
-                _ = cancel_poll.tick() => {
                     if self.cancel_requested(task.id).await {
                         return Some(self.cancelled());
                     }
