@@ -209,25 +209,23 @@ impl TaskStore {
             return Ok(0);
         }
         let pairs = serde_json::to_string(tasks).map_err(|e| TaskError::Internal(e.to_string()))?;
-        let claims = match self.backend {
-            Backend::Postgres => {
-                "SELECT CAST(value->>0 AS BIGINT), CAST(value->>1 AS INTEGER) \
-                 FROM json_array_elements(CAST($3 AS JSON))"
-            }
-            Backend::Sqlite => "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each($3)",
-        };
         let now = now_ms();
         let sql = format!(
-            "UPDATE tasks SET status = '{QUEUED}', worker = NULL, lease_until_ms = NULL, updated_ms = $2, \
+            "WITH given(g_id, g_attempt) AS ({}) \
+             UPDATE tasks SET status = '{QUEUED}', worker = NULL, lease_until_ms = NULL, updated_ms = $2, \
                  attempts = attempts - 1, started_ms = CASE WHEN attempts = 1 THEN NULL ELSE started_ms END \
-             WHERE worker = $1 AND status = '{RUNNING}' AND (id, attempts) IN ({claims})"
+             FROM given WHERE {} AND id = g_id AND attempts = g_attempt AND worker = $1 AND status = '{RUNNING}'",
+            self.claim_pairs("$3"),
+            self.by_id("g_id", "given"),
         );
+        let serial = self.claimed_rows.lock().await;
         let done = sqlx::query(&sql)
             .bind(worker)
             .bind(now)
             .bind(pairs)
             .execute(&self.pool)
             .await?;
+        drop(serial);
         for (id, _) in tasks {
             self.changed(*id);
         }
@@ -237,17 +235,34 @@ impl TaskStore {
         Ok(done.rows_affected())
     }
 
-    /// Extends the lease of every task replica `worker` holds, in one
-    /// statement; returns them as (id, attempt number, cancel asked for).
-    /// A claim it does not return was lost (queued again, maybe claimed anew).
-    pub async fn renew_all(&self, worker: &str, lease: Duration) -> Result<Vec<(i64, u32, bool)>, TaskError> {
+    /// Extends the leases of the claims (id, attempt number) replica
+    /// `worker` still tracks, in one statement; returns the ones it found as
+    /// (id, attempt number, cancel asked for). A claim it does not return
+    /// was lost (queued again, maybe claimed anew). Only tracked claims are
+    /// renewed: one the replica gave up on runs out its lease and is queued
+    /// again.
+    pub async fn renew_all(
+        &self,
+        worker: &str,
+        lease: Duration,
+        claims: &[(i64, u32)],
+    ) -> Result<Vec<(i64, u32, bool)>, TaskError> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
         let sql = format!(
-            "UPDATE tasks SET lease_until_ms = $2 WHERE worker = $1 AND status = '{RUNNING}' \
-             RETURNING id, attempts, cancel_requested"
+            "WITH held(h_id, h_attempt) AS ({}) \
+             UPDATE tasks SET lease_until_ms = $2 FROM held \
+             WHERE {} AND id = h_id AND attempts = h_attempt AND worker = $1 AND status = '{RUNNING}' \
+             RETURNING id, attempts, cancel_requested",
+            self.claim_pairs("$3"),
+            self.by_id("h_id", "held"),
         );
+        let _serial = self.claimed_rows.lock().await;
         let rows = sqlx::query(&sql)
             .bind(worker)
             .bind(now_ms() + lease.as_millis() as i64)
+            .bind(serde_json::to_string(claims).map_err(|e| TaskError::Internal(e.to_string()))?)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
@@ -259,6 +274,30 @@ impl TaskStore {
                 ))
             })
             .collect()
+    }
+
+    /// A subquery of (id, attempt number) pairs from the JSON array bound
+    /// at `param` (`[[id, attempts], ...]`).
+    fn claim_pairs(&self, param: &str) -> String {
+        match self.backend {
+            Backend::Postgres => format!(
+                "SELECT CAST(value->>0 AS BIGINT), CAST(value->>1 AS INTEGER) FROM json_array_elements(CAST({param} AS JSON))"
+            ),
+            Backend::Sqlite => {
+                format!("SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each({param})")
+            }
+        }
+    }
+
+    /// On PostgreSQL, the rows whose id is in column `column` of CTE `cte`,
+    /// read by primary key (a join was planned through the status index,
+    /// whose dead entries grow with every task run until vacuum), in id
+    /// order; on SQLite, every row (the join does the rest).
+    fn by_id(&self, column: &str, cte: &str) -> String {
+        match self.backend {
+            Backend::Postgres => format!("id = ANY(ARRAY(SELECT {column} FROM {cte}))"),
+            Backend::Sqlite => "1 = 1".to_string(),
+        }
     }
 
     /// The tasks replica `worker` holds whose cancel was asked for, as (id,
@@ -342,10 +381,7 @@ impl TaskStore {
         // found by primary key (`= ANY`): left to the join, the planner
         // scanned every index entry of status 'running', dead ones included,
         // which grows with every task run until vacuum.
-        let by_id = match self.backend {
-            Backend::Postgres => "id = ANY(ARRAY(SELECT e_id FROM ended))",
-            Backend::Sqlite => "1 = 1",
-        };
+        let by_id = self.by_id("e_id", "ended");
         let sql = format!(
             "WITH ended(e_id, e_attempt, e_status, e_result, e_error, e_detail, e_log, e_started, e_finished, e_run_at) \
                  AS ({done}) \
@@ -361,6 +397,7 @@ impl TaskStore {
                AND status = '{RUNNING}' \
              RETURNING id"
         );
+        let serial = self.claimed_rows.lock().await;
         let recorded: HashSet<i64> = sqlx::query_scalar(&sql)
             .bind(worker)
             .bind(now_ms())
@@ -369,6 +406,7 @@ impl TaskStore {
             .await?
             .into_iter()
             .collect();
+        drop(serial);
         for id in &recorded {
             self.changed(*id);
         }

@@ -163,6 +163,10 @@ pub struct TaskStore {
     /// retry's back-off), so idle workers wake for it on time rather than at
     /// their next poll.
     due: Arc<Mutex<Option<i64>>>,
+    /// Serialises this process's multi-row writes to the rows it claimed
+    /// (renewals, recorded ends, give-backs): run at once on two connections,
+    /// two such statements could lock the same rows in different orders.
+    claimed_rows: Arc<tokio::sync::Mutex<()>>,
     /// Running tasks whose cancel was asked for through this process (the
     /// latest `CANCEL_NOTES`), so a worker that pops one from its local queue
     /// stops it before it starts.
@@ -181,6 +185,7 @@ impl TaskStore {
             channel: None,
             due: Default::default(),
             cancels: Default::default(),
+            claimed_rows: Default::default(),
             changes: broadcast::channel(1024).0,
         }
     }

@@ -27,6 +27,8 @@ pub(super) struct Ended {
     pub kind: String,
     pub attempt: u32,
     pub outcome: &'static str,
+    /// Keeps the task's lease renewed until its end is recorded (or given up).
+    pub _held: super::held::HeldTask,
 }
 
 pub(super) async fn completer(store: TaskStore, worker: std::sync::Arc<str>, mut ends: mpsc::Receiver<Ended>) {

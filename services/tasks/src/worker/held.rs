@@ -1,9 +1,12 @@
-//! The tasks a replica's workers are running, and the keeper that looks
-//! after all of them at once: one statement renews every lease the replica
-//! holds (its local queue's included) each third of the lease, and one
-//! query per `--cancel-poll-ms` finds the ones whose cancel was asked for
-//! through another replica. A task whose renewal no longer finds it (its
-//! lease ran out and it was queued again) is told it is lost.
+//! The tasks a replica's workers are running (or whose ends wait to be
+//! recorded), and the keeper that looks after all of them at once: one
+//! statement renews their leases each third of the lease, and one query per
+//! `--cancel-poll-ms` finds the ones whose cancel was asked for through
+//! another replica. A task whose renewal no longer finds it (its lease ran
+//! out and it was queued again) is told it is lost. Only these claims are
+//! renewed: one the replica gave up on (an end it could not record, a
+//! give-back that failed) runs out its lease and is queued again. Claimed
+//! tasks in the local queue need none: they go back within a third of it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -98,7 +101,7 @@ pub(super) async fn keeper(
                 if before.is_empty() {
                     continue;
                 }
-                match store.renew_all(&worker, lease).await {
+                match store.renew_all(&worker, lease, &before).await {
                     Ok(renewed) => {
                         let renewed: HashMap<i64, (u32, bool)> =
                             renewed.into_iter().map(|(id, attempts, cancel)| (id, (attempts, cancel))).collect();

@@ -162,10 +162,6 @@ impl Pool {
             self.workers.abort_all();
             while self.workers.join_next().await.is_some() {}
         }
-        // No task runs any more: nothing left to renew or watch.
-        if let Some(keeper) = self.keeper.take() {
-            keeper.abort();
-        }
         // Every worker is gone, so the completer's channel is closed: it
         // ends once it has recorded what they handed it.
         if let Some(completer) = self.completer.take() {
@@ -173,6 +169,10 @@ impl Pool {
             if tokio::time::timeout_at(flush, completer).await.is_err() {
                 tracing::error!("the tasks' ends were not all recorded in time; their leases will expire");
             }
+        }
+        // Nothing runs or waits to be recorded any more: no lease to keep.
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abort();
         }
         if drained.is_err() {
             match self.store.release(&self.worker_id).await {
@@ -218,9 +218,11 @@ impl Worker {
                 continue;
             }
             // A cancel asked for while it waited here: through this process,
-            // noted; through another, read again if it waited a while.
-            task.cancel_requested |= self.store.take_cancel_note(task.id)
-                || (waited >= self.config.cancel_poll && self.cancel_requested(task.id).await);
+            // noted (a note is only a hint: it is read again); through
+            // another, read again if it waited a while.
+            let noted = self.store.take_cancel_note(task.id);
+            task.cancel_requested |=
+                (noted || waited >= self.config.cancel_poll) && self.cancel_requested(task.id).await;
             self.execute(task).await;
         }
     }
@@ -230,6 +232,8 @@ impl Worker {
         tracing::info!("task started");
         let started = Instant::now();
         let started_ms = mesh_sql::now_ms();
+        // Its lease is kept (see `held`) until its end is recorded.
+        let mut held = self.held.hold(&task);
         let outcome = match self.registry.get(&task.kind) {
             // Cancelled while its previous worker ran it: do not start again.
             _ if task.cancel_requested => Outcome::Cancelled,
@@ -237,7 +241,7 @@ impl Worker {
                 error: format!("unknown task kind {:?}", task.kind),
                 timed_out: false,
             },
-            Some(kind) => match self.supervise(&task, kind.as_ref()).await {
+            Some(kind) => match self.supervise(&task, kind.as_ref(), &mut held).await {
                 Some(outcome) => outcome,
                 None => return, // lease lost: another worker owns the task now
             },
@@ -266,6 +270,7 @@ impl Worker {
             kind: task.kind.clone(),
             attempt: task.attempts,
             outcome: label,
+            _held: held,
         };
         if self.ends.send(ended).await.is_err() {
             tracing::error!("the completer has stopped; the task's lease will expire and it will run again");
@@ -274,7 +279,12 @@ impl Worker {
 
     /// Runs one attempt while renewing the lease, enforcing the time limit,
     /// watching for cancellation and writing progress. `None`: lease lost.
-    async fn supervise(&self, task: &Task, kind: &dyn crate::kinds::TaskKind) -> Option<Outcome> {
+    async fn supervise(
+        &self,
+        task: &Task,
+        kind: &dyn crate::kinds::TaskKind,
+        held: &mut held::HeldTask,
+    ) -> Option<Outcome> {
         let (progress_tx, mut progress_rx) = watch::channel(None);
         let ctx = TaskContext::new(task.id, task.attempts, self.pools.clone(), progress_tx);
         let run = kind.run(task.payload.clone(), &ctx);
@@ -289,7 +299,6 @@ impl Worker {
         tokio::pin!(timed_out);
         // The keeper renews its lease and learns of cancels through other
         // replicas (see `held`); a cancel through this process is seen at once.
-        let mut held = self.held.hold(task);
         let mut kept = true;
         let mut changes = self.store.subscribe();
         let mut progress_open = true;
