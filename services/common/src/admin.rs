@@ -3,9 +3,9 @@
 //!
 //! Every server runs one. A gRPC service's answers [`router`]: `GET /healthz`
 //! (the process is up) and `GET /readyz` (200 while its `grpc.health.v1`
-//! status is `SERVING`, else 503). The gateway adds its own routes to the
-//! same kind of router. More routes (e.g. `/metrics`) are one `.route(...)`
-//! on [`router`].
+//! status is `SERVING`, else 503), and `GET /metrics` (the process's
+//! Prometheus metrics, see [`crate::metrics`]). The gateway adds its own
+//! routes to the same kind of router.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -55,12 +55,28 @@ async fn readyz(State(health): State<watch::Receiver<Health>>) -> (StatusCode, a
     (code, axum::Json(body))
 }
 
+/// What runs before each scrape of `/metrics` (e.g. reading a queue's
+/// depth into its gauges).
+pub type Refresh = std::sync::Arc<dyn Fn() -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// `GET /metrics`: every metric of the process, as Prometheus text.
+pub async fn metrics(refresh: Option<Refresh>) -> impl axum::response::IntoResponse {
+    if let Some(refresh) = refresh {
+        refresh().await;
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(),
+    )
+}
+
 /// A gRPC service's admin routes, over its live health.
-pub fn router(health: watch::Receiver<Health>) -> Router {
+pub fn router(health: watch::Receiver<Health>, refresh: Option<Refresh>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health)
+        .route("/metrics", get(move || metrics(refresh.clone())))
 }
 
 /// Binds the admin listener and announces it (`<name> admin listening on

@@ -72,6 +72,7 @@ pub struct GrpcServer {
     probe: Option<Probe>,
     args: Option<ServeArgs>,
     admin_port: u16,
+    refresh: Option<crate::admin::Refresh>,
 }
 
 /// What health is computed from.
@@ -101,7 +102,19 @@ impl GrpcServer {
             probe: None,
             args: None,
             admin_port: 0,
+            refresh: None,
         }
+    }
+
+    /// Runs `refresh` before each `GET /metrics` (to set gauges read from a
+    /// database, such as the task queue's depth).
+    pub fn with_metrics_refresh<F, Fut>(mut self, refresh: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.refresh = Some(Arc::new(move || Box::pin(refresh())));
+        self
     }
 
     /// The admin listener's port on 127.0.0.1 when `--admin-listen` is not
@@ -156,7 +169,7 @@ impl GrpcServer {
         let (admin_stop, mut admin_stop_rx) = watch::channel(false);
         let admin = tokio::spawn(crate::admin::serve(
             admin_listener,
-            crate::admin::router(health_view_rx),
+            crate::admin::router(health_view_rx, self.refresh.clone()),
             async move {
                 let _ = admin_stop_rx.wait_for(|stop| *stop).await;
             },

@@ -13,6 +13,7 @@
 
 pub mod admin;
 pub mod grpc;
+pub mod metrics;
 pub mod reason;
 pub mod redact;
 pub mod rpc;

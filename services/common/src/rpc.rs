@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use http::HeaderValue;
 use tonic::Code;
 
+use crate::metrics;
 use crate::telemetry::{self, Millis};
 
 /// Adds [`Rpc`] around a service.
@@ -118,10 +119,12 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let delay = self.debug_delay.as_ref().and_then(DebugDelay::next);
         Box::pin(telemetry::scope(request_id, async move {
+            let labels = metrics::started(uri.path());
             let mut guard = Unfinished {
                 started: Instant::now(),
                 deadline,
                 uri,
+                labels,
                 done: false,
             };
             if let Some(delay) = delay {
@@ -140,6 +143,7 @@ where
                 ),
                 Err(err) => (Code::Unknown, Some(err.to_string())),
             };
+            metrics::handled(guard.labels, code, elapsed);
             let method = method_name(&guard.uri);
             if telemetry::access_log_enabled() {
                 tracing::info!(
@@ -178,6 +182,8 @@ struct Unfinished {
     started: Instant,
     deadline: Option<Duration>,
     uri: http::Uri,
+    /// The call's metric labels (see [`metrics::started`]).
+    labels: [&'static str; 3],
     done: bool,
 }
 
@@ -192,6 +198,13 @@ impl Drop for Unfinished {
         // earlier): within a small margin of the deadline, that is the deadline.
         // (Dropped inside the call's scope, so the lines carry its request id.)
         const MARGIN: Duration = Duration::from_millis(50);
+        let passed = self.deadline.is_some_and(|deadline| elapsed + MARGIN >= deadline);
+        let code = if passed {
+            Code::DeadlineExceeded
+        } else {
+            Code::Cancelled
+        };
+        metrics::handled(self.labels, code, elapsed);
         match self.deadline {
             Some(deadline) if elapsed + MARGIN >= deadline => tracing::warn!(
                 %method,

@@ -8,6 +8,7 @@
 //!   and the reaper (expired leases, priority aging, result retention);
 //! - [`wakeups`]: on PostgreSQL, LISTEN/NOTIFY so every replica's idle workers wake
 //!   when a task is queued anywhere (polling is the fallback);
+//! - [`metrics`]: the queue's Prometheus metrics (attempts by kind and outcome, depth);
 //! - [`service`]: the `mesh.tasks.v1.TaskService` adapter, including `WatchTask`;
 //! - [`run`]: serve on a bound listener until a shutdown future resolves.
 #![forbid(unsafe_code)]
@@ -15,6 +16,7 @@
 pub mod error;
 pub mod fetch_policy;
 pub mod kinds;
+pub mod metrics;
 pub mod service;
 pub mod store;
 pub mod wakeups;
@@ -196,8 +198,19 @@ pub async fn run(
             cpu_threads: config.cpu_threads.unwrap_or(cores),
         },
     );
+    metrics::init();
+    let scraped = store.clone();
     let api = TasksApi::new(store, registry, stop_rx, config.max_batch as usize);
     let served = mesh_common::grpc::GrpcServer::new(TaskServiceServer::new(api))
+        .with_metrics_refresh(move || {
+            let store = scraped.clone();
+            async move {
+                match store.stats(None).await {
+                    Ok(stats) => metrics::queue(&stats, mesh_sql::now_ms()),
+                    Err(err) => tracing::warn!(error = %err, "cannot read the queue's depth for /metrics"),
+                }
+            }
+        })
         .with_probe(move || {
             let pool = pool.clone();
             async move { mesh_sql::ping(&pool, Duration::from_secs(1)).await }

@@ -27,6 +27,10 @@ pub(super) struct Ended {
     pub kind: String,
     pub attempt: u32,
     pub outcome: &'static str,
+    /// For the metrics: the kind's registered name (or `unknown`), and how
+    /// long the attempt ran.
+    pub kind_label: &'static str,
+    pub took: Duration,
     /// Keeps the task's lease renewed until its end is recorded (or given up).
     pub _held: super::held::HeldTask,
 }
@@ -74,6 +78,14 @@ async fn record(store: &TaskStore, worker: &str, batch: &[Ended]) {
     };
     for e in batch {
         let f = &e.finished;
+        if recorded.contains(&f.id) {
+            let outcome = if e.outcome == "timed out" {
+                "timed_out"
+            } else {
+                e.outcome
+            };
+            crate::metrics::attempt(e.kind_label, outcome, e.took);
+        }
         if !recorded.contains(&f.id) {
             tracing::warn!(task = f.id, kind = %e.kind, attempt = e.attempt, "task ended, but its lease had been lost; result dropped");
         } else if f.status == Status::Queued {

@@ -246,7 +246,8 @@ impl Worker {
                 None => return, // lease lost: another worker owns the task now
             },
         };
-        self.local.ran(started.elapsed());
+        let took = started.elapsed();
+        self.local.ran(took);
         // A cancel that arrived while a failing attempt ended wins over a retry.
         let outcome = match outcome {
             Outcome::Failed { .. } if self.cancel_requested(task.id).await => Outcome::Cancelled,
@@ -270,6 +271,8 @@ impl Worker {
             kind: task.kind.clone(),
             attempt: task.attempts,
             outcome: label,
+            kind_label: self.registry.get(&task.kind).map_or("unknown", |k| k.name()),
+            took,
             _held: held,
         };
         if self.ends.send(ended).await.is_err() {
@@ -380,7 +383,10 @@ async fn reap(store: TaskStore, config: WorkerConfig, mut stop: watch::Receiver<
         }
         match store.requeue_expired().await {
             Ok(0) => {}
-            Ok(n) => tracing::warn!(count = n, "tasks whose lease expired were queued again (or failed)"),
+            Ok(n) => {
+                crate::metrics::leases_expired(n);
+                tracing::warn!(count = n, "tasks whose lease expired were queued again (or failed)")
+            }
             Err(err) => tracing::warn!(error = %err, "cannot check for expired leases"),
         }
         if let Err(err) = store.age(config.aging).await {
