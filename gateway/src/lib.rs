@@ -15,6 +15,7 @@
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod metrics;
 pub mod openapi;
 pub mod request_id;
 pub mod routes;
@@ -266,6 +267,7 @@ const AXUM_DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 
 /// The gateway's router, over a ready client pool.
 pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> Router {
+    metrics::init();
     Router::new()
         .route("/items", post(items::create).get(items::list))
         .route("/items/{id}", get(items::get).patch(items::patch).delete(items::delete))
@@ -293,6 +295,8 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
         // Swagger UI from inside the binary (nothing is fetched from elsewhere),
         // over the contract it serves at /openapi.json.
         .merge(docs())
+        // Every matched route is timed (the template, never the path, is its label).
+        .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -325,6 +329,7 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz_detail))
         .route("/overview", get(ops::overview_detail))
+        .route("/metrics", get(|| mesh_common::admin::metrics(None)))
         .fallback(not_found)
         .with_state(state)
 }

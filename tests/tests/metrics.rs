@@ -132,7 +132,11 @@ async fn the_task_queue_reports_its_depth_and_its_attempts() {
     worker.wait_serving().await;
     let text = eventually("the six attempts are counted", WAIT, async || {
         let text = scrape(&worker).await;
-        if value(&text, "tasks_attempts_total{kind=\"echo\",outcome=\"succeeded\"}") == 6.0 {
+        // The gauges are read at the scrape, the counters when each end is
+        // recorded: wait for both to agree.
+        if value(&text, "tasks_attempts_total{kind=\"echo\",outcome=\"succeeded\"}") == 6.0
+            && value(&text, "tasks_ended{status=\"succeeded\"}") == 6.0
+        {
             Ok(text)
         } else {
             Err(text)
@@ -148,4 +152,38 @@ async fn the_task_queue_reports_its_depth_and_its_attempts() {
         "{text}"
     );
     promtool_accepts(&text);
+}
+
+#[tokio::test]
+async fn the_gateway_times_each_route_and_counts_its_calls_to_the_services() {
+    let mesh = mesh_tests::Mesh::start().await;
+    let http = reqwest::Client::new();
+    // Labels come in name order.
+    let timed = "http_server_request_duration_seconds_count{http_request_method=\"POST\",\
+                 http_response_status_code=\"200\",http_route=\"/counters/{name}/increment\"}";
+    let calls = format!("grpc_client_handled_total{{grpc_code=\"OK\",grpc_method=\"Increment\",{SERVICE}}}");
+    let before = scrape(&mesh.gateway).await;
+    for n in 0..12 {
+        // Each a different counter: the label is the route, never the name.
+        let r = http
+            .post(format!("{}/counters/metrics-{n}/increment", mesh.gateway.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let missing = http
+        .get(format!("{}/no/such/route", mesh.gateway.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let after = scrape(&mesh.gateway).await;
+    let rose = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(rose(timed), 12.0, "{after}");
+    assert_eq!(rose(&calls), 12.0, "{after}");
+    assert!(!after.contains("metrics-"), "a counter's name became a label:\n{after}");
+    assert!(!after.contains("/no/such/route"), "a path became a label:\n{after}");
+    assert!(after.contains("http_server_active_requests"), "{after}");
+    promtool_accepts(&after);
 }

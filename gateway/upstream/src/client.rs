@@ -76,6 +76,8 @@ impl<C: Clone + Send + Sync + 'static> Client<C> {
         let call = call.clone();
         let kind = Kind::of(&message);
         async move {
+            let labels = mesh_common::metrics::client_started(M::GRPC_PATH);
+            let started = std::time::Instant::now();
             let attempt = |cut_at: Option<PerTryCut>| {
                 let mut client = C::clone(&this.client);
                 let mut request = call.request(message.clone());
@@ -85,10 +87,13 @@ impl<C: Clone + Send + Sync + 'static> Client<C> {
                 let method = &method;
                 async move { method.invoke(&mut client, request).await }
             };
-            this.upstream
-                .run(&call, kind, attempt)
-                .await
-                .map(tonic::Response::into_inner)
+            let result = this.upstream.run(&call, kind, attempt).await;
+            let code = match &result {
+                Ok(_) => tonic::Code::Ok,
+                Err(err) => err.code(),
+            };
+            mesh_common::metrics::client_handled(labels, code, started.elapsed());
+            result.map(tonic::Response::into_inner)
         }
     }
 }

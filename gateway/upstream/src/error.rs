@@ -25,3 +25,16 @@ pub enum UpstreamError {
     #[error("the {service} service is at its limit of {limit} calls in flight")]
     Overloaded { service: &'static str, limit: usize },
 }
+
+impl UpstreamError {
+    /// The gRPC status code the call ended with, as the caller saw it: the
+    /// service's own, or the one a gRPC client reports for the same fault.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            UpstreamError::Status { status, .. } => status.code(),
+            UpstreamError::NoReplica { .. } | UpstreamError::ConnectionBroken { .. } => tonic::Code::Unavailable,
+            UpstreamError::DeadlineExceeded { .. } => tonic::Code::DeadlineExceeded,
+            UpstreamError::Overloaded { .. } => tonic::Code::ResourceExhausted,
+        }
+    }
+}

@@ -16,10 +16,10 @@ use mesh_proto::bindings;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tonic::Code;
 
-/// The process's registry: every metric of the process is registered here.
+/// The process's registry (the prometheus crate's default one): every
+/// metric of the process is registered here.
 pub fn registry() -> &'static Registry {
-    static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
-    &REGISTRY
+    prometheus::default_registry()
 }
 
 /// Registers `metric` in the process's registry and returns it. A metric
@@ -110,6 +110,68 @@ pub fn handled(labels: [&'static str; 3], code: Code, took: Duration) {
         .with_label_values(&[kind, service, method, code_name(code)])
         .inc();
     GRPC_SERVER
+        .handling
+        .with_label_values(&labels)
+        .observe(took.as_secs_f64());
+}
+
+struct GrpcClient {
+    started: IntCounterVec,
+    handled: IntCounterVec,
+    handling: HistogramVec,
+}
+
+static GRPC_CLIENT: LazyLock<GrpcClient> = LazyLock::new(|| {
+    let labels = ["grpc_type", "grpc_service", "grpc_method"];
+    GrpcClient {
+        started: register(
+            IntCounterVec::new(
+                Opts::new(
+                    "grpc_client_started_total",
+                    "RPCs started on the client (retries and hedges included in one).",
+                ),
+                &labels,
+            )
+            .expect("valid metric"),
+        ),
+        handled: register(
+            IntCounterVec::new(
+                Opts::new(
+                    "grpc_client_handled_total",
+                    "RPCs completed by the client, regardless of success or failure.",
+                ),
+                &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+            )
+            .expect("valid metric"),
+        ),
+        handling: register(
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "grpc_client_handling_seconds",
+                    "Latency (seconds) of the gRPC until it is finished by the application.",
+                ),
+                &labels,
+            )
+            .expect("valid metric"),
+        ),
+    }
+});
+
+/// A client call (retries and hedges included) to `path` started.
+pub fn client_started(path: &str) -> [&'static str; 3] {
+    let labels = call_labels(path);
+    GRPC_CLIENT.started.with_label_values(&labels).inc();
+    labels
+}
+
+/// The client call with `labels` ended with `code` after `took`.
+pub fn client_handled(labels: [&'static str; 3], code: Code, took: Duration) {
+    let [kind, service, method] = labels;
+    GRPC_CLIENT
+        .handled
+        .with_label_values(&[kind, service, method, code_name(code)])
+        .inc();
+    GRPC_CLIENT
         .handling
         .with_label_values(&labels)
         .observe(took.as_secs_f64());

@@ -306,6 +306,16 @@ impl TaskStore {
     /// 0005), however many ended rows the retention keeps.
     pub async fn stats(&self, queue: Option<&str>) -> Result<QueueStats, TaskError> {
         let now = now_ms();
+        // Both reads in one snapshot, so the live and the ended counts agree
+        // (a task that ends between them is counted once). PostgreSQL's
+        // default isolation takes a snapshot per statement: this one, per
+        // transaction; SQLite's read transaction already is one.
+        let mut tx = self.pool.begin().await?;
+        if self.backend == mesh_sql::Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                .execute(&mut *tx)
+                .await?;
+        }
         let live = sqlx::query(&format!(
             "SELECT status, priority, CASE WHEN run_at_ms > $1 THEN 1 ELSE 0 END AS later, \
                     COUNT(*) AS n, MIN(queued_ms) AS oldest \
@@ -314,15 +324,16 @@ impl TaskStore {
         ))
         .bind(now)
         .bind(queue)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
         let ended = sqlx::query(
             "SELECT status, CAST(SUM(n) AS BIGINT) AS n FROM task_ends \
              WHERE (CAST($1 AS TEXT) IS NULL OR queue = $1) GROUP BY status",
         )
         .bind(queue)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *tx)
         .await?;
+        tx.commit().await?;
         let mut stats = QueueStats::default();
         for row in live {
             let n = u64::try_from(row.try_get::<i64, _>("n")?).unwrap_or(0);

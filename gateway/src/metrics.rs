@@ -1,0 +1,80 @@
+//! The gateway's HTTP metrics, in OpenTelemetry's semantic conventions
+//! (`http_server_request_duration_seconds{http_request_method,http_route,
+//! http_response_status_code}` and `http_server_active_requests`), beside the
+//! client metrics of its calls to the services (`grpc_client_*`, see
+//! `mesh_common::metrics`), served at `GET /metrics` on the admin listener.
+//!
+//! `http_route` is the matched route's template (`/items/{id}`), never the
+//! path itself; a request that matches no route is not counted here (its
+//! 404 is the same whatever was asked), so every label stays bounded.
+
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use mesh_common::metrics::register;
+use prometheus::{HistogramOpts, HistogramVec, IntGauge};
+
+struct Http {
+    duration: HistogramVec,
+    active: IntGauge,
+}
+
+static HTTP: LazyLock<Http> = LazyLock::new(|| Http {
+    duration: register(
+        HistogramVec::new(
+            HistogramOpts::new(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+            ]),
+            &["http_request_method", "http_route", "http_response_status_code"],
+        )
+        .expect("valid metric"),
+    ),
+    active: register(
+        IntGauge::new("http_server_active_requests", "HTTP requests the gateway is serving.").expect("valid metric"),
+    ),
+});
+
+/// The method as OpenTelemetry names it: the standard ones, else `_OTHER`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    }
+}
+
+/// Counts a request to a matched route (a `route_layer`).
+pub async fn track(request: Request, next: Next) -> Response {
+    let http = &*HTTP;
+    let method = method_label(request.method());
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    http.active.inc();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    http.active.dec();
+    let route = route.as_ref().map_or("unknown", MatchedPath::as_str);
+    http.duration
+        .with_label_values(&[method, route, response.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Makes the series' families exist before the first request.
+pub fn init() {
+    LazyLock::force(&HTTP);
+}
