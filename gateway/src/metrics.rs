@@ -2,7 +2,9 @@
 //! (`http_server_request_duration_seconds{http_request_method,http_route,
 //! http_response_status_code}` and `http_server_active_requests`), beside the
 //! client metrics of its calls to the services (`grpc_client_*`, see
-//! `mesh_common::metrics`), served at `GET /metrics` on the admin listener.
+//! `mesh_common::metrics`) and the policy layer's (`mesh_upstream_*`), and
+//! `mesh_gateway_cache_lookups_total{outcome}` (how `GET /items/{id}` used
+//! the cache), served at `GET /metrics` on the admin listener.
 //!
 //! `http_route` is the matched route's template (`/items/{id}`), never the
 //! path itself; a request that matches no route is not counted here (its
@@ -21,6 +23,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntGauge};
 struct Http {
     duration: HistogramVec,
     active: IntGauge,
+    cache: prometheus::IntCounterVec,
 }
 
 static HTTP: LazyLock<Http> = LazyLock::new(|| Http {
@@ -40,7 +43,22 @@ static HTTP: LazyLock<Http> = LazyLock::new(|| Http {
     active: register(
         IntGauge::new("http_server_active_requests", "HTTP requests the gateway is serving.").expect("valid metric"),
     ),
+    cache: register(
+        prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "mesh_gateway_cache_lookups_total",
+                "GET /items/{id} by how the cache served it (its x-cache: hit, miss, bypass).",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric"),
+    ),
 });
+
+/// `GET /items/{id}` was served with `x-cache: outcome`.
+pub fn cache_lookup(outcome: &'static str) {
+    HTTP.cache.with_label_values(&[outcome]).inc();
+}
 
 /// The method as OpenTelemetry names it: the standard ones, else `_OTHER`.
 fn method_label(method: &Method) -> &'static str {

@@ -271,7 +271,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("  {:<10} {addr} (in the launcher; the gateway's --upstream)", "another");
     }
     println!("  fetch tasks may reach: {fetch_allow}");
-    println!("\nadmin listeners (loopback: /healthz, /readyz; the gateway's also /overview):");
+    println!("\nadmin listeners (loopback: /healthz, /readyz, /metrics; the gateway's also /overview):");
     for p in &procs {
         if let Some(admin) = p.admin {
             println!("  {:<10} {admin}", p.name);

@@ -172,6 +172,21 @@ async fn the_gateway_times_each_route_and_counts_its_calls_to_the_services() {
             .unwrap();
         assert_eq!(r.status(), 200);
     }
+    // An item read twice: a cache miss, then a hit.
+    let item: serde_json::Value = http
+        .post(format!("{}/items", mesh.gateway.url()))
+        .json(&json!({"name": "metered"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let at = format!("{}/items/{}", mesh.gateway.url(), item["id"]);
+    for expected in ["miss", "hit"] {
+        let r = http.get(&at).send().await.unwrap();
+        assert_eq!(r.headers()["x-cache"], expected);
+    }
     let missing = http
         .get(format!("{}/no/such/route", mesh.gateway.url()))
         .send()
@@ -185,5 +200,15 @@ async fn the_gateway_times_each_route_and_counts_its_calls_to_the_services() {
     assert!(!after.contains("metrics-"), "a counter's name became a label:\n{after}");
     assert!(!after.contains("/no/such/route"), "a path became a label:\n{after}");
     assert!(after.contains("http_server_active_requests"), "{after}");
+    assert_eq!(
+        rose("mesh_gateway_cache_lookups_total{outcome=\"miss\"}"),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        rose("mesh_gateway_cache_lookups_total{outcome=\"hit\"}"),
+        1.0,
+        "{after}"
+    );
     promtool_accepts(&after);
 }

@@ -168,6 +168,23 @@ async fn wait_cut(gateway: &Server, hung: &Server) {
         .map(str::to_owned)
         .collect();
     assert!(others.is_empty(), "another replica was ejected: {others:?}");
+    // The cut attempts were repeated, and the gateway's metrics count them.
+    let admin = gateway.admin.expect("the gateway's admin listener");
+    let metrics = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let retried = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("mesh_upstream_retries_total{reason=\"per_try_timeout\",service=\"items\"} ")?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    assert!(retried >= 1.0, "no per-try retry counted:\n{metrics}");
 }
 
 #[tokio::test]

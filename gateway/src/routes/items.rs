@@ -234,6 +234,7 @@ pub async fn get(State(state): State<AppState>, call: Call, Path(id): Path<Strin
             state.item_reads.run((id, epoch), read, lost).await?
         }
     };
+    crate::metrics::cache_lookup(how.as_str());
     let mut response = axum::Json(ItemJson::from(item)).into_response();
     response
         .headers_mut()

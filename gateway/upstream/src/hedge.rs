@@ -12,6 +12,8 @@ use crate::latency::Window;
 use crate::settings::HedgeSettings;
 
 pub struct Hedger {
+    /// The service's name, for the metrics.
+    service: &'static str,
     settings: HedgeSettings,
     budget: TpsBudget,
     /// Whole reads, hedged or not.
@@ -19,8 +21,9 @@ pub struct Hedger {
 }
 
 impl Hedger {
-    pub fn new(settings: HedgeSettings) -> Self {
+    pub fn new(service: &'static str, settings: HedgeSettings) -> Self {
         Self {
+            service,
             settings,
             budget: TpsBudget::new(Duration::from_secs(10), 0, settings.ratio),
             latencies: Window::default(),
@@ -55,6 +58,7 @@ impl Hedger {
             return out;
         }
         tracing::debug!(after_ms = after.as_millis() as u64, "read is slow; hedging");
+        crate::metrics::hedged(self.service);
         let second = read();
         tokio::pin!(second);
         // The first success wins; if one fails, wait for the other.
@@ -64,7 +68,10 @@ impl Hedger {
                 Err(_) => second.await,
             },
             out = &mut second => match out {
-                Ok(r) => Ok(r),
+                Ok(r) => {
+                    crate::metrics::hedge_won(self.service);
+                    Ok(r)
+                }
                 Err(_) => first.await,
             },
         };

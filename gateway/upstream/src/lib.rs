@@ -35,6 +35,7 @@ pub mod hedge;
 pub mod kind;
 pub mod latency;
 pub mod members;
+pub mod metrics;
 pub mod outlier;
 pub mod per_try;
 pub mod resolver;

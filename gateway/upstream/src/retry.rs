@@ -67,6 +67,7 @@ impl Retry<'_> {
                 Some(limit) => match tokio::time::timeout(limit, &mut one).await {
                     Ok(result) => result,
                     Err(_) if self.budget.withdraw() => {
+                        crate::metrics::retried(self.service, "per_try_timeout");
                         tracing::info!(
                             service = self.service,
                             per_try_ms = limit.as_millis() as u64,
@@ -76,6 +77,7 @@ impl Retry<'_> {
                         continue;
                     }
                     Err(_) => {
+                        crate::metrics::retry_refused(self.service);
                         tracing::warn!(
                             service = self.service,
                             "retry budget exhausted; waiting on past the per-try timeout"
@@ -100,9 +102,11 @@ impl Retry<'_> {
                 return result;
             }
             if !self.budget.withdraw() {
+                crate::metrics::retry_refused(self.service);
                 tracing::warn!(service = self.service, "retry budget exhausted; not retrying");
                 return result;
             }
+            crate::metrics::retried(self.service, "unavailable");
             tracing::info!(service = self.service, code = ?status.code(), error = %status.message(), "replica could not serve the call; retrying");
             let pause = PAUSES_MS[usize::from(retried).min(PAUSES_MS.len() - 1)];
             retried += 1;

@@ -60,7 +60,7 @@ impl Upstream {
                     settings.retry_ratio,
                 ),
                 per_try: PerTry::new(settings.per_try_timeout),
-                hedge: settings.hedge.map(Hedger::new),
+                hedge: settings.hedge.map(|hedge| Hedger::new(name, hedge)),
                 max_in_flight: settings.max_in_flight,
             }),
         }
@@ -130,6 +130,7 @@ impl Upstream {
         let expired = status.code() == tonic::Code::DeadlineExceeded
             || (status.code() == tonic::Code::Cancelled && deadline_passed);
         if is_shed(&status) {
+            crate::metrics::shed(service);
             UpstreamError::Overloaded {
                 service,
                 limit: self.inner.max_in_flight,
