@@ -120,14 +120,8 @@ async function main() {
       await client.connect();
       let ran = 0;
       const started = process.hrtime.bigint();
-      const runner = await run({
-        connectionString: url,
-        schema,
-        concurrency: num("concurrency", 4),
-        noHandleSignals: true,
-        logger: quietLogger(),
-        taskList: { noop: async () => { ran += 1; } },
-        preset: flag("batching") ? batchingPreset : undefined,
+      const runner = await startRunner(async () => {
+        ran += 1;
       });
       let left = n;
       const deadline = Date.now() + limitMs;
@@ -148,20 +142,10 @@ async function main() {
       const gap = num("gap-ms", 20);
       const waits = [];
       const starts = new Map();
-      const runner = await run({
-        connectionString: url,
-        schema,
-        concurrency: num("concurrency", 4),
-        noHandleSignals: true,
-        logger: quietLogger(),
-        taskList: {
-          noop: async (payload) => {
-            const at = Date.now();
-            const sent = starts.get(payload.n);
-            if (sent !== undefined) waits.push(at - sent);
-          },
-        },
-        preset: flag("batching") ? batchingPreset : undefined,
+      const runner = await startRunner(async (payload) => {
+        const at = Date.now();
+        const sent = starts.get(payload.n);
+        if (sent !== undefined) waits.push(at - sent);
       });
       const u = await utils();
       for (let i = 0; i < n; i++) {
@@ -181,6 +165,20 @@ async function main() {
     default:
       throw new Error(`unknown command ${command}`);
   }
+}
+
+// A worker with --concurrency workers (and --batching's options) running
+// `noop` jobs with `handler`.
+function startRunner(handler) {
+  return run({
+    connectionString: url,
+    schema,
+    concurrency: num("concurrency", 4),
+    noHandleSignals: true,
+    logger: quietLogger(),
+    taskList: { noop: handler },
+    preset: flag("batching") ? batchingPreset : undefined,
+  });
 }
 
 function quietLogger() {

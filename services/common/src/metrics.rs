@@ -44,43 +44,72 @@ pub fn render() -> String {
 /// The content type of [`render`]'s text.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-struct GrpcServer {
+/// One side's call metrics (`grpc_server_*` or `grpc_client_*`).
+struct Calls {
     started: IntCounterVec,
     handled: IntCounterVec,
     handling: HistogramVec,
 }
 
-static GRPC_SERVER: LazyLock<GrpcServer> = LazyLock::new(|| {
-    let labels = ["grpc_type", "grpc_service", "grpc_method"];
-    GrpcServer {
-        started: register(
-            IntCounterVec::new(
-                Opts::new("grpc_server_started_total", "RPCs started on the server."),
-                &labels,
-            )
-            .expect("valid metric"),
-        ),
-        handled: register(
-            IntCounterVec::new(
-                Opts::new(
-                    "grpc_server_handled_total",
-                    "RPCs completed on the server, regardless of success or failure.",
-                ),
+impl Calls {
+    /// The three families of `side` (`server`, `client`), with their help texts.
+    fn new(side: &str, help: [&str; 3]) -> Self {
+        let labels = ["grpc_type", "grpc_service", "grpc_method"];
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            register(IntCounterVec::new(Opts::new(format!("grpc_{side}_{name}"), help), labels).expect("valid metric"))
+        };
+        Calls {
+            started: counter("started_total", help[0], &labels),
+            handled: counter(
+                "handled_total",
+                help[1],
                 &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-            )
-            .expect("valid metric"),
-        ),
-        handling: register(
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "grpc_server_handling_seconds",
-                    "Response latency (seconds) of gRPC that had been application-level handled by the server.",
-                ),
-                &labels,
-            )
-            .expect("valid metric"),
-        ),
+            ),
+            handling: register(
+                HistogramVec::new(
+                    HistogramOpts::new(format!("grpc_{side}_handling_seconds"), help[2]),
+                    &labels,
+                )
+                .expect("valid metric"),
+            ),
+        }
     }
+
+    fn started(&self, path: &str) -> [&'static str; 3] {
+        let labels = call_labels(path);
+        self.started.with_label_values(&labels).inc();
+        labels
+    }
+
+    fn handled(&self, labels: [&'static str; 3], code: Code, took: Duration) {
+        let [kind, service, method] = labels;
+        self.handled
+            .with_label_values(&[kind, service, method, code_name(code)])
+            .inc();
+        self.handling.with_label_values(&labels).observe(took.as_secs_f64());
+    }
+}
+
+static SERVER: LazyLock<Calls> = LazyLock::new(|| {
+    Calls::new(
+        "server",
+        [
+            "RPCs started on the server.",
+            "RPCs completed on the server, regardless of success or failure.",
+            "Response latency (seconds) of gRPC that had been application-level handled by the server.",
+        ],
+    )
+});
+
+static CLIENT: LazyLock<Calls> = LazyLock::new(|| {
+    Calls::new(
+        "client",
+        [
+            "RPCs started on the client (retries and hedges included in one).",
+            "RPCs completed by the client, regardless of success or failure.",
+            "Latency (seconds) of the gRPC until it is finished by the application.",
+        ],
+    )
 });
 
 /// The bounded labels of the call at `path`: (type, service, method).
@@ -95,86 +124,24 @@ fn call_labels(path: &str) -> [&'static str; 3] {
     }
 }
 
-/// A call to `path` started (its labels, for [`handled`]).
+/// A call to `path` started on this server (its labels, for [`handled`]).
 pub fn started(path: &str) -> [&'static str; 3] {
-    let labels = call_labels(path);
-    GRPC_SERVER.started.with_label_values(&labels).inc();
-    labels
+    SERVER.started(path)
 }
 
-/// The call with `labels` ended with `code` after `took`.
+/// The call with `labels` ended on this server with `code` after `took`.
 pub fn handled(labels: [&'static str; 3], code: Code, took: Duration) {
-    let [kind, service, method] = labels;
-    GRPC_SERVER
-        .handled
-        .with_label_values(&[kind, service, method, code_name(code)])
-        .inc();
-    GRPC_SERVER
-        .handling
-        .with_label_values(&labels)
-        .observe(took.as_secs_f64());
+    SERVER.handled(labels, code, took);
 }
-
-struct GrpcClient {
-    started: IntCounterVec,
-    handled: IntCounterVec,
-    handling: HistogramVec,
-}
-
-static GRPC_CLIENT: LazyLock<GrpcClient> = LazyLock::new(|| {
-    let labels = ["grpc_type", "grpc_service", "grpc_method"];
-    GrpcClient {
-        started: register(
-            IntCounterVec::new(
-                Opts::new(
-                    "grpc_client_started_total",
-                    "RPCs started on the client (retries and hedges included in one).",
-                ),
-                &labels,
-            )
-            .expect("valid metric"),
-        ),
-        handled: register(
-            IntCounterVec::new(
-                Opts::new(
-                    "grpc_client_handled_total",
-                    "RPCs completed by the client, regardless of success or failure.",
-                ),
-                &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
-            )
-            .expect("valid metric"),
-        ),
-        handling: register(
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "grpc_client_handling_seconds",
-                    "Latency (seconds) of the gRPC until it is finished by the application.",
-                ),
-                &labels,
-            )
-            .expect("valid metric"),
-        ),
-    }
-});
 
 /// A client call (retries and hedges included) to `path` started.
 pub fn client_started(path: &str) -> [&'static str; 3] {
-    let labels = call_labels(path);
-    GRPC_CLIENT.started.with_label_values(&labels).inc();
-    labels
+    CLIENT.started(path)
 }
 
 /// The client call with `labels` ended with `code` after `took`.
 pub fn client_handled(labels: [&'static str; 3], code: Code, took: Duration) {
-    let [kind, service, method] = labels;
-    GRPC_CLIENT
-        .handled
-        .with_label_values(&[kind, service, method, code_name(code)])
-        .inc();
-    GRPC_CLIENT
-        .handling
-        .with_label_values(&labels)
-        .observe(took.as_secs_f64());
+    CLIENT.handled(labels, code, took);
 }
 
 /// A status code as gRPC's own implementations spell it (`OK`,
