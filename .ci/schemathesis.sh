@@ -92,6 +92,12 @@ fi
 "$venv/bin/schemathesis" --version
 
 step "mesh ($mesh)"
+# The gateway runs as it should in production: API keys required
+# (--auth keys), so Schemathesis checks the 401s too (ignored_auth: a
+# request without the header must be refused). One throwaway admin key, made
+# here; the key file holds only its SHA-256.
+api_secret="mesh_ci-$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')"
+printf 'schemathesis %s read,write,admin\n' "$(printf '%s' "$api_secret" | sha256sum | cut -d' ' -f1)" >"$tmp/api-keys"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 gateway=http://127.0.0.1:$port
 # A clean environment: no inherited MESH_*, GATEWAY_*, *_REDIS_URL or
@@ -107,6 +113,7 @@ gateway=http://127.0.0.1:$port
 env -i PATH="$PATH" HOME="${HOME:-/root}" TMPDIR="${TMPDIR:-/tmp}" \
   RUST_LOG="${MESH_RUST_LOG:-warn}" \
   TASKS_MAX_SLEEP_MS=5000 TASKS_MAX_HASH_ROUNDS=200000 \
+  GATEWAY_AUTH=keys GATEWAY_API_KEYS="$tmp/api-keys" \
   setsid "$mesh" \
     --data-dir "$tmp/data" \
     --host 127.0.0.1 \
@@ -182,6 +189,7 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403",
 TOML
 (cd "$tmp" && exec timeout "$run_timeout" "$venv/bin/schemathesis" --config-file "$tmp/schemathesis.toml" run "$gateway/openapi.json" \
   --url "$gateway" \
+  --header "Authorization: Bearer $api_secret" \
   --checks all \
   --phases examples,coverage,fuzzing,stateful \
   --seed "$seed" \

@@ -286,7 +286,10 @@ impl FromRequestParts<AppState> for Call {
             .get("x-request-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        Ok(Call(CallContext::new(request_id, state.route_timeout)))
+        let principal = parts.extensions.get::<mesh_auth::Principal>().map(|p| p.name.clone());
+        Ok(Call(
+            CallContext::new(request_id, state.route_timeout).with_principal(principal),
+        ))
     }
 }
 

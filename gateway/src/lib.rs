@@ -12,6 +12,7 @@
 //!   [`admin_app`] on the admin listener (full readiness and overview, for operators).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod edge;
 pub mod error;
 pub mod extract;
@@ -36,7 +37,7 @@ use mesh_proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_proto::items::v1::item_service_client::ItemServiceClient;
 use mesh_proto::services::{self, Service};
 use mesh_proto::tasks::v1::task_service_client::TaskServiceClient;
-use mesh_upstream::{Client, HedgeSettings, PerTryTimeout, Settings, Spec, Upstream};
+use mesh_upstream::{Client, ClientTls, HedgeSettings, PerTryTimeout, Settings, Spec, Upstream};
 use tokio::net::TcpListener;
 
 use crate::error::AppError;
@@ -163,9 +164,62 @@ pub struct Config {
     /// Hedges may add at most this fraction of reads.
     #[arg(long, env = "GATEWAY_HEDGE_RATIO", default_value_t = 0.1)]
     pub hedge_ratio: f32,
+
+    /// Certificate chain (PEM) to serve HTTPS with (HTTP/1.1 and HTTP/2 by
+    /// ALPN); needs --tls-key. Re-read when the file changes, and on SIGHUP:
+    /// new handshakes get the new certificate, open connections stay.
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
+    /// How often the certificate files are checked for changes, in ms.
+    #[arg(long, env = "GATEWAY_TLS_RELOAD_MS", default_value_t = 5000)]
+    pub tls_reload_ms: u64,
+
+    /// CA (PEM) the services' certificates must chain to: calls to them go
+    /// over TLS, and each replica's certificate must name its service
+    /// (`items`, `cache`, `tasks`, `counter`), wherever it was found.
+    #[arg(long, env = "GATEWAY_SERVICES_TLS_CA")]
+    pub services_tls_ca: Option<std::path::PathBuf>,
+
+    /// The gateway's client certificate (PEM) for the services' mutual TLS;
+    /// needs --services-tls-key and --services-tls-ca.
+    #[arg(long, env = "GATEWAY_SERVICES_TLS_CERT", requires_all = ["services_tls_key", "services_tls_ca"])]
+    pub services_tls_cert: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --services-tls-cert.
+    #[arg(long, env = "GATEWAY_SERVICES_TLS_KEY", requires = "services_tls_cert")]
+    pub services_tls_key: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub auth: auth::AuthArgs,
 }
 
 impl Config {
+    /// The services' TLS settings, read from their files.
+    fn services_tls(&self) -> anyhow::Result<Option<ClientTls>> {
+        let Some(ca) = &self.services_tls_ca else {
+            return Ok(None);
+        };
+        let read = |path: &std::path::Path, flag: &str| {
+            std::fs::read(path).with_context(|| format!("--{flag} {}", path.display()))
+        };
+        let identity = match (&self.services_tls_cert, &self.services_tls_key) {
+            (Some(cert), Some(key)) => Some((read(cert, "services-tls-cert")?, read(key, "services-tls-key")?)),
+            _ => None,
+        };
+        // The same checks tonic would make at the first call, made now.
+        let ca_pem = read(ca, "services-tls-ca")?;
+        mesh_common::tls::client_config(
+            ca,
+            self.services_tls_cert.as_deref().zip(self.services_tls_key.as_deref()),
+        )?;
+        Ok(Some(ClientTls { ca_pem, identity }))
+    }
+
     fn settings(&self) -> Settings {
         Settings {
             connect_timeout: Duration::from_millis(1000),
@@ -186,6 +240,7 @@ impl Config {
                 percentile: p.clamp(1.0, 99.9),
                 ratio: self.hedge_ratio.clamp(0.0, 1.0),
             }),
+            tls: None,
         }
     }
 
@@ -225,7 +280,11 @@ impl Config {
                 anyhow::anyhow!("--upstream {url:?}: {e}")
             })?;
         }
-        let settings = self.settings();
+        let auth = self.auth.build(self.listen)?;
+        let settings = Settings {
+            tls: self.services_tls()?,
+            ..self.settings()
+        };
         let mut upstreams = Vec::with_capacity(specs.len());
         for (service, spec) in specs {
             upstreams.push(Upstream::start(service.name, spec, &settings).await);
@@ -253,6 +312,7 @@ impl Config {
             item_reads: Default::default(),
             item_writes: Default::default(),
             stopping: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+            auth,
         }))
     }
 }
@@ -268,7 +328,7 @@ const AXUM_DEFAULT_BODY_LIMIT: usize = 2 * 1024 * 1024;
 /// The gateway's router, over a ready client pool.
 pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> Router {
     metrics::init();
-    Router::new()
+    let router = Router::new()
         .route("/items", post(items::create).get(items::list))
         .route("/items/{id}", get(items::get).patch(items::patch).delete(items::delete))
         .route("/cache/{key}", get(cache::get).put(cache::put).delete(cache::delete))
@@ -294,8 +354,15 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
         .route("/", get(openapi::index))
         // Swagger UI from inside the binary (nothing is fetched from elsewhere),
         // over the contract it serves at /openapi.json.
-        .merge(docs())
-        // Every matched route is timed (the template, never the path, is its label).
+        .merge(docs(state.auth.as_deref()));
+    // Who may call what (no layer at all without authentication).
+    let router = match &state.auth {
+        Some(auth) => router.route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::check)),
+        None => router,
+    };
+    router
+        // Every matched route is timed (the template, never the path, is its
+        // label), refusals included.
         .route_layer(axum::middleware::from_fn(metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -311,14 +378,14 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
 }
 
 /// `GET /docs` (the interactive docs page) and `GET /openapi.json`.
-fn docs() -> utoipa_swagger_ui::SwaggerUi {
+fn docs(auth: Option<&auth::Auth>) -> utoipa_swagger_ui::SwaggerUi {
     let config = utoipa_swagger_ui::Config::new(["/openapi.json"])
         // Swagger UI would otherwise show a badge loaded from validator.swagger.io.
         .validator_url("none")
         .try_it_out_enabled(true)
         .display_request_duration(true);
     utoipa_swagger_ui::SwaggerUi::new("/docs")
-        .url("/openapi.json", openapi::spec())
+        .url("/openapi.json", openapi::spec_for(auth))
         .config(config)
 }
 
@@ -355,6 +422,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = config.state().await?;
+    if let Some(auth) = &state.auth {
+        let mut stopped = state.stopping.subscribe();
+        auth.watch(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    }
     let admin_listener = mesh_common::admin::bind(config.admin_listen).await?;
     let stopping = state.stopping.clone();
     let stopped = |stopping: &tokio::sync::watch::Sender<bool>| {
@@ -363,10 +436,25 @@ pub async fn run(
             let _ = stopped.wait_for(|s| *s).await;
         }
     };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let files = mesh_common::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+            };
+            let (server, reloading) = mesh_common::tls::server_config(&files, &[b"h2", b"http/1.1"])?;
+            reloading.watch(Duration::from_millis(config.tls_reload_ms.max(100)), stopped(&stopping));
+            tracing::info!(cert = %cert.display(), "serving HTTPS");
+            Some(tokio_rustls::TlsAcceptor::from(server))
+        }
+        _ => None,
+    };
     let public = serve::serve(
         listener,
         app(state.clone(), config.max_body_bytes, config.max_header_bytes),
         config.limits(),
+        tls,
         stopped(&stopping),
     );
     let admin = mesh_common::admin::serve(admin_listener, admin_app(state), stopped(&stopping));

@@ -79,8 +79,6 @@ pub async fn index() -> axum::Json<Index> {
     ),
     // Relative: the gateway that serves this document.
     servers((url = "/", description = "This gateway")),
-    // No authentication: any client may call every route.
-    security(()),
     paths(
         items::create, items::list, items::get, items::patch, items::delete,
         cache::get, cache::put, cache::delete,
@@ -106,9 +104,126 @@ pub async fn index() -> axum::Json<Index> {
 )]
 struct ApiDoc;
 
-/// The contract, with each operation's description filled from the protos.
+/// The contract as committed: each operation's description filled from the
+/// protos, and authentication as a gateway with `--auth` and the default
+/// scopes asks for it.
 pub fn spec() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let anonymous = crate::auth::AuthArgs::default_anonymous();
+    secured(ApiDoc::openapi(), |method, path| {
+        crate::auth::default_requirement(method, path, &anonymous)
+    })
+}
+
+/// The contract a gateway serves: with its own authentication (`None`:
+/// every route open, no 401 or 403).
+pub fn spec_for(auth: Option<&crate::auth::Auth>) -> utoipa::openapi::OpenApi {
+    match auth {
+        None => ApiDoc::openapi(),
+        Some(auth) => secured(ApiDoc::openapi(), |method, path| {
+            let method = axum::http::Method::from_bytes(method.as_bytes()).unwrap_or(axum::http::Method::GET);
+            auth.requirement(&method, path)
+        }),
+    }
+}
+
+/// Adds the security schemes, each operation's requirement (a scope, or
+/// none), and 401 and 403 to every operation that needs a credential.
+fn secured(
+    mut openapi: utoipa::openapi::OpenApi,
+    requirement: impl Fn(&str, &str) -> crate::auth::Requirement,
+) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{
+        ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+    };
+    let components = openapi.components.get_or_insert_with(Default::default);
+    components.security_schemes.insert(
+        "bearer".into(),
+        RefOr::T(SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .bearer_format("JWT or API key")
+                .description(Some(
+                    "`Authorization: Bearer <token>`: a JWT signed by a key of the gateway's --jwks \
+                     (scopes from its `scope` or `scp` claim), or an API key's secret (--api-keys).",
+                ))
+                .build(),
+        )),
+    );
+    components.security_schemes.insert(
+        "apiKey".into(),
+        RefOr::T(SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+            "x-api-key",
+            "An API key's secret (--api-keys).",
+        )))),
+    );
+    components.headers.insert(
+        "WWW-Authenticate".into(),
+        RefOr::T(
+            HeaderBuilder::new()
+                .schema(Some(string_schema()))
+                .description(Some(
+                    "The challenge (RFC 6750): `Bearer realm=\"mesh\"`, with `error=\"invalid_token\"` when a \
+                     credential was refused, or `error=\"insufficient_scope\"` and the `scope` needed.",
+                ))
+                .build(),
+        ),
+    );
+    for status in AUTH_ERRORS {
+        let (name, description, example) = error_response(*status);
+        let mut response = error_component(description, example);
+        response
+            .headers
+            .insert("WWW-Authenticate".into(), header_ref("WWW-Authenticate"));
+        components.responses.insert(name.into(), RefOr::T(response));
+    }
+    for (path, item) in openapi.paths.paths.iter_mut() {
+        for (method, operation) in operations(item) {
+            match requirement(method, path) {
+                crate::auth::Requirement::Anonymous => {
+                    operation.security = Some(vec![SecurityRequirement::default()]);
+                }
+                crate::auth::Requirement::Scope(scope) => {
+                    operation.security = Some(vec![
+                        SecurityRequirement::new("bearer", [scope.as_str()]),
+                        SecurityRequirement::new("apiKey", [scope.as_str()]),
+                    ]);
+                    for status in AUTH_ERRORS {
+                        let (name, _, _) = error_response(*status);
+                        operation.responses.responses.insert(
+                            status.to_string(),
+                            RefOr::Ref(Ref::new(format!("#/components/responses/{name}"))),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    openapi
+}
+
+/// What a route that needs a credential can answer besides its own errors.
+const AUTH_ERRORS: &[u16] = &[401, 403];
+
+fn header_ref(name: &str) -> RefOr<utoipa::openapi::header::Header> {
+    RefOr::Ref(Ref::new(format!("#/components/headers/{name}")))
+}
+
+/// An error response in the one error shape, with `x-request-id`.
+fn error_component(description: &str, example: serde_json::Value) -> utoipa::openapi::response::Response {
+    let mut response = ResponseBuilder::new()
+        .description(description)
+        .content(
+            "application/json",
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .example(Some(example))
+                .build(),
+        )
+        .build();
+    response
+        .headers
+        .insert("x-request-id".into(), header_ref("x-request-id"));
+    response
 }
 
 /// The contract as committed (`gateway/openapi.json`): pretty JSON and a newline.
@@ -196,6 +311,20 @@ fn error_response(status: u16) -> (&'static str, &'static str, serde_json::Value
              (named in the message), or a service refused it (INVALID_ARGUMENT, OUT_OF_RANGE).",
             "INVALID_ARGUMENT",
             "price_cents: expected an integer, got a string",
+        ),
+        401 => (
+            "Unauthenticated",
+            "No credential was sent, or the one sent was refused (unknown or revoked key; a token that is \
+             expired, not yet valid, for another audience or issuer, or badly signed). The body says which, \
+             and never repeats the credential.",
+            "UNAUTHENTICATED",
+            "the credential was refused: the token is invalid: it has expired",
+        ),
+        403 => (
+            "Forbidden",
+            "The credential is valid but lacks the route's scope (read, write or admin).",
+            "PERMISSION_DENIED",
+            "DELETE /items/{id} needs the admin scope; key:dashboard has read",
         ),
         404 => ("NotFound", "No such resource.", "NOT_FOUND", "item 7 not found"),
         408 => (
@@ -332,7 +461,6 @@ impl Modify for Contract {
                     .build(),
             ),
         );
-        let header_ref = |name: &str| RefOr::Ref(Ref::new(format!("#/components/headers/{name}")));
         let mut used: Vec<u16> = EDGE_ERRORS.to_vec();
         for (_, _, statuses) in ERRORS {
             used.extend_from_slice(statuses);
@@ -341,19 +469,7 @@ impl Modify for Contract {
         used.dedup();
         for status in &used {
             let (name, description, example) = error_response(*status);
-            let mut response = ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .example(Some(example))
-                        .build(),
-                )
-                .build();
-            response
-                .headers
-                .insert("x-request-id".into(), header_ref("x-request-id"));
+            let mut response = error_component(description, example);
             if matches!(status, 429 | 503) {
                 response.headers.insert("Retry-After".into(), header_ref("Retry-After"));
             }

@@ -9,6 +9,10 @@
 //! | open connections | `max_connections`: past it the accept loop waits for a slot, so new clients wait in the kernel's listen backlog (connected, not yet answered) instead of being accepted and dropped; a slot frees as soon as a connection closes, which the timeouts above guarantee. (Accept-and-close would fail clients that a moment later could have been served.) |
 //! | memory per connection | hyper's HTTP/1 read buffer is capped at [`Limits::max_buf_size`] (the gateway's header limit + an 8 KiB URI + 16 KiB slack; hyper's default is ~400 KiB), so a request within the gateway's own byte limits reaches its JSON errors (431, 414) rather than hyper's bare ones. Header lines are capped at hyper's default, 100 (past it hyper answers a bare 431): hyper sets aside room for the cap on every request head, and a larger one cost the gateway about 9 % of its CPU per proxied request (callgrind) |
 //!
+//! With TLS ([`serve`]'s `tls`), each connection's handshake runs in its own
+//! task, under the header-read timeout, so a client that stalls mid-handshake
+//! holds only its own slot; ALPN offers `h2` and `http/1.1`.
+//!
 //! On shutdown the loop stops accepting (the listening socket is closed), every
 //! connection is asked to finish (HTTP/1: after its response in flight; HTTP/2:
 //! GOAWAY) and the server returns once all have closed.
@@ -30,7 +34,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
@@ -137,6 +141,7 @@ pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let builder = Arc::new(builder(&limits));
@@ -172,14 +177,25 @@ pub async fn serve(
         if at_limit && slots.available_permits() > 0 {
             at_limit = false;
         }
-        tokio::spawn(connection(
-            stream,
-            builder.clone(),
-            router.clone(),
-            limits.clone(),
-            stop_rx.clone(),
-            permit,
-        ));
+        let (builder, router, limits, stop) = (builder.clone(), router.clone(), limits.clone(), stop_rx.clone());
+        let _ = stream.set_nodelay(true);
+        match &tls {
+            None => {
+                tokio::spawn(connection(stream, builder, router, limits, stop, permit));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // The handshake counts against the time a client has to
+                    // send its request head.
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, builder, router, limits, stop, permit).await,
+                        Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake did not finish in time"),
+                    }
+                });
+            }
+        }
     }
     // Stop accepting at once: new clients are refused rather than queued.
     drop(listener);
@@ -248,15 +264,16 @@ impl Drop for InFlight {
 
 /// Serves one connection: hyper drives the protocol; this task adds the idle
 /// timeout and the graceful close on shutdown. `_permit` is its slot.
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     builder: Arc<auto::Builder<TokioExecutor>>,
     router: Router,
     limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
-) {
-    let _ = stream.set_nodelay(true);
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity {
         epoch: Instant::now(),
         in_flight: AtomicUsize::new(0),

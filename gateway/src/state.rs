@@ -44,4 +44,6 @@ pub struct Shared {
     /// they read nor are joined by reads that begin after it. (Writes through
     /// another gateway are bounded by the cache TTL instead.)
     pub item_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Who may call what; `None` serves anyone (`--auth none`).
+    pub auth: Option<std::sync::Arc<crate::auth::Auth>>,
 }

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use clap::Parser;
 use mesh_gateway::Config;
-use mesh_gateway::openapi::{CALLS, ERRORS, rpc_comments, spec, spec_json};
+use mesh_gateway::openapi::{CALLS, ERRORS, rpc_comments, spec, spec_for, spec_json};
 use mesh_proto::bindings::BINDINGS;
 use tower::ServiceExt;
 
@@ -234,10 +234,17 @@ async fn served_at_openapi_json_and_docs_and_root() {
             (status, headers, body)
         }
     };
+    // Without --auth: every route open, nothing about credentials.
     let (status, _, body) = get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let served: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(served, serde_json::to_value(spec()).unwrap());
+    assert_eq!(served, serde_json::to_value(spec_for(None)).unwrap());
+    assert!(served["components"].get("securitySchemes").is_none());
+    assert!(
+        served["paths"]["/items/{id}"]["delete"]["responses"]
+            .get("401")
+            .is_none()
+    );
 
     let (status, headers, _) = get("/docs").await;
     assert!(status.is_redirection(), "{status}");
@@ -254,6 +261,53 @@ async fn served_at_openapi_json_and_docs_and_root() {
     assert_eq!(status, StatusCode::OK);
     let index: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(index, serde_json::json!({"docs": "/docs", "openapi": "/openapi.json"}));
+}
+
+/// With `--auth` and the default scopes, the gateway serves the committed
+/// contract: its anonymous routes need nothing, the rest a scope, with 401
+/// and 403 documented.
+#[tokio::test]
+async fn with_auth_the_served_contract_is_the_committed_one() {
+    let dir = std::env::temp_dir().join(format!("mesh-openapi-auth-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = dir.join("keys");
+    std::fs::write(&keys, "# no keys\n").unwrap();
+    let config = Config::parse_from([
+        "gateway",
+        "--auth",
+        "keys",
+        "--api-keys",
+        keys.to_str().unwrap(),
+        "--items",
+        "http://127.0.0.1:9",
+        "--cache",
+        "http://127.0.0.1:9",
+        "--tasks",
+        "http://127.0.0.1:9",
+        "--counter",
+        "http://127.0.0.1:9",
+    ]);
+    let state = config.state().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    let app = mesh_gateway::app(state.unwrap(), config.max_body_bytes, config.max_header_bytes);
+    let response = app
+        .oneshot(Request::get("/openapi.json").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK, "the contract is anonymous");
+    let body = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024)
+        .await
+        .unwrap();
+    let served: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(served, serde_json::to_value(spec()).unwrap());
+    let delete = &served["paths"]["/items/{id}"]["delete"];
+    assert_eq!(
+        delete["security"],
+        serde_json::json!([{"bearer": ["admin"]}, {"apiKey": ["admin"]}])
+    );
+    assert_eq!(delete["responses"]["403"]["$ref"], "#/components/responses/Forbidden");
+    assert_eq!(served["paths"]["/test"]["get"]["security"], serde_json::json!([{}]));
+    assert!(served["paths"]["/test"]["get"]["responses"].get("401").is_none());
 }
 
 /// Names and tags are trimmed and must not be blank: the contract's pattern

@@ -39,6 +39,51 @@ enum Server {
     Counter(mesh_counter::Config),
     /// The HTTP gateway (same flags as `gateway`).
     Gateway(mesh_gateway::Config),
+    /// Write a development CA and a certificate (with its key) for every
+    /// service and the gateway into DIR: ca.pem, ca.key, NAME.pem, NAME.key.
+    /// Not for production.
+    Certs(CertsArgs),
+    /// Make an API key: prints its secret (shown once, stored nowhere) and
+    /// the line to add to the gateway's --api-keys file.
+    ApiKey(ApiKeyArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CertsArgs {
+    /// Where to write them (created if missing; existing files are replaced).
+    dir: std::path::PathBuf,
+    /// More names or addresses every certificate is valid for (besides
+    /// localhost, 127.0.0.1, ::1 and its own name), e.g. a host's DNS name.
+    #[arg(long = "host", value_delimiter = ',')]
+    hosts: Vec<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct ApiKeyArgs {
+    /// The key's id: what logs and audit lines name (`key:ID`).
+    id: String,
+    /// Its scopes, comma-separated: read, write, admin.
+    #[arg(default_value = "read")]
+    scopes: String,
+}
+
+/// `mesh api-key ID SCOPES`.
+fn api_key(args: &ApiKeyArgs) -> anyhow::Result<()> {
+    let scopes = mesh_auth::Scopes::parse_list(&args.scopes).map_err(anyhow::Error::msg)?;
+    let secret = mesh_auth::keys::new_secret()?;
+    let line = format!(
+        "{} {} {}",
+        args.id,
+        mesh_auth::keys::hash_hex(&secret),
+        args.scopes.replace(' ', "")
+    );
+    // The line must parse as the gateway will parse it.
+    mesh_auth::keys::KeyTable::parse(&line)?;
+    println!("secret (shown once; send it as `Authorization: Bearer <secret>` or `x-api-key`):");
+    println!("{secret}");
+    println!("line for the --api-keys file (scopes: {scopes}):");
+    println!("{line}");
+    Ok(())
 }
 
 #[tokio::main]
@@ -60,6 +105,16 @@ async fn main() -> anyhow::Result<()> {
         }
         Some(Server::Gateway(c)) => {
             mesh_common::serve_main("gateway", c.listen, |l, s| mesh_gateway::run(l, c, s)).await
+        }
+        Some(Server::ApiKey(args)) => api_key(&args),
+        Some(Server::Certs(args)) => {
+            mesh_common::tls::write_dev_certs(&args.dir, &up::cert_names(), &args.hosts)?;
+            println!(
+                "wrote ca.pem and a certificate for {} in {}",
+                up::cert_names().join(", "),
+                args.dir.display()
+            );
+            Ok(())
         }
     }
 }

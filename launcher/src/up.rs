@@ -67,6 +67,33 @@ pub struct UpArgs {
     /// gateway and the launcher's "another service" are always allowed.
     #[arg(long, env = "MESH_FETCH_ALLOW", value_delimiter = ',', value_parser = mesh_tasks::fetch_policy::parse_entry)]
     fetch_allow: Vec<mesh_tasks::fetch_policy::AllowEntry>,
+
+    /// Mutual TLS between the gateway and every service, and HTTPS at the
+    /// gateway, with development certificates from `--certs-dir` (made
+    /// there by `mesh certs` if missing).
+    #[arg(long, env = "MESH_TLS")]
+    tls: bool,
+
+    /// Where --tls finds (or makes) its certificates (default: DATA_DIR/certs).
+    #[arg(long, env = "MESH_CERTS_DIR")]
+    certs_dir: Option<PathBuf>,
+}
+
+/// The names `mesh certs` makes certificates for: every service, and the gateway.
+pub fn cert_names() -> Vec<&'static str> {
+    services::ALL.iter().map(|s| s.name).chain(["gateway"]).collect()
+}
+
+/// The development certificates `--tls` uses, made if missing.
+fn dev_certs(dir: &std::path::Path, host: IpAddr) -> anyhow::Result<()> {
+    let missing = std::iter::once("ca".to_string())
+        .chain(cert_names().into_iter().map(str::to_string))
+        .any(|name| !dir.join(format!("{name}.pem")).exists());
+    if missing {
+        mesh_common::tls::write_dev_certs(dir, &cert_names(), &[host.to_string()])?;
+        println!("development certificates written to {}", dir.display());
+    }
+    Ok(())
 }
 
 /// What the launcher's "another service" answers, on any path.
@@ -193,6 +220,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .collect();
     let fetch_allow = fetch_allow.join(",");
 
+    let certs = args
+        .tls
+        .then(|| args.certs_dir.clone().unwrap_or_else(|| args.data_dir.join("certs")));
+    let launcher_tls = match &certs {
+        Some(dir) => {
+            dev_certs(dir, args.host)?;
+            Some(mesh_upstream::ClientTls {
+                ca_pem: std::fs::read(dir.join("ca.pem"))?,
+                identity: Some((
+                    std::fs::read(dir.join("gateway.pem"))?,
+                    std::fs::read(dir.join("gateway.key"))?,
+                )),
+            })
+        }
+        None => None,
+    };
     let exe = std::env::current_exe().context("cannot find the mesh executable")?;
     let mut procs: Vec<Proc> = Vec::new();
     let mut endpoints: Vec<(&Service, Vec<String>)> = Vec::new();
@@ -207,6 +250,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 cmd.arg(service.name).arg("--listen").arg(listen.to_string());
                 cmd.arg("--admin-listen")
                     .arg(admin_listen(args.ephemeral_ports, admin_port));
+                if let Some(dir) = &certs {
+                    cmd.arg("--tls-cert").arg(dir.join(format!("{}.pem", service.name)));
+                    cmd.arg("--tls-key").arg(dir.join(format!("{}.key", service.name)));
+                    cmd.arg("--tls-client-ca").arg(dir.join("ca.pem"));
+                }
                 // Backend URLs (which may hold a password) go in the child's
                 // environment, not its command line, which any user can list.
                 // Items and tasks keep their rows in SQL; cache and counter in Redis.
@@ -235,7 +283,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 // One at a time: replicas on one SQLite file must not race
                 // each other through the first migration.
                 let proc = spawn(name, cmd).await?;
-                wait_serving(&proc).await?;
+                wait_serving(&proc, service.name, launcher_tls.as_ref()).await?;
                 listed.push(format!("http://{}", proc.addr));
                 procs.push(proc);
             }
@@ -250,6 +298,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         if let Some(upstream) = &upstream {
             cmd.arg("--upstream").arg(upstream);
+        }
+        if let Some(dir) = &certs {
+            cmd.arg("--services-tls-ca").arg(dir.join("ca.pem"));
+            cmd.arg("--services-tls-cert").arg(dir.join("gateway.pem"));
+            cmd.arg("--services-tls-key").arg(dir.join("gateway.key"));
+            cmd.arg("--tls-cert").arg(dir.join("gateway.pem"));
+            cmd.arg("--tls-key").arg(dir.join("gateway.key"));
         }
         procs.push(spawn("gateway".into(), cmd).await?);
         anyhow::Ok(())
@@ -278,10 +333,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     let gateway = reachable(procs.last().map(|p| p.addr).unwrap_or(gateway_listen));
-    println!(
-        "\ntry:\n  curl http://{gateway}/test\n  curl http://{gateway}/call-another-service\n  curl -X POST http://{gateway}/items -H 'content-type: application/json' -d '{{\"name\":\"pen\",\"price_cents\":150}}'\n  curl -X POST http://{gateway}/tasks -H 'content-type: application/json' -d '{{\"kind\":\"fetch\",\"payload\":{{\"url\":\"http://{gateway}/test\"}}}}'\n  grpcurl -plaintext {} list\n",
-        procs.first().map(|p| p.addr).unwrap_or(gateway)
-    );
+    if let Some(dir) = &certs {
+        let d = dir.display();
+        println!(
+            "\ntry (TLS; the CA is {d}/ca.pem):\n  curl --cacert {d}/ca.pem https://localhost:{}/test\n  grpcurl -cacert {d}/ca.pem -cert {d}/gateway.pem -key {d}/gateway.key -servername {} {} list\n",
+            gateway.port(),
+            services::ALL[0].name,
+            procs.first().map(|p| p.addr).unwrap_or(gateway)
+        );
+    } else {
+        println!(
+            "\ntry:\n  curl http://{gateway}/test\n  curl http://{gateway}/call-another-service\n  curl -X POST http://{gateway}/items -H 'content-type: application/json' -d '{{\"name\":\"pen\",\"price_cents\":150}}'\n  curl -X POST http://{gateway}/tasks -H 'content-type: application/json' -d '{{\"kind\":\"fetch\",\"payload\":{{\"url\":\"http://{gateway}/test\"}}}}'\n  grpcurl -plaintext {} list\n",
+            procs.first().map(|p| p.addr).unwrap_or(gateway)
+        );
+    }
 
     let died = tokio::select! {
         () = &mut shutdown => None,
@@ -344,8 +409,13 @@ async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
 }
 
 /// Polls `grpc.health.v1` until the server reports SERVING.
-async fn wait_serving(proc: &Proc) -> anyhow::Result<()> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proc.addr))?.connect_lazy();
+async fn wait_serving(proc: &Proc, service: &str, tls: Option<&mesh_upstream::ClientTls>) -> anyhow::Result<()> {
+    let channel = match tls {
+        None => tonic::transport::Endpoint::from_shared(format!("http://{}", proc.addr))?.connect_lazy(),
+        Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{}", proc.addr))?
+            .tls_config(tls.config(service))?
+            .connect_lazy(),
+    };
     let mut client = HealthClient::new(channel);
     let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
     loop {

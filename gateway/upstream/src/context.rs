@@ -13,6 +13,8 @@ use tokio::time::Instant;
 pub struct CallContext {
     pub request_id: Option<String>,
     pub deadline: Instant,
+    /// Who the gateway authenticated, sent as `x-mesh-principal`.
+    pub principal: Option<std::sync::Arc<str>>,
 }
 
 impl CallContext {
@@ -21,13 +23,23 @@ impl CallContext {
         CallContext {
             request_id,
             deadline: Instant::now() + timeout,
+            principal: None,
         }
     }
 
     /// The same request with a later deadline (for routes that wait on long
     /// work on purpose).
     pub fn with_timeout(&self, timeout: Duration) -> CallContext {
-        CallContext::new(self.request_id.clone(), timeout)
+        CallContext {
+            principal: self.principal.clone(),
+            ..CallContext::new(self.request_id.clone(), timeout)
+        }
+    }
+
+    /// The same request, made on behalf of `principal`.
+    pub fn with_principal(mut self, principal: Option<std::sync::Arc<str>>) -> CallContext {
+        self.principal = principal;
+        self
     }
 
     /// What is left until the deadline (zero once it has passed).
@@ -56,6 +68,13 @@ impl CallContext {
         {
             id.set_sensitive(true);
             metadata.insert("x-request-id", id);
+        }
+        if let Some(principal) = self
+            .principal
+            .as_deref()
+            .and_then(|p| p.parse::<tonic::metadata::AsciiMetadataValue>().ok())
+        {
+            metadata.insert("x-mesh-principal", principal);
         }
         request
     }

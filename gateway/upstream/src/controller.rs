@@ -136,7 +136,15 @@ impl Controller {
             if self.members.contains_key(address.as_str()) {
                 continue;
             }
-            let Ok(endpoint) = Endpoint::from_shared(address.clone()) else {
+            let endpoint = match &self.settings.tls {
+                None => Endpoint::from_shared(address.clone()),
+                Some(tls) => {
+                    let https = address.replacen("http://", "https://", 1);
+                    Endpoint::from_shared(https).and_then(|e| e.tls_config(tls.config(self.name)))
+                }
+            };
+            let Ok(endpoint) = endpoint else {
+                tracing::warn!(service = self.name, replica = %address, "cannot make an endpoint for this replica");
                 continue;
             };
             let channel = endpoint

@@ -50,7 +50,7 @@ pub use context::CallContext;
 pub use error::UpstreamError;
 pub use kind::Kind;
 pub use members::{MemberView, Members};
-pub use settings::{HedgeSettings, PerTryTimeout, Settings};
+pub use settings::{ClientTls, HedgeSettings, PerTryTimeout, Settings};
 pub use spec::{Spec, SpecError};
 pub use transport::{Transport, TransportError};
 pub use upstream::Upstream;

@@ -25,6 +25,31 @@ pub struct Settings {
     pub per_try_timeout: PerTryTimeout,
     /// Hedged reads: `None` is off.
     pub hedge: Option<HedgeSettings>,
+    /// Mutual TLS to every replica; `None`: plaintext (h2c).
+    pub tls: Option<ClientTls>,
+}
+
+/// How the gateway reaches replicas over TLS: it trusts `ca` only, checks
+/// that each replica's certificate names its service (`items`, `cache`,
+/// ...), whatever address the replica was found at, and presents
+/// `identity` (its own certificate and key, PEM).
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl ClientTls {
+    /// tonic's TLS settings for a replica of `service`.
+    pub fn config(&self, service: &str) -> tonic::transport::ClientTlsConfig {
+        let mut config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&self.ca_pem))
+            .domain_name(service);
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+        }
+        config
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

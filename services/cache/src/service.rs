@@ -30,10 +30,28 @@ fn ttl_from_proto(ttl: Option<prost_types::Duration>) -> Result<Option<Duration>
     }
 }
 
+/// Namespaces are the gateway's (e.g. its item cache): under mutual TLS only
+/// a caller with the gateway's certificate may read or write them.
+fn check_namespace<T>(request: &Request<T>, namespace: &str) -> Result<(), Status> {
+    let peer = request
+        .extensions()
+        .get::<mesh_common::rpc::Peer>()
+        .copied()
+        .unwrap_or_default();
+    if namespace.is_empty() || peer.may_act_as_gateway() {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(
+            "namespace: namespaces are reserved for the gateway's certificate; use the public keyspace (namespace \"\")",
+        ))
+    }
+}
+
 #[tonic::async_trait]
 impl CacheService for CacheApi {
     #[tracing::instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        check_namespace(&request, &request.get_ref().namespace)?;
         let r = request.get_ref();
         let value = self.store.get(&r.namespace, &r.key).await?;
         Ok(Response::new(match value {
@@ -47,6 +65,7 @@ impl CacheService for CacheApi {
 
     #[tracing::instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn set(&self, request: Request<pb::SetRequest>) -> Result<Response<pb::SetResponse>, Status> {
+        check_namespace(&request, &request.get_ref().namespace)?;
         let r = request.into_inner();
         let ttl = ttl_from_proto(r.ttl)?;
         self.store.set(&r.namespace, &r.key, Bytes::from(r.value), ttl).await?;
@@ -55,6 +74,7 @@ impl CacheService for CacheApi {
 
     #[tracing::instrument(level = "debug", skip_all, fields(key = %request.get_ref().key))]
     async fn delete(&self, request: Request<pb::DeleteRequest>) -> Result<Response<pb::DeleteResponse>, Status> {
+        check_namespace(&request, &request.get_ref().namespace)?;
         let r = request.get_ref();
         let deleted = self.store.delete(&r.namespace, &r.key).await?;
         Ok(Response::new(pb::DeleteResponse { deleted }))

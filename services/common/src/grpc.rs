@@ -19,6 +19,7 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,6 +65,60 @@ pub struct ServeArgs {
     /// with occasional stalls).
     #[arg(long, env = "MESH_DEBUG_DELAY_EVERY", hide = true, default_value_t = 1)]
     pub debug_delay_every: u64,
+
+    /// Certificate chain (PEM) to serve gRPC over TLS with; needs --tls-key.
+    /// Re-read when the file changes and on SIGHUP: new handshakes get the
+    /// new certificate, open connections stay.
+    #[arg(long, env = "MESH_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert.
+    #[arg(long, env = "MESH_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA (PEM) that clients' certificates must chain to (mutual TLS): a
+    /// client without one is refused at the handshake.
+    #[arg(long, env = "MESH_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// How often the certificate files are checked for changes, in ms.
+    #[arg(long, env = "MESH_TLS_RELOAD_MS", default_value_t = 5000)]
+    pub tls_reload_ms: u64,
+
+    /// Serve plaintext on a non-loopback address. Without it, a service
+    /// refuses to listen beyond loopback unless --tls-* is given.
+    #[arg(long, env = "MESH_INSECURE")]
+    pub insecure: bool,
+
+    /// Serve gRPC server reflection (what grpcurl lists and describes with);
+    /// `false` for production.
+    #[arg(long, env = "MESH_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub reflection: bool,
+
+    /// The name (DNS SAN or common name) of the gateway's client
+    /// certificate. Under mutual TLS only a client with it may pass an
+    /// end user's identity (`x-mesh-principal`) or use the gateway-only
+    /// parts of a contract (e.g. cache namespaces).
+    #[arg(long, env = "MESH_GATEWAY_IDENTITY", default_value = "gateway")]
+    pub gateway_identity: String,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        ServeArgs {
+            drain_ms: 0,
+            admin_listen: None,
+            debug_delay_ms: None,
+            debug_delay_every: 1,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_reload_ms: 5000,
+            insecure: false,
+            reflection: true,
+            gateway_identity: "gateway".into(),
+        }
+    }
 }
 
 pub struct GrpcServer {
@@ -147,12 +202,23 @@ impl GrpcServer {
     where
         F: Future<Output = ()> + Send,
     {
-        let args = self.args.unwrap_or(ServeArgs {
-            drain_ms: 0,
-            admin_listen: None,
-            debug_delay_ms: None,
-            debug_delay_every: 1,
-        });
+        let args = self.args.unwrap_or_default();
+        let local = listener.local_addr()?;
+        let tls = match (&args.tls_cert, &args.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: args.tls_client_ca.clone(),
+            }),
+            _ => None,
+        };
+        if tls.is_none() && !local.ip().is_loopback() && !args.insecure {
+            anyhow::bail!(
+                "{} would serve plaintext on {local}, which is not a loopback address: give --tls-cert, \
+                 --tls-key and --tls-client-ca (mutual TLS), or --insecure to serve plaintext anyway",
+                self.service_name
+            );
+        }
         let admin_addr = args
             .admin_listen
             .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port)));
@@ -194,15 +260,34 @@ impl GrpcServer {
                 .with_service_name("grpc.reflection.v1.ServerReflection")
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection")
         };
-        let routes = self
-            .routes
-            .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?);
+        let mut routes = self.routes.add_service(health_service);
+        if args.reflection {
+            routes = routes
+                .add_service(reflection().build_v1()?)
+                .add_service(reflection().build_v1alpha()?);
+        }
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let drain = Duration::from_millis(args.drain_ms);
-        let served = Server::builder()
+        let (cert_stop, cert_stop_rx) = watch::channel(false);
+        let incoming = match &tls {
+            None => Incoming::Plain(TcpIncoming::from(listener).with_nodelay(Some(true))),
+            Some(files) => {
+                let (config, reloading) = crate::tls::server_config(files, &[b"h2"])?;
+                let mut stop = cert_stop_rx.clone();
+                reloading.watch(Duration::from_millis(args.tls_reload_ms.max(100)), async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+                tracing::info!(
+                    mutual = files.client_ca.is_some(),
+                    cert = %files.cert.display(),
+                    "serving gRPC over TLS"
+                );
+                Incoming::Tls(tls_incoming(listener, tokio_rustls::TlsAcceptor::from(config)))
+            }
+        };
+        let gateway_identity = (tls.as_ref().is_some_and(|t| t.client_ca.is_some()))
+            .then(|| Arc::<str>::from(args.gateway_identity.as_str()));
+        let builder = Server::builder()
             // Clients that give up on calls (deadlines, a load generator
             // stopping) reset streams; h2's default allows only 20 such resets
             // pending before it tears the whole connection down, which would
@@ -214,24 +299,29 @@ impl GrpcServer {
                 debug_delay: args
                     .debug_delay_ms
                     .map(|ms| crate::rpc::DebugDelay::new(Duration::from_millis(ms), args.debug_delay_every)),
+                gateway_identity,
             })
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming, async move {
-                shutdown.await;
-                if let Some(prober) = prober {
-                    prober.abort();
-                }
-                maintenance.abort();
-                let _ = events.send(HealthEvent::Draining).await;
-                if !drain.is_zero() {
-                    tracing::info!(
-                        drain_ms = drain.as_millis() as u64,
-                        "NOT_SERVING; draining before the listener closes"
-                    );
-                    tokio::time::sleep(drain).await;
-                }
-            })
-            .await;
+            .add_routes(routes);
+        let shutdown = async move {
+            shutdown.await;
+            if let Some(prober) = prober {
+                prober.abort();
+            }
+            maintenance.abort();
+            let _ = events.send(HealthEvent::Draining).await;
+            if !drain.is_zero() {
+                tracing::info!(
+                    drain_ms = drain.as_millis() as u64,
+                    "NOT_SERVING; draining before the listener closes"
+                );
+                tokio::time::sleep(drain).await;
+            }
+        };
+        let served = match incoming {
+            Incoming::Plain(incoming) => builder.serve_with_incoming_shutdown(incoming, shutdown).await,
+            Incoming::Tls(incoming) => builder.serve_with_incoming_shutdown(incoming, shutdown).await,
+        };
+        cert_stop.send_replace(true);
         health_task.abort();
         // The admin listener goes last: its /readyz says NOT_SERVING while draining.
         admin_stop.send_replace(true);
@@ -244,6 +334,56 @@ impl GrpcServer {
         tracing::info!("server stopped; in-flight calls finished");
         Ok(())
     }
+}
+
+/// Where connections come from: the listener itself, or TLS handshakes done
+/// off the accept loop.
+enum Incoming {
+    Plain(TcpIncoming),
+    Tls(
+        tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>,
+    ),
+}
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts on `listener` and hands over each connection once its TLS
+/// handshake is done. Each handshake runs in its own task with a deadline,
+/// so a client that stalls mid-handshake holds up no one else. Ends (and
+/// closes the listener) when the server stops taking connections.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = tx.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(err)) => tracing::debug!(%peer, error = %err, "TLS handshake refused"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake did not finish in time"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Sets the overall status (the empty name) and the named service's together.

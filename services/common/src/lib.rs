@@ -19,6 +19,7 @@ pub mod redact;
 pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 use std::io::Write;
 use std::net::SocketAddr;

@@ -36,6 +36,48 @@ use crate::telemetry::{self, Millis};
 pub struct RpcLayer {
     /// Test only: delay calls (to make a replica slow, or stall now and then).
     pub debug_delay: Option<DebugDelay>,
+    /// Under mutual TLS, the name the gateway's certificate carries: a call
+    /// on a connection with it is [`Peer::gateway`], and only such a call's
+    /// `x-mesh-principal` is believed (and logged). `None` without mTLS.
+    pub gateway_identity: Option<std::sync::Arc<str>>,
+}
+
+/// Who is on the other end of a call, for handlers (in the request's
+/// extensions).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peer {
+    /// The server requires client certificates (mutual TLS).
+    pub mutual_tls: bool,
+    /// The client presented the gateway's certificate.
+    pub gateway: bool,
+}
+
+impl Peer {
+    /// May this caller use the parts of a contract meant for the gateway?
+    /// Without mutual TLS there is no identity to check, and the network is
+    /// the boundary (loopback, or --insecure), as before.
+    pub fn may_act_as_gateway(&self) -> bool {
+        !self.mutual_tls || self.gateway
+    }
+}
+
+type TlsInfo = tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
+
+/// What the connection says about the caller.
+fn peer<B>(request: &http::Request<B>, gateway_identity: Option<&str>) -> Peer {
+    let Some(identity) = gateway_identity else {
+        return Peer::default();
+    };
+    let gateway = request
+        .extensions()
+        .get::<TlsInfo>()
+        .and_then(|info| info.peer_certs())
+        .and_then(|certs| certs.first().map(|leaf| crate::tls::names(leaf)))
+        .is_some_and(|names| names.iter().any(|n| n == identity));
+    Peer {
+        mutual_tls: true,
+        gateway,
+    }
 }
 
 /// A deliberate delay of every `every`th call, for tests of slow replicas.
@@ -68,6 +110,7 @@ impl<S> tower::Layer<S> for RpcLayer {
         Rpc {
             inner,
             debug_delay: self.debug_delay.clone(),
+            gateway_identity: self.gateway_identity.clone(),
         }
     }
 }
@@ -76,6 +119,7 @@ impl<S> tower::Layer<S> for RpcLayer {
 pub struct Rpc<S> {
     inner: S,
     debug_delay: Option<DebugDelay>,
+    gateway_identity: Option<std::sync::Arc<str>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -96,7 +140,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         // Health checks and reflection are the mesh's own chatter, not calls.
         if request.uri().path().starts_with("/grpc.") {
             let fut = self.inner.call(request);
@@ -118,7 +162,18 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let delay = self.debug_delay.as_ref().and_then(DebugDelay::next);
-        Box::pin(telemetry::scope(request_id, async move {
+        // The end user's identity, believed only from the gateway (over
+        // mutual TLS); a header from anyone else is dropped.
+        let principal = request.headers_mut().remove("x-mesh-principal");
+        let principal = if self.gateway_identity.is_some() {
+            let peer = peer(&request, self.gateway_identity.as_deref());
+            request.extensions_mut().insert(peer);
+            principal.filter(|_| peer.gateway)
+        } else {
+            request.extensions_mut().insert(Peer::default());
+            None
+        };
+        Box::pin(telemetry::scope_as(request_id, principal, async move {
             let labels = metrics::started(uri.path());
             let mut guard = Unfinished {
                 started: Instant::now(),

@@ -242,6 +242,9 @@ impl fmt::Display for Millis {
 /// a WARN or ERROR line yet (so its end line need not repeat the alarm).
 struct Call {
     request_id: HeaderValue,
+    /// Who the gateway authenticated (`x-mesh-principal`), when the call
+    /// came from the gateway's certificate.
+    principal: Option<HeaderValue>,
     warned: Cell<bool>,
 }
 
@@ -251,9 +254,20 @@ tokio::task_local! {
 
 /// Runs `fut` as one call: every line it logs carries `request_id`.
 pub fn scope<F: Future>(request_id: HeaderValue, fut: F) -> impl Future<Output = F::Output> {
+    scope_as(request_id, None, fut)
+}
+
+/// Like [`scope`], made on behalf of `principal`: every line also carries
+/// `principal`.
+pub fn scope_as<F: Future>(
+    request_id: HeaderValue,
+    principal: Option<HeaderValue>,
+    fut: F,
+) -> impl Future<Output = F::Output> {
     CALL.scope(
         Call {
             request_id,
+            principal,
             warned: Cell::new(false),
         },
         fut,
@@ -268,7 +282,7 @@ pub fn warned() -> bool {
 thread_local! {
     /// The request id [`CallEvents`] hands to [`WithRequestId`] for the event
     /// being formatted on this thread.
-    static PENDING: Cell<Option<HeaderValue>> = const { Cell::new(None) };
+    static PENDING: Cell<Option<(HeaderValue, Option<HeaderValue>)>> = const { Cell::new(None) };
 }
 
 /// The event format, plus the current call's request id for the fields.
@@ -287,7 +301,7 @@ where
                 if *meta.level() <= Level::WARN {
                     call.warned.set(true);
                 }
-                call.request_id.clone()
+                (call.request_id.clone(), call.principal.clone())
             })
             .ok()
             .filter(|_| meta.fields().field("request_id").is_none());
@@ -308,26 +322,34 @@ struct WithRequestId<N>(N);
 impl<'w, N: for<'a> FormatFields<'a>> FormatFields<'w> for WithRequestId<N> {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
         self.0.format_fields(writer.by_ref(), fields)?;
-        let Some(id) = PENDING.take() else {
+        let Some((id, principal)) = PENDING.take() else {
             return Ok(());
         };
-        if writer.has_ansi_escapes() {
-            writer.write_str(" \x1b[3mrequest_id\x1b[0m\x1b[2m=\x1b[0m")?;
-        } else {
-            writer.write_str(" request_id=")?;
+        write_field(&mut writer, "request_id", &id)?;
+        match principal {
+            Some(principal) => write_field(&mut writer, "principal", &principal),
+            None => Ok(()),
         }
-        // A client chooses its request id: anything but a plain token is
-        // quoted, so it cannot pose as more fields.
-        match id.to_str() {
-            Ok(s)
-                if !s.is_empty()
-                    && s.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/')) =>
-            {
-                writer.write_str(s)
-            }
-            _ => write!(writer, "{id:?}"),
+    }
+}
+
+/// ` name=value`. A client chooses its request id (and a token its subject):
+/// anything but a plain token is quoted, so it cannot pose as more fields.
+fn write_field(writer: &mut Writer<'_>, name: &str, value: &HeaderValue) -> fmt::Result {
+    if writer.has_ansi_escapes() {
+        write!(writer, " \x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m")?;
+    } else {
+        write!(writer, " {name}=")?;
+    }
+    match value.to_str() {
+        Ok(s)
+            if !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')) =>
+        {
+            writer.write_str(s)
         }
+        _ => write!(writer, "{value:?}"),
     }
 }
 
