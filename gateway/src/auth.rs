@@ -133,6 +133,9 @@ pub enum Requirement {
 /// The default requirement of a route (method and template), with
 /// `anonymous` the templates anyone may call.
 pub fn default_requirement(method: &str, path: &str, anonymous: &[String]) -> Requirement {
+    // axum answers HEAD with the GET handler (running it, then dropping the
+    // body), so HEAD must need exactly what GET needs.
+    let method = if method == "HEAD" { "GET" } else { method };
     let is_docs_asset = path.starts_with("/docs/") && anonymous.iter().any(|a| a == "/docs");
     if is_docs_asset || anonymous.iter().any(|a| a == path) {
         return Requirement::Anonymous;
@@ -143,7 +146,7 @@ pub fn default_requirement(method: &str, path: &str, anonymous: &[String]) -> Re
         | ("POST", "/counters/{name}/reset" | "/tasks/{id}/retry")
         | ("GET", "/overview") => Scope::Admin,
         ("GET", "/increment" | "/start-task" | "/run-blocking-task") => Scope::Write,
-        ("GET" | "HEAD", _) => Scope::Read,
+        ("GET", _) => Scope::Read,
         _ => Scope::Write,
     })
 }
@@ -173,12 +176,30 @@ impl AuthArgs {
     /// The configured authentication, `None` for none. Refuses a gateway on
     /// a non-loopback `listen` with no authentication chosen, and flag sets
     /// that contradict each other.
-    pub fn build(&self, listen: SocketAddr) -> anyhow::Result<Option<Arc<Auth>>> {
+    pub fn build(&self, listen: SocketAddr, tls: bool) -> anyhow::Result<Option<Arc<Auth>>> {
         let none = self.modes.iter().any(|m| m == "none");
         let keys = self.modes.iter().any(|m| m == "keys");
         let jwt = self.modes.iter().any(|m| m == "jwt");
         if none && (keys || jwt) {
             anyhow::bail!("--auth none cannot be combined with keys or jwt");
+        }
+        for o in &self.route_scopes {
+            if !crate::openapi::ERRORS
+                .iter()
+                .any(|(m, p, _)| *m == o.method.as_str() && *p == o.path)
+            {
+                anyhow::bail!(
+                    "--route-scope {} {}: the gateway has no such route (templates as in the OpenAPI document, e.g. /items/{{id}})",
+                    o.method,
+                    o.path
+                );
+            }
+        }
+        for path in &self.anonymous_routes {
+            let docs = path == "/docs" || path == "/openapi.json";
+            if !docs && !crate::openapi::ERRORS.iter().any(|(_, p, _)| p == path) {
+                anyhow::bail!("--anonymous-routes {path}: the gateway has no such route");
+            }
         }
         if !keys && !jwt {
             if !none && !listen.ip().is_loopback() {
@@ -192,6 +213,12 @@ impl AuthArgs {
                 anyhow::bail!("--api-keys and --jwks take effect with --auth keys / --auth jwt");
             }
             return Ok(None);
+        }
+        if !listen.ip().is_loopback() && !tls {
+            tracing::warn!(
+                %listen,
+                "credentials will cross the network in the clear unless TLS ends in front of the gateway or --tls-cert is set"
+            );
         }
         let mut verifier = Verifier::default();
         let mut files: Vec<Arc<dyn Reload>> = Vec::new();
@@ -229,6 +256,8 @@ impl AuthArgs {
 impl Auth {
     /// What a route asks of its caller under this configuration.
     pub fn requirement(&self, method: &Method, path: &str) -> Requirement {
+        // HEAD runs the GET handler: it needs what GET needs.
+        let method = if method == Method::HEAD { &Method::GET } else { method };
         if let Some(o) = self.overrides.iter().find(|o| o.method == method && o.path == path) {
             return Requirement::Scope(o.scope);
         }
@@ -352,7 +381,8 @@ fn forbidden(principal: &Principal, needed: Scope, method: &Method, route: &str)
 fn audit(principal: &Principal, method: &Method, route: &str, status: StatusCode) {
     tracing::info!(
         target: "audit",
-        principal = %principal.name,
+        // Quoted: a token's subject is the caller's choice of characters.
+        principal = ?principal.name,
         method = %method,
         route,
         status = status.as_u16(),
@@ -422,24 +452,24 @@ mod tests {
         let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
         let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let args = AuthArgs::default();
-        let err = args.build(public).unwrap_err().to_string();
+        let err = args.build(public, false).unwrap_err().to_string();
         assert!(
             err.contains("not a loopback address") && err.contains("--auth none"),
             "{err}"
         );
-        assert!(args.build(loopback).unwrap().is_none());
+        assert!(args.build(loopback, false).unwrap().is_none());
         let none = AuthArgs {
             modes: vec!["none".into()],
             ..AuthArgs::default()
         };
-        assert!(none.build(public).unwrap().is_none());
+        assert!(none.build(public, false).unwrap().is_none());
         let keys_without_file = AuthArgs {
             modes: vec!["keys".into()],
             ..AuthArgs::default()
         };
         assert!(
             keys_without_file
-                .build(loopback)
+                .build(loopback, false)
                 .unwrap_err()
                 .to_string()
                 .contains("--api-keys")

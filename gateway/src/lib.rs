@@ -18,6 +18,7 @@ pub mod error;
 pub mod extract;
 pub mod metrics;
 pub mod openapi;
+pub mod ratelimit;
 pub mod request_id;
 pub mod routes;
 pub mod serve;
@@ -196,6 +197,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub auth: auth::AuthArgs,
+
+    #[command(flatten)]
+    pub rate: ratelimit::RateArgs,
 }
 
 impl Config {
@@ -280,7 +284,7 @@ impl Config {
                 anyhow::anyhow!("--upstream {url:?}: {e}")
             })?;
         }
-        let auth = self.auth.build(self.listen)?;
+        let auth = self.auth.build(self.listen, self.tls_cert.is_some())?;
         let settings = Settings {
             tls: self.services_tls()?,
             ..self.settings()
@@ -312,6 +316,7 @@ impl Config {
             item_reads: Default::default(),
             item_writes: Default::default(),
             stopping: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
+            limiter: self.rate.build(auth.clone())?,
             auth,
         }))
     }
@@ -354,7 +359,12 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
         .route("/", get(openapi::index))
         // Swagger UI from inside the binary (nothing is fetched from elsewhere),
         // over the contract it serves at /openapi.json.
-        .merge(docs(state.auth.as_deref()));
+        .merge(docs(state.auth.as_deref(), state.limiter.is_some()));
+    // Rate limits, counted after authentication (no layer without limits).
+    let router = match &state.limiter {
+        Some(limiter) => router.route_layer(axum::middleware::from_fn_with_state(limiter.clone(), ratelimit::check)),
+        None => router,
+    };
     // Who may call what (no layer at all without authentication).
     let router = match &state.auth {
         Some(auth) => router.route_layer(axum::middleware::from_fn_with_state(auth.clone(), auth::check)),
@@ -378,14 +388,14 @@ pub fn app(state: AppState, max_body_bytes: usize, max_header_bytes: usize) -> R
 }
 
 /// `GET /docs` (the interactive docs page) and `GET /openapi.json`.
-fn docs(auth: Option<&auth::Auth>) -> utoipa_swagger_ui::SwaggerUi {
+fn docs(auth: Option<&auth::Auth>, rate_limited: bool) -> utoipa_swagger_ui::SwaggerUi {
     let config = utoipa_swagger_ui::Config::new(["/openapi.json"])
         // Swagger UI would otherwise show a badge loaded from validator.swagger.io.
         .validator_url("none")
         .try_it_out_enabled(true)
         .display_request_duration(true);
     utoipa_swagger_ui::SwaggerUi::new("/docs")
-        .url("/openapi.json", openapi::spec_for(auth))
+        .url("/openapi.json", openapi::spec_for(auth, rate_limited))
         .config(config)
 }
 
@@ -425,6 +435,12 @@ pub async fn run(
     if let Some(auth) = &state.auth {
         let mut stopped = state.stopping.subscribe();
         auth.watch(async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        });
+    }
+    if let Some(limiter) = &state.limiter {
+        let mut stopped = state.stopping.subscribe();
+        limiter.sweep(Duration::from_secs(10), async move {
             let _ = stopped.wait_for(|s| *s).await;
         });
     }

@@ -24,6 +24,7 @@ struct Http {
     duration: HistogramVec,
     active: IntGauge,
     cache: prometheus::IntCounterVec,
+    rate_limited: prometheus::IntCounterVec,
 }
 
 static HTTP: LazyLock<Http> = LazyLock::new(|| Http {
@@ -53,7 +54,22 @@ static HTTP: LazyLock<Http> = LazyLock::new(|| Http {
         )
         .expect("valid metric"),
     ),
+    rate_limited: register(
+        prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "mesh_gateway_rate_limited_total",
+                "Requests refused with 429 by --rate-limit, by route group (anonymous, read, write, admin).",
+            ),
+            &["group"],
+        )
+        .expect("valid metric"),
+    ),
 });
+
+/// A request of `group` was refused by its rate limit.
+pub fn rate_limited(group: &'static str) {
+    HTTP.rate_limited.with_label_values(&[group]).inc();
+}
 
 /// `GET /items/{id}` was served with `x-cache: outcome`.
 pub fn cache_lookup(outcome: &'static str) {

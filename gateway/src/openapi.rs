@@ -109,21 +109,64 @@ struct ApiDoc;
 /// scopes asks for it.
 pub fn spec() -> utoipa::openapi::OpenApi {
     let anonymous = crate::auth::AuthArgs::default_anonymous();
-    secured(ApiDoc::openapi(), |method, path| {
+    rate_limited(secured(ApiDoc::openapi(), |method, path| {
         crate::auth::default_requirement(method, path, &anonymous)
-    })
+    }))
 }
 
 /// The contract a gateway serves: with its own authentication (`None`:
 /// every route open, no 401 or 403).
-pub fn spec_for(auth: Option<&crate::auth::Auth>) -> utoipa::openapi::OpenApi {
-    match auth {
+pub fn spec_for(auth: Option<&crate::auth::Auth>, limits: bool) -> utoipa::openapi::OpenApi {
+    let spec = match auth {
         None => ApiDoc::openapi(),
         Some(auth) => secured(ApiDoc::openapi(), |method, path| {
             let method = axum::http::Method::from_bytes(method.as_bytes()).unwrap_or(axum::http::Method::GET);
             auth.requirement(&method, path)
         }),
+    };
+    if limits { rate_limited(spec) } else { spec }
+}
+
+/// Adds what `--rate-limit` answers: 429 on every operation, and the
+/// `RateLimit` and `RateLimit-Policy` headers.
+fn rate_limited(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    let components = openapi.components.get_or_insert_with(Default::default);
+    for (name, description) in [
+        (
+            "RateLimit-Policy",
+            "The route group's limit (IETF httpapi draft): `\"write\";q=40;w=2`, a burst of `q` requests \
+             refilled over `w` seconds. On every answer in a group with a --rate-limit.",
+        ),
+        (
+            "RateLimit",
+            "What is left of the limit: `\"write\";r=12;t=1`, `r` requests now, full again in `t` seconds.",
+        ),
+    ] {
+        components.headers.insert(
+            name.into(),
+            RefOr::T(
+                HeaderBuilder::new()
+                    .schema(Some(string_schema()))
+                    .description(Some(description))
+                    .build(),
+            ),
+        );
     }
+    let (name, description, example) = error_response(429);
+    let mut response = error_component(description, example);
+    for header in ["Retry-After", "RateLimit-Policy", "RateLimit"] {
+        response.headers.insert(header.into(), header_ref(header));
+    }
+    components.responses.insert(name.into(), RefOr::T(response));
+    for (_, item) in openapi.paths.paths.iter_mut() {
+        for (_, operation) in operations(item) {
+            operation.responses.responses.insert(
+                "429".into(),
+                RefOr::Ref(Ref::new(format!("#/components/responses/{name}"))),
+            );
+        }
+    }
+    openapi
 }
 
 /// Adds the security schemes, each operation's requirement (a scope, or
@@ -367,10 +410,10 @@ fn error_response(status: u16) -> (&'static str, &'static str, serde_json::Value
         ),
         429 => (
             "TooManyRequests",
-            "A service limit is reached (RESOURCE_EXHAUSTED), e.g. --max-counters in process.",
+            "A limit is reached (RESOURCE_EXHAUSTED): the gateway's --rate-limit for the route's group \
+             (retry after `Retry-After` seconds), or a service's own, e.g. --max-counters in process.",
             "RESOURCE_EXHAUSTED",
-            "the in-process counter backend holds its limit of 100000 counters; raise --max-counters, \
-             or use --redis-url for a shared store",
+            "rate limit reached: 20/s write requests (burst 40); retry after 1 s",
         ),
         431 => (
             "HeadersTooLarge",

@@ -10,8 +10,9 @@
 //! | memory per connection | hyper's HTTP/1 read buffer is capped at [`Limits::max_buf_size`] (the gateway's header limit + an 8 KiB URI + 16 KiB slack; hyper's default is ~400 KiB), so a request within the gateway's own byte limits reaches its JSON errors (431, 414) rather than hyper's bare ones. Header lines are capped at hyper's default, 100 (past it hyper answers a bare 431): hyper sets aside room for the cap on every request head, and a larger one cost the gateway about 9 % of its CPU per proxied request (callgrind) |
 //!
 //! With TLS ([`serve`]'s `tls`), each connection's handshake runs in its own
-//! task, under the header-read timeout, so a client that stalls mid-handshake
-//! holds only its own slot; ALPN offers `h2` and `http/1.1`.
+//! task and must finish within `header_read_timeout` (the request head then
+//! has its own), so a client that stalls mid-handshake holds only its own
+//! slot, and not past shutdown; ALPN offers `h2` and `http/1.1`.
 //!
 //! On shutdown the loop stops accepting (the listening socket is closed), every
 //! connection is asked to finish (HTTP/1: after its response in flight; HTTP/2:
@@ -163,11 +164,11 @@ pub async fn serve(
             () = &mut shutdown => break,
             permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             biased;
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => stream,
+                Ok(accepted) => accepted,
                 Err(err) => {
                     accept_failed(err).await;
                     continue;
@@ -181,15 +182,21 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         match &tls {
             None => {
-                tokio::spawn(connection(stream, builder, router, limits, stop, permit));
+                tokio::spawn(connection(stream, peer, builder, router, limits, stop, permit));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    // The handshake counts against the time a client has to
-                    // send its request head.
-                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => connection(stream, builder, router, limits, stop, permit).await,
+                    // The handshake has header_read_timeout to finish (then
+                    // the request head has its own), and ends at shutdown.
+                    let mut stopping = stop.clone();
+                    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                    let handshake = tokio::select! {
+                        result = handshake => result,
+                        _ = stopping.wait_for(|stop| *stop) => return,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => connection(stream, peer, builder, router, limits, stop, permit).await,
                         Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
                         Err(_) => tracing::debug!("TLS handshake did not finish in time"),
                     }
@@ -266,6 +273,7 @@ impl Drop for InFlight {
 /// timeout and the graceful close on shutdown. `_permit` is its slot.
 async fn connection<S>(
     stream: S,
+    peer: std::net::SocketAddr,
     builder: Arc<auto::Builder<TokioExecutor>>,
     router: Router,
     limits: Arc<Limits>,
@@ -282,7 +290,9 @@ async fn connection<S>(
     let service = {
         let activity = activity.clone();
         let limits = limits.clone();
-        hyper::service::service_fn(move |request: Request<Incoming>| {
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            // Who is on the other end (rate limits key anonymous callers by it).
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let in_flight = InFlight::start(&activity);
             handle(router.clone(), request, limits.body_read_timeout, in_flight)
         })

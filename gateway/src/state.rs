@@ -46,4 +46,6 @@ pub struct Shared {
     pub item_writes: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Who may call what; `None` serves anyone (`--auth none`).
     pub auth: Option<std::sync::Arc<crate::auth::Auth>>,
+    /// Rate limits; `None` without `--rate-limit`.
+    pub limiter: Option<std::sync::Arc<crate::ratelimit::Limiter>>,
 }

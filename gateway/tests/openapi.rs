@@ -238,7 +238,7 @@ async fn served_at_openapi_json_and_docs_and_root() {
     let (status, _, body) = get("/openapi.json").await;
     assert_eq!(status, StatusCode::OK);
     let served: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(served, serde_json::to_value(spec_for(None)).unwrap());
+    assert_eq!(served, serde_json::to_value(spec_for(None, false)).unwrap());
     assert!(served["components"].get("securitySchemes").is_none());
     assert!(
         served["paths"]["/items/{id}"]["delete"]["responses"]
@@ -263,9 +263,9 @@ async fn served_at_openapi_json_and_docs_and_root() {
     assert_eq!(index, serde_json::json!({"docs": "/docs", "openapi": "/openapi.json"}));
 }
 
-/// With `--auth` and the default scopes, the gateway serves the committed
-/// contract: its anonymous routes need nothing, the rest a scope, with 401
-/// and 403 documented.
+/// With `--auth`, the default scopes and `--rate-limit`, the gateway serves
+/// the committed contract: its anonymous routes need nothing, the rest a
+/// scope, with 401, 403 and 429 documented.
 #[tokio::test]
 async fn with_auth_the_served_contract_is_the_committed_one() {
     let dir = std::env::temp_dir().join(format!("mesh-openapi-auth-{}", std::process::id()));
@@ -278,6 +278,8 @@ async fn with_auth_the_served_contract_is_the_committed_one() {
         "keys",
         "--api-keys",
         keys.to_str().unwrap(),
+        "--rate-limit",
+        "anonymous=100/s,read=100/s",
         "--items",
         "http://127.0.0.1:9",
         "--cache",
@@ -308,6 +310,15 @@ async fn with_auth_the_served_contract_is_the_committed_one() {
     assert_eq!(delete["responses"]["403"]["$ref"], "#/components/responses/Forbidden");
     assert_eq!(served["paths"]["/test"]["get"]["security"], serde_json::json!([{}]));
     assert!(served["paths"]["/test"]["get"]["responses"].get("401").is_none());
+    assert_eq!(
+        served["paths"]["/test"]["get"]["responses"]["429"]["$ref"],
+        "#/components/responses/TooManyRequests"
+    );
+    let too_many = &served["components"]["responses"]["TooManyRequests"]["headers"];
+    assert!(
+        too_many.get("RateLimit").is_some() && too_many.get("Retry-After").is_some(),
+        "{too_many}"
+    );
 }
 
 /// Names and tags are trimmed and must not be blank: the contract's pattern

@@ -38,7 +38,7 @@ enum Server {
     /// The counter service (same flags as `counter-service`).
     Counter(mesh_counter::Config),
     /// The HTTP gateway (same flags as `gateway`).
-    Gateway(mesh_gateway::Config),
+    Gateway(Box<mesh_gateway::Config>),
     /// Write a development CA and a certificate (with its key) for every
     /// service and the gateway into DIR: ca.pem, ca.key, NAME.pem, NAME.key.
     /// Not for production.
@@ -104,11 +104,11 @@ async fn main() -> anyhow::Result<()> {
             mesh_common::serve_main("counter-service", c.listen, |l, s| mesh_counter::run(l, c, s)).await
         }
         Some(Server::Gateway(c)) => {
-            mesh_common::serve_main("gateway", c.listen, |l, s| mesh_gateway::run(l, c, s)).await
+            mesh_common::serve_main("gateway", c.listen, |l, s| mesh_gateway::run(l, *c, s)).await
         }
         Some(Server::ApiKey(args)) => api_key(&args),
         Some(Server::Certs(args)) => {
-            mesh_common::tls::write_dev_certs(&args.dir, &up::cert_names(), &args.hosts)?;
+            mesh_common::tls::write_dev_certs(&args.dir, &up::cert_names(), &["gateway"], &args.hosts)?;
             println!(
                 "wrote ca.pem and a certificate for {} in {}",
                 up::cert_names().join(", "),

@@ -90,7 +90,7 @@ fn dev_certs(dir: &std::path::Path, host: IpAddr) -> anyhow::Result<()> {
         .chain(cert_names().into_iter().map(str::to_string))
         .any(|name| !dir.join(format!("{name}.pem")).exists());
     if missing {
-        mesh_common::tls::write_dev_certs(dir, &cert_names(), &[host.to_string()])?;
+        mesh_common::tls::write_dev_certs(dir, &cert_names(), &["gateway"], &[host.to_string()])?;
         println!("development certificates written to {}", dir.display());
     }
     Ok(())

@@ -116,6 +116,14 @@ async fn call(
     (status, challenge, code, message)
 }
 
+/// Writes `text` beside `path`, then renames it over `path`: a reader sees
+/// the old file or the new one, never half of either.
+fn replace(path: &std::path::Path, text: &str) {
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, text).unwrap();
+    std::fs::rename(&aside, path).unwrap();
+}
+
 fn bearer(token: &str) -> Option<(&'static str, String)> {
     Some(("authorization", format!("Bearer {token}")))
 }
@@ -170,6 +178,13 @@ async fn keys_and_scopes_decide_who_may_call_what() {
     assert!(message.contains("admin scope"), "{message}");
     assert_eq!(call(m, M::DELETE, "/items/1", bearer(READER_SECRET)).await.0, 403);
 
+    // HEAD runs the GET handler, so it needs what GET needs: a read key
+    // cannot increment or start tasks through HEAD.
+    for path in ["/increment", "/start-task"] {
+        assert_eq!(call(m, M::HEAD, path, reader.clone()).await.0, 403, "HEAD {path}");
+    }
+    assert_eq!(call(m, M::HEAD, "/counters/c1", reader.clone()).await.0, 200);
+
     // The admin key does all of it.
     let admin = bearer(ADMIN_SECRET);
     assert_eq!(call(m, M::POST, "/counters/c1/increment", admin.clone()).await.0, 200);
@@ -189,7 +204,7 @@ async fn keys_and_scopes_decide_who_may_call_what() {
     let audit: Vec<&str> = logs.lines().filter(|l| l.contains("admin action")).collect();
     assert_eq!(audit.len(), 4, "{audit:#?}");
     assert!(
-        audit.iter().any(|l| l.contains("principal=key:admin")
+        audit.iter().any(|l| l.contains("principal=\"key:admin\"")
             && l.contains("route=\"/counters/{name}/reset\"")
             && l.contains("status=200")),
         "{audit:#?}"
@@ -197,7 +212,7 @@ async fn keys_and_scopes_decide_who_may_call_what() {
     assert!(
         audit
             .iter()
-            .any(|l| l.contains("principal=key:reader") && l.contains("status=403")),
+            .any(|l| l.contains("principal=\"key:reader\"") && l.contains("status=403")),
         "{audit:#?}"
     );
     assert!(!logs.contains(ADMIN_SECRET) && !logs.contains(READER_SECRET));
@@ -291,7 +306,7 @@ async fn a_key_revoked_from_the_file_stops_working_within_the_reload_interval() 
         200
     );
     // A broken file keeps the last good keys.
-    std::fs::write(&f.keys_file, "this is not a key file\n").unwrap();
+    replace(&f.keys_file, "this is not a key file\n");
     eventually("the failed reload is logged", WAIT, async || {
         m.gateway.logs().contains("reload failed")
     })

@@ -19,6 +19,8 @@ use std::time::Duration;
 use mesh_common::tls;
 use mesh_tests::proto::cache::v1::GetRequest;
 use mesh_tests::proto::cache::v1::cache_service_client::CacheServiceClient;
+use mesh_tests::proto::counter::v1::IncrementRequest;
+use mesh_tests::proto::counter::v1::counter_service_client::CounterServiceClient;
 use mesh_tests::{Server, WAIT, args, bin, eventually, gateway_flags_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
@@ -35,7 +37,7 @@ fn read(path: PathBuf) -> String {
 fn certs() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let names = ["items", "cache", "tasks", "counter", "gateway"];
-    tls::write_dev_certs(dir.path(), &names, &[]).unwrap();
+    tls::write_dev_certs(dir.path(), &names, &["gateway"], &[]).unwrap();
     dir
 }
 
@@ -232,14 +234,15 @@ async fn a_mesh_over_mutual_tls_serves_https_and_refuses_strangers() {
         "expired"
     );
 
-    // Only the gateway's certificate may use cache namespaces.
+    // A client certificate from the CA that is not the gateway's: it may
+    // call, but not use cache namespaces, and its x-mesh-principal is dropped.
+    let reporting = tls::issue_leaf(&ca_pem, &read(d.join("ca.key")), "reporting", 30, -1).unwrap();
     let cache = server("cache");
     let get = GetRequest {
         namespace: "items".into(),
         key: "1".into(),
     };
-    let as_items = Some((read(d.join("items.pem")), read(d.join("items.key"))));
-    let refused = CacheServiceClient::new(channel(cache, "cache", &ca_pem, as_items.clone()))
+    let refused = CacheServiceClient::new(channel(cache, "cache", &ca_pem, Some(reporting.clone())))
         .get(get.clone())
         .await
         .unwrap_err();
@@ -252,10 +255,43 @@ async fn a_mesh_over_mutual_tls_serves_https_and_refuses_strangers() {
         namespace: String::new(),
         key: "k".into(),
     };
-    CacheServiceClient::new(channel(cache, "cache", &ca_pem, as_items))
+    CacheServiceClient::new(channel(cache, "cache", &ca_pem, Some(reporting.clone())))
         .get(public)
         .await
         .unwrap();
+    let mut increment = tonic::Request::new(IncrementRequest {
+        name: "spoofed".into(),
+        ..Default::default()
+    });
+    increment
+        .metadata_mut()
+        .insert("x-request-id", "spoof-1".parse().unwrap());
+    increment
+        .metadata_mut()
+        .insert("x-mesh-principal", "key:admin".parse().unwrap());
+    CounterServiceClient::new(channel(counter, "counter", &ca_pem, Some(reporting)))
+        .increment(increment)
+        .await
+        .unwrap();
+    let line = eventually("the spoofed call's access line", WAIT, async || {
+        counter
+            .logs()
+            .lines()
+            .find(|l| l.contains("rpc done") && l.contains("spoof-1"))
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(
+        !line.contains("principal="),
+        "a principal from a non-gateway certificate was believed: {line}"
+    );
+
+    // A service's own certificate is a server certificate only: it cannot call.
+    let as_items = Some((read(d.join("items.pem")), read(d.join("items.key"))));
+    assert!(
+        healthy(channel(cache, "cache", &ca_pem, as_items)).await.is_err(),
+        "a server certificate as a client"
+    );
 }
 
 #[tokio::test]
@@ -268,8 +304,6 @@ async fn replaced_certificates_are_served_without_a_restart() {
         a
     })
     .await;
-    let keys = d.join("api-keys");
-    std::fs::write(&keys, "").unwrap();
     let p = |f: &str| d.join(f).display().to_string();
     let mut gw = gateway_flags_with(|_| "http://127.0.0.1:9".into());
     gw.extend(args(&[

@@ -48,6 +48,10 @@ impl KeySet {
     /// Parses a JWKS document (`{"keys": [...]}`); a key of an unsupported
     /// type or algorithm is an error, naming it.
     pub fn parse(text: &str) -> anyhow::Result<KeySet> {
+        // An empty file (or `{"keys": []}`) trusts no key: every token is refused.
+        if text.trim().is_empty() {
+            return Ok(KeySet { keys: Vec::new() });
+        }
         let set: JwkSet = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("not a JWKS document: {e}"))?;
         let mut keys = Vec::with_capacity(set.keys.len());
         for (n, jwk) in set.keys.iter().enumerate() {
@@ -59,7 +63,19 @@ impl KeySet {
             let natural = match &jwk.algorithm {
                 AlgorithmParameters::RSA(_) => Algorithm::RS256,
                 AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => Algorithm::ES256,
-                AlgorithmParameters::OctetKey(_) => Algorithm::HS256,
+                AlgorithmParameters::OctetKey(oct) => {
+                    use base64::Engine;
+                    let len = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(oct.value.trim_end_matches('='))
+                        .map_err(|_| anyhow::anyhow!("{name}: `k` is not base64url"))?
+                        .len();
+                    // RFC 7518 3.2: an HS256 key must be at least 256 bits.
+                    anyhow::ensure!(
+                        len >= 32,
+                        "{name}: an HS256 key needs at least 32 bytes, this one has {len}"
+                    );
+                    Algorithm::HS256
+                }
                 _ => anyhow::bail!("{name}: only RSA, EC P-256 and oct keys are supported"),
             };
             let alg = match jwk.common.key_algorithm {
@@ -80,7 +96,6 @@ impl KeySet {
                 key,
             });
         }
-        anyhow::ensure!(!keys.is_empty(), "the key set has no keys");
         Ok(KeySet { keys })
     }
 }
@@ -349,15 +364,24 @@ mod tests {
 
     #[test]
     fn key_sets_with_unsupported_keys_are_refused() {
-        let err = KeySet::parse(r#"{"keys": []}"#).unwrap_err().to_string();
-        assert!(err.contains("no keys"), "{err}");
-        let err = KeySet::parse(r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "HS512", "kid": "x"}]}"#)
+        assert!(
+            KeySet::parse(r#"{"keys": []}"#).unwrap().keys.is_empty(),
+            "an empty set trusts nothing"
+        );
+        assert!(KeySet::parse("").unwrap().keys.is_empty());
+        let err = KeySet::parse(r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "short"}]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least 32 bytes"), "{err}");
+        let err = KeySet::parse(r#"{"keys": [{"kty": "oct", "k": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY", "alg": "HS512", "kid": "x"}]}"#)
             .unwrap_err()
             .to_string();
         assert!(err.contains("key \"x\"") && err.contains("not supported"), "{err}");
-        let err = KeySet::parse(r#"{"keys": [{"kty": "oct", "k": "c2VjcmV0", "alg": "RS256"}]}"#)
-            .unwrap_err()
-            .to_string();
+        let err = KeySet::parse(
+            r#"{"keys": [{"kty": "oct", "k": "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY", "alg": "RS256"}]}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("does not fit"), "{err}");
         assert!(KeySet::parse("[]").unwrap_err().to_string().contains("not a JWKS"));
     }

@@ -61,10 +61,15 @@ impl<T: Send + Sync + 'static> Reloading<T> {
     }
 
     /// Reads the file again; swaps in its value when the bytes changed.
-    /// `Ok(true)`: a new value is in force. On error the old value stays.
+    /// `Ok(true)`: a new value is in force. A file that is gone counts as
+    /// empty (it revokes everything it granted: failing closed); a file that
+    /// cannot be read or parsed leaves the old value in force, with the error.
     pub fn reload(&self) -> anyhow::Result<bool> {
-        let bytes =
-            std::fs::read(&self.path).map_err(|e| anyhow::anyhow!("{} {}: {e}", self.what, self.path.display()))?;
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => anyhow::bail!("{} {}: {e}", self.what, self.path.display()),
+        };
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         if *last == bytes {
             return Ok(false);
@@ -151,6 +156,23 @@ mod tests {
         Ok(text.trim().parse()?)
     }
 
+    fn parse_lines(text: &str) -> anyhow::Result<usize> {
+        Ok(text.lines().count())
+    }
+
+    #[test]
+    fn a_file_that_is_gone_reads_as_empty() {
+        let dir = TempDir(std::env::temp_dir().join(format!("mesh-auth-gone-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let path = dir.0.join("lines");
+        std::fs::write(&path, "a\nb\n").unwrap();
+        let file = Reloading::load("lines file", &path, parse_lines).unwrap();
+        assert_eq!(*file.current(), 2);
+        std::fs::remove_file(&path).unwrap();
+        assert!(file.reload().unwrap());
+        assert_eq!(*file.current(), 0, "everything it granted is revoked");
+    }
+
     /// Removes the test's directory, also when an assertion fails.
     struct TempDir(PathBuf);
 
@@ -182,7 +204,7 @@ mod tests {
         std::fs::remove_dir_all(&dir.0).unwrap();
         assert!(
             file.reload().is_err(),
-            "a missing file is an error, and the value stays"
+            "a missing file reads as empty, which this parser refuses: the value stays"
         );
         assert_eq!(*file.current(), 2);
     }

@@ -33,12 +33,12 @@ fn ttl_from_proto(ttl: Option<prost_types::Duration>) -> Result<Option<Duration>
 /// Namespaces are the gateway's (e.g. its item cache): under mutual TLS only
 /// a caller with the gateway's certificate may read or write them.
 fn check_namespace<T>(request: &Request<T>, namespace: &str) -> Result<(), Status> {
-    let peer = request
+    // The RPC layer always says who the peer is; without it, refuse.
+    let gateway = request
         .extensions()
         .get::<mesh_common::rpc::Peer>()
-        .copied()
-        .unwrap_or_default();
-    if namespace.is_empty() || peer.may_act_as_gateway() {
+        .is_some_and(|peer| peer.may_act_as_gateway());
+    if namespace.is_empty() || gateway {
         Ok(())
     } else {
         Err(Status::permission_denied(

@@ -212,11 +212,18 @@ impl GrpcServer {
             }),
             _ => None,
         };
-        if tls.is_none() && !local.ip().is_loopback() && !args.insecure {
+        let mutual = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !mutual && !local.ip().is_loopback() && !args.insecure {
             anyhow::bail!(
-                "{} would serve plaintext on {local}, which is not a loopback address: give --tls-cert, \
-                 --tls-key and --tls-client-ca (mutual TLS), or --insecure to serve plaintext anyway",
-                self.service_name
+                "{} would serve {} on {local}, which is not a loopback address, where anyone who reaches it \
+                 could call every RPC: give --tls-cert, --tls-key and --tls-client-ca (mutual TLS), or \
+                 --insecure to serve anyway",
+                self.service_name,
+                if tls.is_some() {
+                    "TLS without client certificates"
+                } else {
+                    "plaintext"
+                }
             );
         }
         let admin_addr = args
@@ -345,6 +352,9 @@ enum Incoming {
     ),
 }
 
+/// TLS handshakes in progress at most.
+const MAX_HANDSHAKES: usize = 1024;
+
 /// How long a client may take to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -357,8 +367,15 @@ fn tls_incoming(
     acceptor: tokio_rustls::TlsAcceptor,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>> {
     let (tx, rx) = mpsc::channel(256);
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            // At most MAX_HANDSHAKES at once: past that, new clients wait in
+            // the listen backlog.
+            let permit = tokio::select! {
+                () = tx.closed() => return,
+                permit = handshakes.clone().acquire_owned() => permit.expect("never closed"),
+            };
             let (stream, peer) = tokio::select! {
                 () = tx.closed() => return,
                 accepted = listener.accept() => match accepted {
@@ -373,6 +390,7 @@ fn tls_incoming(
             let _ = stream.set_nodelay(true);
             let (acceptor, tx) = (acceptor.clone(), tx.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(stream)) => {
                         let _ = tx.send(Ok(stream)).await;

@@ -337,8 +337,8 @@ fn serial_of(certified: &CertifiedKey) -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
-/// The names a DER certificate carries: its DNS subject alternative names,
-/// then its common name (empty if it does not parse).
+/// The DNS names a DER certificate carries (its subject alternative names;
+/// the common name is not an identity here). Empty if it does not parse.
 pub fn names(cert: &[u8]) -> Vec<String> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else {
         return Vec::new();
@@ -349,11 +349,6 @@ pub fn names(cert: &[u8]) -> Vec<String> {
             if let x509_parser::extensions::GeneralName::DNSName(dns) = name {
                 names.push((*dns).to_owned());
             }
-        }
-    }
-    for cn in parsed.subject().iter_common_name() {
-        if let Ok(cn) = cn.as_str() {
-            names.push(cn.to_owned());
         }
     }
     names
@@ -454,15 +449,22 @@ const DEV_LEAF_DAYS: i64 = 365;
 ///
 /// - `ca.pem`, `ca.key`: a self-signed CA (ECDSA P-256);
 /// - `NAME.pem`, `NAME.key` for each of `names`: an ECDSA P-256 certificate
-///   signed by that CA, with common name `NAME`, usable both as a server and as
-///   a client certificate, valid from a day ago for 365 days. Its subject
+///   signed by that CA, with common name `NAME`, a server certificate, and a
+///   client certificate too if `NAME` is one of `clients`; valid from a day
+///   ago for 365 days. Its subject
 ///   alternative names are `NAME`, each of `hosts` (IP addresses become IP
 ///   SANs, anything else a DNS SAN), `localhost`, `127.0.0.1` and `::1`.
 ///
 /// Key files are created with mode 0600. Each file is written to a temporary
 /// name and renamed into place, so a server watching them never reads half a
 /// file.
-pub fn write_dev_certs(dir: &Path, names: &[&str], hosts: &[String]) -> anyhow::Result<()> {
+pub fn write_dev_certs(dir: &Path, names: &[&str], clients: &[&str], hosts: &[String]) -> anyhow::Result<()> {
+    // A certificate's own name is its identity: a host shared by every
+    // certificate must not be one of them (`--host gateway` would make every
+    // certificate pass as the gateway's).
+    if let Some(host) = hosts.iter().find(|h| names.contains(&h.as_str())) {
+        bail!("--host {host:?} is also a certificate's name; every certificate would carry it");
+    }
     for name in names {
         let valid = !name.is_empty()
             && *name != "ca"
@@ -486,6 +488,7 @@ pub fn write_dev_certs(dir: &Path, names: &[&str], hosts: &[String]) -> anyhow::
             &issuer,
             name,
             hosts,
+            clients.contains(name),
             days_from(now, -1)?,
             days_from(now, DEV_LEAF_DAYS)?,
         )?;
@@ -526,6 +529,7 @@ pub fn issue_leaf(
         &issuer,
         name,
         &[],
+        true,
         days_from(now, not_before_days_from_now)?,
         days_from(now, not_after_days_from_now)?,
     )
@@ -576,6 +580,7 @@ fn sign_leaf(
     issuer: &Issuer<'_, KeyPair>,
     name: &str,
     hosts: &[String],
+    client: bool,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> anyhow::Result<(String, String)> {
@@ -600,7 +605,13 @@ fn sign_leaf(
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    // Only a client certificate may call a service: a service's own key
+    // cannot be used to call another.
+    params.extended_key_usages = if client {
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth]
+    } else {
+        vec![ExtendedKeyUsagePurpose::ServerAuth]
+    };
     params.use_authority_key_identifier_extension = true;
     params.not_before = not_before;
     params.not_after = not_after;
@@ -683,6 +694,7 @@ mod tests {
         write_dev_certs(
             &dir.0,
             &["server", "client"],
+            &["client"],
             &["mesh.internal".to_owned(), "10.1.2.3".to_owned()],
         )
         .expect("write dev certs");
@@ -776,7 +788,7 @@ mod tests {
 
         // A client whose certificate comes from another CA is refused.
         let other = TempDir::new("other-ca");
-        write_dev_certs(&other.0, &["client"], &[]).expect("other dev certs");
+        write_dev_certs(&other.0, &["client"], &["client"], &[]).expect("other dev certs");
         let (server_seen, client_seen) = handshake(Arc::clone(&server), mtls_client(&dir, &other)).await;
         let refusal = server_seen.expect_err("server must refuse a certificate from another CA");
         assert!(
@@ -962,7 +974,7 @@ mod tests {
         let serial = serial_hex(&cert).expect("serial");
         // 16 bytes, as `random_serial` makes them: "xx:" * 15 + "xx".
         assert_eq!(serial.len(), 16 * 3 - 1, "{serial}");
-        assert!(write_dev_certs(&dir.0, &["../escape"], &[]).is_err());
+        assert!(write_dev_certs(&dir.0, &["../escape"], &[], &[]).is_err());
         assert_eq!(serial_hex(b"not a certificate"), None);
     }
 }
