@@ -5,10 +5,30 @@ paged lists (queued tasks, a deep ListItems page's token)."""
 import concurrent.futures
 import http.client
 import json
+import ssl
 import time
 import urllib.parse
+from pathlib import Path
 
 from . import START_TIMEOUT_S
+
+# The CA that https:// servers of this run are checked against (see `trust`).
+_TLS: ssl.SSLContext | None = None
+
+
+def trust(ca: Path) -> None:
+    """Checks https:// servers of this run against the CA in `ca` (the TLS group's)."""
+    global _TLS
+    _TLS = ssl.create_default_context(cafile=str(ca))
+    _TLS.check_hostname = False  # addresses are 127.0.0.1:port; the chain is what is checked
+
+
+def connect(base: str) -> http.client.HTTPConnection:
+    """A connection to `base`: plain HTTP, or HTTPS checked against the run's CA."""
+    parts = urllib.parse.urlsplit(base)
+    if parts.scheme == "https":
+        return http.client.HTTPSConnection(parts.netloc, timeout=30, context=_TLS)
+    return http.client.HTTPConnection(parts.netloc, timeout=30)
 
 
 def http_call(base: str, method: str, path: str, body: dict | None = None,
@@ -16,7 +36,7 @@ def http_call(base: str, method: str, path: str, body: dict | None = None,
     """(status, parsed JSON body or None); reuses `conn` when given."""
     own = conn is None
     if own:
-        conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=30)
+        conn = connect(base)
     try:
         headers = {"content-type": "application/json"} if body is not None else {}
         conn.request(method, path, body=json.dumps(body) if body is not None else None,
@@ -50,7 +70,7 @@ def parallel_requests(base: str, method: str, paths: list[str], clients: int,
     chunks = [paths[i::clients] for i in range(clients)]
 
     def run(chunk: list[str]) -> int:
-        conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=30)
+        conn = connect(base)
         try:
             return sum(200 <= http_call(base, method, p, body, conn)[0] < 300 for p in chunk)
         finally:
@@ -79,7 +99,7 @@ def count_queued(base: str) -> int:
 def page_token(base: str, page: int, page_size: int) -> str:
     """The token of ListItems page `page` (1-based), following next_page_token."""
     token = ""
-    conn = http.client.HTTPConnection(urllib.parse.urlsplit(base).netloc, timeout=30)
+    conn = connect(base)
     try:
         for _ in range(page - 1):
             path = with_token(f"/items?page_size={page_size}", token)

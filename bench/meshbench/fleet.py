@@ -38,10 +38,11 @@ class Proc:
     popen: subprocess.Popen
     log_path: Path
     addr: str  # ip:port it serves on
+    scheme: str = "http"  # https for a gateway serving TLS
 
     @property
     def url(self) -> str:
-        return f"http://{self.addr}"
+        return f"{self.scheme}://{self.addr}"
 
 
 class Fleet:

@@ -177,12 +177,29 @@ def targets(bench: Bench) -> list[dict]:
     else:
         found.append(check("ListItems page 1000 within 1.5x of page 1", False, "not measured"))
 
+    tls = bench.facts.get("tls", {})
+    for what, label, kinds in (("test", "GET /test", ("HTTPS",)),
+                               ("items", "warm GET /items/{id}", ("HTTPS", "HTTPS + mTLS"))):
+        for kind in kinds:
+            name = f"{label} over {kind} at least {TLS_TARGET:.2f}x plaintext throughput"
+            f = tls.get(what, {}).get(kind)
+            if not f:
+                found.append(check(name, False, "not measured"))
+                continue
+            found.append(check(name, f["ratio"] >= TLS_TARGET and not f["errors"],
+                               f"{f['rps']:,.0f} vs {tls[what]['plaintext']['rps']:,.0f} rps ="
+                               f" {f['ratio']:.2f}x (median of rounds), {f['errors']} errors"))
+
     hop = bench.facts.get("hop", {})
     found.append(floor_check(f"Gateway CPU per proxied GET /increment <= {HOP_TARGET}x {BENCH_HOP}",
                              hop.get("gateway"), "req"))
     found.append(floor_check(f"counter-service CPU per Increment <= {HOP_TARGET}x {BENCH_COUNTER}",
                              hop.get("counter"), "call"))
     return found
+
+
+# TLS may cost at most 15 % of the throughput (issue: security).
+TLS_TARGET = 0.85
 
 
 def floor_check(name: str, fact: dict | None, unit: str) -> dict:
@@ -243,6 +260,12 @@ TABLES = [
      f" HTTP/2 connections, to counter-service (the hop group's, default flags) and to"
      f" bench-counter (a bare tonic CounterService over a mutex-guarded map), alternating for"
      f" {HOP_ROUNDS} rounds; the ratio is the median of the rounds' ratios."),
+    ("tls", "TLS at the edge and mutual TLS inside",
+     f"Three meshes on the same data, started with `mesh certs` certificates: plaintext (the"
+     f" default), HTTPS at the gateway (--tls-cert), and HTTPS plus mutual TLS between the gateway"
+     f" and every service (--tls-client-ca, --services-tls-*). wrk -c{HOP_CONNECTIONS} keeps its"
+     f" connections (TLS handshakes only at the start), alternating meshes for {HOP_ROUNDS} rounds;"
+     f" each ratio is the median of the rounds' throughput ratios to plaintext."),
     ("replicas", "Replicas behind the gateway",
      "Cache and counter replicas share Redis (127.0.0.1:6379, a prefix of this run), items"
      " replicas share one SQLite file. The items rows are cache-warm reads."),
@@ -329,6 +352,12 @@ def table_facts(bench: Bench, table: str) -> list[str]:
             lines.append(f"c{c}: {d['submitted_2xx']} accepted, {d['queued']} queued, {state} in"
                          f" {d['seconds']:.1f} s = {d['rate']:,.0f} tasks/s with {d['workers']}"
                          f" workers (worker replica peak RSS {mib(d['worker_peak_kib'])} MiB).")
+    if table == "tls":
+        for what, label in (("test", "GET /test"), ("items", "GET /items/{id} warm")):
+            for kind, f in bench.facts.get("tls", {}).get(what, {}).items():
+                if kind != "plaintext":
+                    lines.append(f"{label}, {kind}: {f['rps']:,.0f} rps, {f['ratio']:.2f}x plaintext"
+                                 f" (median of rounds), {f['errors']} errors.")
     if table in ("hop", "hop-floor"):
         fact = bench.facts.get("hop", {}).get("gateway" if table == "hop" else "counter")
         if fact and fact["ratio"] is not None:

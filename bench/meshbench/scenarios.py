@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import HOST, REDIS_PORT, REFERENCE, log
-from .calls import count_queued, http_call, page_token, parallel_requests, wait_http_ok, with_token
+from .calls import count_queued, http_call, page_token, parallel_requests, trust, wait_http_ok, with_token
 from .fleet import NO_CACHE_GATEWAY_RUST_LOG, Fleet, Proc, free_port, memory_kib
 from .loads import Load, Wrk, grpc_load, hit_note, lua_post, lua_random_ids, lua_walk_ids
 from .queue import QueueGroup
@@ -72,6 +72,7 @@ GROUPS: dict[str, Needs] = {
     "replicas": Needs(tools=("redis-cli",), redis=True, data=(SMALL,)),
     "scale": Needs(data=(SMALL, BIG)),
     "queue": Needs(tools=("psql", "npm"), data=(SMALL,)),
+    "tls": Needs(data=(SMALL,)),
 }
 
 
@@ -153,10 +154,19 @@ class Bench:
             self.fleet.stop(procs)
 
     def start_mesh(self, tag: str, items_dir: Path, replicas: int = 1, redis: bool = False,
-                   tasks_workers: int = TASK_WORKERS, cache: bool = True) -> Mesh:
+                   tasks_workers: int = TASK_WORKERS, cache: bool = True,
+                   certs: Path | None = None, inner_tls: bool = False) -> Mesh:
         """items, cache, counter (x replicas), tasks and a gateway over them.
-        Without `cache` the gateway's cache endpoint is a closed port (x-cache: bypass)."""
+        Without `cache` the gateway's cache endpoint is a closed port (x-cache: bypass).
+        With `certs` (a `mesh certs` directory) the gateway serves HTTPS; with `inner_tls`
+        too, every service requires mutual TLS and the gateway calls them over it."""
         procs: dict[str, list[Proc]] = {}
+
+        def service_tls(kind: str) -> list[str]:
+            if not (certs and inner_tls):
+                return []
+            return ["--tls-cert", str(certs / f"{kind}.pem"), "--tls-key", str(certs / f"{kind}.key"),
+                    "--tls-client-ca", str(certs / "ca.pem")]
 
         def backend(kind: str) -> list[str]:
             if not redis:
@@ -167,25 +177,35 @@ class Bench:
         for r in range(1, replicas + 1):
             suffix = f"{tag}-{r}" if replicas > 1 else tag
             procs.setdefault("items", []).append(self.fleet.rust(
-                f"items-{suffix}", "items-service", "--data-dir", str(items_dir)))
+                f"items-{suffix}", "items-service", "--data-dir", str(items_dir), *service_tls("items")))
             if cache:
                 procs.setdefault("cache", []).append(self.fleet.rust(
-                    f"cache-{suffix}", "cache-service", *backend("cache")))
+                    f"cache-{suffix}", "cache-service", *backend("cache"), *service_tls("cache")))
             procs.setdefault("counter", []).append(self.fleet.rust(
-                f"counter-{suffix}", "counter-service", *backend("counter")))
+                f"counter-{suffix}", "counter-service", *backend("counter"), *service_tls("counter")))
         tasks_dir = self.run_dir / "data" / f"tasks-{tag}"
         tasks_dir.mkdir(parents=True, exist_ok=True)
         procs["tasks"] = [self.fleet.rust(f"tasks-{tag}", "tasks-service", "--data-dir",
-                                          str(tasks_dir), "--workers", str(tasks_workers))]
+                                          str(tasks_dir), "--workers", str(tasks_workers),
+                                          *service_tls("tasks"))]
         urls = {kind: ",".join(p.url for p in ps) for kind, ps in procs.items()}
         cache_urls = urls["cache"] if cache else f"http://{HOST}:{free_port()}"
         # A gateway without a cache logs a warning per request (the cache-outage
         # path, not what the scale group measures): that one gateway logs errors
         # only, and the report says so. Every other process logs as a user's does.
+        tls_flags: list[str] = []
+        if certs:
+            tls_flags += ["--tls-cert", str(certs / "gateway.pem"), "--tls-key", str(certs / "gateway.key")]
+        if certs and inner_tls:
+            tls_flags += ["--services-tls-ca", str(certs / "ca.pem"),
+                          "--services-tls-cert", str(certs / "gateway.pem"),
+                          "--services-tls-key", str(certs / "gateway.key")]
         gateway = self.fleet.rust(
             f"gateway-{tag}", "gateway", "--items", urls["items"], "--cache", cache_urls,
-            "--tasks", urls["tasks"], "--counter", urls["counter"],
+            "--tasks", urls["tasks"], "--counter", urls["counter"], *tls_flags,
             rust_log=None if cache else NO_CACHE_GATEWAY_RUST_LOG)
+        if certs:
+            gateway.scheme = "https"
         wait_http_ok(gateway.url, "/healthz")
         return Mesh(procs, gateway, tasks_dir)
 
@@ -476,6 +496,50 @@ class Bench:
             rounds.append((loads[0], loads[1]))
         return rounds
 
+    def run_tls(self) -> None:
+        """Three meshes side by side on the same data: plaintext, HTTPS at the gateway, and
+        HTTPS plus mutual TLS to every service; /test and warm item reads, alternating."""
+        if not self.have("mesh"):
+            self.notes.append("mesh missing from the binary directory: the tls group (it makes"
+                              " its certificates with `mesh certs`) is skipped.")
+            return
+        certs = self.run_dir / "certs"
+        subprocess.run([str(self.args.bin_dir / "mesh"), "certs", str(certs)], check=True,
+                       stdout=subprocess.DEVNULL, timeout=60)
+        trust(certs / "ca.pem")
+        plain = self.start_mesh("tls-plain", self.items_small)
+        edge = self.start_mesh("tls-edge", self.items_small, certs=certs)
+        mtls = self.start_mesh("tls-mtls", self.items_small, certs=certs, inner_tls=True)
+        meshes = {"plaintext": plain, "HTTPS": edge, "HTTPS + mTLS": mtls}
+
+        def loads():
+            for mesh in meshes.values():
+                self.warm_items(mesh.gateway)
+            c = HOP_CONNECTIONS
+            rounds: dict[str, dict[str, list[Load]]] = {"test": {}, "items": {}}
+            for r in range(1, HOP_ROUNDS + 1):
+                for what, kinds, run in (
+                    ("test", ("plaintext", "HTTPS"),
+                     lambda m: self.wrk.run(m.gateway.url + "/test", c)),
+                    ("items", tuple(meshes),
+                     lambda m: self.wrk.run(m.gateway.url, c, lua_random_ids("/items/", SEED_IDS))),
+                ):
+                    for kind in kinds:
+                        load = run(meshes[kind])
+                        label = "GET /test" if what == "test" else "GET /items/{id} warm"
+                        self.record("tls", f"{label}, {kind}, round {r}", MESH, c, load, "tls",
+                                    note=hit_note(load) if what == "items" else "")
+                        rounds[what].setdefault(kind, []).append(load)
+            self.facts["tls"] = {
+                what: {kind: {"rps": statistics.median(l.rps for l in loads),
+                              "errors": sum(l.errors for l in loads),
+                              "ratio": statistics.median(
+                                  l.rps / p.rps for l, p in zip(loads, by_kind["plaintext"]))}
+                       for kind, loads in by_kind.items()}
+                for what, by_kind in rounds.items()}
+
+        self.group("tls", plain.all() + edge.all() + mtls.all(), loads)
+
     def run_replicas(self, n: int) -> None:
         group = f"replicas-{n}"
         mesh = self.start_mesh(group, self.items_small, replicas=n, redis=True)
@@ -536,7 +600,8 @@ class Bench:
         return [{"fastapi": self.run_fastapi, "hello": self.run_hello, "test": self.run_mesh_test,
                  "items-warm": self.run_items_warm, "items-cold": self.run_items_cold,
                  "counters": self.run_counters, "tasks": self.run_tasks, "grpc": self.run_grpc,
-                 "hop": self.run_hop, "queue": lambda: QueueGroup(self).run()}[group]]
+                 "hop": self.run_hop, "queue": lambda: QueueGroup(self).run(),
+                 "tls": self.run_tls}[group]]
 
     def attempt(self, run_group) -> None:
         """Runs one group; a failure is noted in the report and the next group still runs."""

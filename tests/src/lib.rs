@@ -48,10 +48,22 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// How a test reaches a server that requires mutual TLS: the CA, the client
+/// certificate and key to present (PEM), and the name its certificate has.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+    pub server_name: String,
+}
+
 /// A running server process.
 pub struct Server {
     pub name: String,
     pub addr: SocketAddr,
+    /// Set when the server requires mutual TLS: [`Server::channel`] uses it.
+    pub tls: Option<ClientTls>,
     /// Its admin listener (`/healthz`, `/readyz`; the gateway's `/overview`),
     /// from its second stdout line; `None` if it printed none (or exited first).
     pub admin: Option<SocketAddr>,
@@ -145,6 +157,7 @@ impl Server {
         Server {
             name: name.to_string(),
             addr,
+            tls: None,
             admin,
             child,
             log,
@@ -163,10 +176,23 @@ impl Server {
         format!("http://{admin}")
     }
 
-    /// A lazily connecting channel to this server.
+    /// A lazily connecting channel to this server (over mutual TLS when it
+    /// requires it).
     pub fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.url())
+        let Some(tls) = &self.tls else {
+            return tonic::transport::Endpoint::from_shared(self.url())
+                .expect("valid url")
+                .connect_timeout(Duration::from_secs(2))
+                .connect_lazy();
+        };
+        let config = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca))
+            .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key))
+            .domain_name(tls.server_name.clone());
+        tonic::transport::Endpoint::from_shared(format!("https://{}", self.addr))
             .expect("valid url")
+            .tls_config(config)
+            .expect("valid TLS settings")
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy()
     }
@@ -342,6 +368,32 @@ pub struct Mesh {
     pub data: tempfile::TempDir,
 }
 
+/// `MESH_TEST_SECURE=1` starts every [`Mesh`] as a production deployment
+/// would run: mutual TLS between the gateway and the services, and API keys
+/// at the gateway (its [`Mesh::http`] client sends an admin key). CI runs the
+/// hostile-input tests this way too.
+pub fn secure_meshes() -> bool {
+    std::env::var("MESH_TEST_SECURE").is_ok_and(|v| v == "1")
+}
+
+/// An HTTP client for a [`Mesh`]'s gateway: with the admin key when meshes
+/// are secure.
+fn http_client() -> reqwest::Client {
+    if !secure_meshes() {
+        return reqwest::Client::new();
+    }
+    let mut headers = reqwest::header::HeaderMap::new();
+    let key = format!("Bearer {SECURE_MESH_ADMIN_KEY}");
+    headers.insert(reqwest::header::AUTHORIZATION, key.parse().expect("header"));
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// The admin key of a secure [`Mesh`].
+pub const SECURE_MESH_ADMIN_KEY: &str = "mesh_test-secure-mesh-admin";
+
 #[derive(Default, Clone)]
 pub struct MeshOptions {
     /// Extra flags for the tasks service (e.g. `--workers 1`).
@@ -384,6 +436,21 @@ impl Mesh {
     pub async fn start_with(options: MeshOptions) -> Mesh {
         let data = tempfile::tempdir().expect("temp dir");
         let dir = data.path().display().to_string();
+        let secure = secure_meshes();
+        let certs = data.path().join("certs");
+        let cert = |name: &str| certs.join(name).display().to_string();
+        if secure {
+            let names: Vec<&str> = services::ALL.iter().map(|s| s.name).chain(["gateway"]).collect();
+            mesh_common::tls::write_dev_certs(&certs, &names, &["gateway"], &[]).expect("certificates");
+            std::fs::write(
+                certs.join("api-keys"),
+                format!(
+                    "admin {} read,write,admin\n",
+                    mesh_auth::keys::hash_hex(SECURE_MESH_ADMIN_KEY)
+                ),
+            )
+            .expect("key file");
+        }
         // Every service at once, each with the flags it needs.
         let mut starting = tokio::task::JoinSet::new();
         for service in services::ALL {
@@ -394,6 +461,16 @@ impl Mesh {
             if *service == services::TASKS {
                 service_args.extend(options.tasks_args.iter().cloned());
             }
+            if secure {
+                service_args.extend([
+                    "--tls-cert".into(),
+                    cert(&format!("{}.pem", service.name)),
+                    "--tls-key".into(),
+                    cert(&format!("{}.key", service.name)),
+                    "--tls-client-ca".into(),
+                    cert("ca.pem"),
+                ]);
+            }
             starting.spawn(async move { (service.name, Server::start(service.binary, &service_args).await) });
         }
         let mut servers = std::collections::HashMap::new();
@@ -402,6 +479,29 @@ impl Mesh {
             servers.insert(name, server);
         }
         let mut gw_args = gateway_flags_with(|service| servers[service.name].url());
+        if secure {
+            let read = |name: &str| std::fs::read_to_string(certs.join(name)).expect("certificate");
+            for (name, server) in servers.iter_mut() {
+                server.tls = Some(ClientTls {
+                    ca: read("ca.pem"),
+                    cert: read("gateway.pem"),
+                    key: read("gateway.key"),
+                    server_name: name.to_string(),
+                });
+            }
+            gw_args.extend([
+                "--services-tls-ca".into(),
+                cert("ca.pem"),
+                "--services-tls-cert".into(),
+                cert("gateway.pem"),
+                "--services-tls-key".into(),
+                cert("gateway.key"),
+                "--auth".into(),
+                "keys".into(),
+                "--api-keys".into(),
+                cert("api-keys"),
+            ]);
+        }
         gw_args.extend(options.gateway_args);
         let gateway = Server::start("gateway", &gw_args).await;
         for server in servers.values() {
@@ -418,9 +518,14 @@ impl Mesh {
             tasks: take(&services::TASKS),
             counter: take(&services::COUNTER),
             gateway,
-            http: reqwest::Client::new(),
+            http: http_client(),
             data,
         }
+    }
+
+    /// A client of its own (its own connections), as [`Mesh::http`] is.
+    pub fn new_client(&self) -> reqwest::Client {
+        http_client()
     }
 
     /// `http://<gateway><path>`.

@@ -407,7 +407,7 @@ async fn a_thousand_concurrent_increments_from_many_clients_count_exactly() {
     let clients: Vec<_> = (0..50)
         .map(|_| {
             // A separate client each: separate connections, like separate users.
-            let http = reqwest::Client::new();
+            let http = mesh.new_client();
             let url = url.clone();
             tokio::spawn(async move {
                 for _ in 0..20 {
