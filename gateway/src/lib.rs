@@ -200,6 +200,12 @@ pub struct Config {
 
     #[command(flatten)]
     pub rate: ratelimit::RateArgs,
+
+    /// Parse and validate the configuration (flags, environment, endpoint
+    /// lists, key, JWKS and certificate files), print `configuration OK`
+    /// and exit, without listening or connecting anywhere.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 impl Config {
@@ -268,6 +274,32 @@ impl Config {
             (&services::TASKS, &self.tasks),
             (&services::COUNTER, &self.counter),
         ]
+    }
+
+    /// `--check-config`: everything start-up would refuse, without binding
+    /// or connecting.
+    pub fn check(&self) -> anyhow::Result<()> {
+        for (service, list) in self.endpoints() {
+            Spec::parse(service.flag, list)?;
+        }
+        if let Some(url) = &self.upstream {
+            reqwest::Url::parse(url).map_err(|e| {
+                let url = mesh_common::redact::passwords(url);
+                anyhow::anyhow!("--upstream {url:?}: {e}")
+            })?;
+        }
+        self.auth.build(self.listen, self.tls_cert.is_some())?;
+        self.rate.check()?;
+        self.services_tls()?;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            let files = mesh_common::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: None,
+            };
+            mesh_common::tls::server_config(&files, &[b"h2", b"http/1.1"])?;
+        }
+        Ok(())
     }
 
     /// Builds the shared client pool. Connections open lazily; endpoint

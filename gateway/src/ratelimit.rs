@@ -223,6 +223,18 @@ enum Verdict {
 }
 
 impl RateArgs {
+    /// `--check-config`: the limits and the Redis URL, parsed (nothing connects).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.limits.is_empty() && self.redis_url.is_some() {
+            anyhow::bail!("--redis-url is for --rate-limit, which is not set");
+        }
+        if let Some(url) = &self.redis_url {
+            mesh_redis::redis::Client::open(url.as_str())
+                .map_err(|e| anyhow::anyhow!("--redis-url {}: {e}", mesh_common::redact::passwords(url)))?;
+        }
+        Ok(())
+    }
+
     /// The configured limits (`None`: no `--rate-limit`).
     pub fn build(&self, auth: Option<Arc<Auth>>) -> anyhow::Result<Option<Arc<Limiter>>> {
         if self.limits.is_empty() {

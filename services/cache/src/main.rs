@@ -1,10 +1,19 @@
-//! `cache-service`: parse flags, then serve until SIGINT/SIGTERM.
+//! `cache-service`: answer `healthcheck` or `--check-config`, else parse flags and serve until SIGINT/SIGTERM.
 
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let admin = ([127, 0, 0, 1], mesh_proto::services::CACHE.default_admin_port).into();
+    if let Some(result) = mesh_common::probe::healthcheck_if_asked("MESH_ADMIN_LISTEN", admin) {
+        return result;
+    }
     let config = mesh_cache::Config::parse();
+    if config.serve.check_config {
+        return mesh_common::probe::check_config("cache-service", || {
+            config.serve.check("cache-service", config.listen)
+        });
+    }
     mesh_common::serve_main("cache-service", config.listen, |listener, shutdown| {
         mesh_cache::run(listener, config, shutdown)
     })

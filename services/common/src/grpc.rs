@@ -101,6 +101,12 @@ pub struct ServeArgs {
     /// parts of a contract (e.g. cache namespaces).
     #[arg(long, env = "MESH_GATEWAY_IDENTITY", default_value = "gateway")]
     pub gateway_identity: String,
+
+    /// Parse and validate the configuration (flags, environment, the
+    /// certificate files), print `configuration OK` and exit, without
+    /// listening or connecting anywhere.
+    #[arg(long)]
+    pub check_config: bool,
 }
 
 impl Default for ServeArgs {
@@ -117,7 +123,51 @@ impl Default for ServeArgs {
             insecure: false,
             reflection: true,
             gateway_identity: "gateway".into(),
+            check_config: false,
         }
+    }
+}
+
+impl ServeArgs {
+    /// The TLS files, when --tls-cert and --tls-key are given.
+    fn tls_files(&self) -> Option<crate::tls::TlsFiles> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// Refuses to serve beyond loopback without mutual TLS (unless --insecure).
+    fn refuse_exposure(&self, service: &str, local: SocketAddr) -> anyhow::Result<()> {
+        let tls = self.tls_files();
+        let mutual = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !mutual && !local.ip().is_loopback() && !self.insecure {
+            anyhow::bail!(
+                "{service} would serve {} on {local}, which is not a loopback address, where anyone who reaches it \
+                 could call every RPC: give --tls-cert, --tls-key and --tls-client-ca (mutual TLS), or \
+                 --insecure to serve anyway",
+                if tls.is_some() {
+                    "TLS without client certificates"
+                } else {
+                    "plaintext"
+                }
+            );
+        }
+        Ok(())
+    }
+
+    /// `--check-config`: what serving on `listen` would refuse, and the
+    /// certificate files, read and parsed.
+    pub fn check(&self, service: &str, listen: SocketAddr) -> anyhow::Result<()> {
+        self.refuse_exposure(service, listen)?;
+        if let Some(files) = self.tls_files() {
+            crate::tls::server_config(&files, &[b"h2"])?;
+        }
+        Ok(())
     }
 }
 
@@ -204,28 +254,8 @@ impl GrpcServer {
     {
         let args = self.args.unwrap_or_default();
         let local = listener.local_addr()?;
-        let tls = match (&args.tls_cert, &args.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: args.tls_client_ca.clone(),
-            }),
-            _ => None,
-        };
-        let mutual = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
-        if !mutual && !local.ip().is_loopback() && !args.insecure {
-            anyhow::bail!(
-                "{} would serve {} on {local}, which is not a loopback address, where anyone who reaches it \
-                 could call every RPC: give --tls-cert, --tls-key and --tls-client-ca (mutual TLS), or \
-                 --insecure to serve anyway",
-                self.service_name,
-                if tls.is_some() {
-                    "TLS without client certificates"
-                } else {
-                    "plaintext"
-                }
-            );
-        }
+        let tls = args.tls_files();
+        args.refuse_exposure(self.service_name, local)?;
         let admin_addr = args
             .admin_listen
             .unwrap_or(SocketAddr::from((Ipv4Addr::LOCALHOST, self.admin_port)));
@@ -293,7 +323,7 @@ impl GrpcServer {
             }
         };
         let gateway_identity = (tls.as_ref().is_some_and(|t| t.client_ca.is_some()))
-            .then(|| Arc::<str>::from(args.gateway_identity.as_str()));
+            .then(|| crate::rpc::GatewayIdentity::new(&args.gateway_identity));
         let builder = Server::builder()
             // Clients that give up on calls (deadlines, a load generator
             // stopping) reset streams; h2's default allows only 20 such resets

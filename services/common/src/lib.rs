@@ -8,12 +8,15 @@
 //! - [`announce`]: the stdout line that tells launchers and tests the bound address
 //!   ([`announce_admin`]: the second line, the admin listener's);
 //! - [`admin`]: the admin listener (`/healthz`, `/readyz`) every server runs;
-//! - [`redact`]: passwords masked in URLs before they reach a log or an error.
+//! - [`redact`]: passwords masked in URLs before they reach a log or an error;
+//! - [`probe`]: `BINARY healthcheck` (for images with no curl) and `--check-config`;
+//! - [`tls`]: certificates that reload, mutual TLS configurations, development certificates.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod grpc;
 pub mod metrics;
+pub mod probe;
 pub mod reason;
 pub mod redact;
 pub mod rpc;

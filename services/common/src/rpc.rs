@@ -39,7 +39,47 @@ pub struct RpcLayer {
     /// Under mutual TLS, the name the gateway's certificate carries: a call
     /// on a connection with it is [`Peer::gateway`], and only such a call's
     /// `x-mesh-principal` is believed (and logged). `None` without mTLS.
-    pub gateway_identity: Option<std::sync::Arc<str>>,
+    pub gateway_identity: Option<GatewayIdentity>,
+}
+
+/// How many connections' verdicts [`GatewayIdentity`] keeps.
+const REMEMBERED_CONNECTIONS: usize = 64;
+
+type PeerCerts = std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>;
+
+/// Whether a connection's client certificate names the gateway, decided once
+/// per connection rather than per call: tonic hands every call on a
+/// connection the same `Arc` of peer certificates, so the verdict is kept
+/// against that `Arc` (held, so its address cannot be reused) for the most
+/// recent connections. Parsing the certificate on every call cost a tenth
+/// of the cache service's CPU per call.
+#[derive(Clone, Debug)]
+pub struct GatewayIdentity {
+    name: std::sync::Arc<str>,
+    seen: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<(PeerCerts, bool)>>>,
+}
+
+impl GatewayIdentity {
+    pub fn new(name: &str) -> GatewayIdentity {
+        GatewayIdentity {
+            name: name.into(),
+            seen: Default::default(),
+        }
+    }
+
+    fn is_gateway(&self, certs: &PeerCerts) -> bool {
+        let lock = || self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, verdict)) = lock().iter().find(|(c, _)| std::sync::Arc::ptr_eq(c, certs)) {
+            return *verdict;
+        }
+        let verdict = certs
+            .first()
+            .is_some_and(|leaf| crate::tls::names(leaf).iter().any(|n| **n == *self.name));
+        let mut seen = lock();
+        seen.push_front((certs.clone(), verdict));
+        seen.truncate(REMEMBERED_CONNECTIONS);
+        verdict
+    }
 }
 
 /// Who is on the other end of a call, for handlers (in the request's
@@ -64,7 +104,7 @@ impl Peer {
 type TlsInfo = tonic::transport::server::TlsConnectInfo<tonic::transport::server::TcpConnectInfo>;
 
 /// What the connection says about the caller.
-fn peer<B>(request: &http::Request<B>, gateway_identity: Option<&str>) -> Peer {
+fn peer<B>(request: &http::Request<B>, gateway_identity: Option<&GatewayIdentity>) -> Peer {
     let Some(identity) = gateway_identity else {
         return Peer::default();
     };
@@ -72,8 +112,7 @@ fn peer<B>(request: &http::Request<B>, gateway_identity: Option<&str>) -> Peer {
         .extensions()
         .get::<TlsInfo>()
         .and_then(|info| info.peer_certs())
-        .and_then(|certs| certs.first().map(|leaf| crate::tls::names(leaf)))
-        .is_some_and(|names| names.iter().any(|n| n == identity));
+        .is_some_and(|certs| identity.is_gateway(&certs));
     Peer {
         mutual_tls: true,
         gateway,
@@ -119,7 +158,7 @@ impl<S> tower::Layer<S> for RpcLayer {
 pub struct Rpc<S> {
     inner: S,
     debug_delay: Option<DebugDelay>,
-    gateway_identity: Option<std::sync::Arc<str>>,
+    gateway_identity: Option<GatewayIdentity>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -166,7 +205,7 @@ where
         // mutual TLS); a header from anyone else is dropped.
         let principal = request.headers_mut().remove("x-mesh-principal");
         let principal = if self.gateway_identity.is_some() {
-            let peer = peer(&request, self.gateway_identity.as_deref());
+            let peer = peer(&request, self.gateway_identity.as_ref());
             request.extensions_mut().insert(peer);
             principal.filter(|_| peer.gateway)
         } else {

@@ -1,10 +1,19 @@
-//! `tasks-service`: parse flags, then serve and work until SIGINT/SIGTERM.
+//! `tasks-service`: answer `healthcheck` or `--check-config`, else parse flags and serve and work until SIGINT/SIGTERM.
 
 use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let admin = ([127, 0, 0, 1], mesh_proto::services::TASKS.default_admin_port).into();
+    if let Some(result) = mesh_common::probe::healthcheck_if_asked("MESH_ADMIN_LISTEN", admin) {
+        return result;
+    }
     let config = mesh_tasks::Config::parse();
+    if config.serve.check_config {
+        return mesh_common::probe::check_config("tasks-service", || {
+            config.serve.check("tasks-service", config.listen)
+        });
+    }
     mesh_common::serve_main("tasks-service", config.listen, |listener, shutdown| {
         mesh_tasks::run(listener, config, shutdown)
     })
