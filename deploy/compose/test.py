@@ -264,10 +264,19 @@ def healthchecks() -> None:
     log("every image's HEALTHCHECK passed")
 
 
-def check_configs(compose: list[str], env: dict) -> None:
-    """Each service's configuration, as the compose file gives it, through its binary."""
+def check_configs(compose: list[str], env: dict, bin_dir: Path) -> None:
+    """Each service's configuration, as the compose file gives it, through its binary,
+    and every variable it sets is one its binary reads (a misspelt one would be ignored)."""
+    import re
     import yaml  # podman-compose's own dependency
     services = yaml.safe_load(COMPOSE.read_text())["services"]
+    common = {"RUST_LOG", "MESH_ACCESS_LOG", "MESH_SLOW_MS", "MESH_LOG_ANSI", "SSL_CERT_FILE"}
+    for service, spec in services.items():
+        binary = spec["image"].split("/")[-1].split(":")[0]
+        known = set(re.findall(r"\[env: ([A-Z0-9_]+)", run(str(bin_dir / binary), "--help"))) | common
+        unknown = sorted(set(spec.get("environment", {})) - known)
+        if unknown:
+            raise RuntimeError(f"{service}: {binary} reads no variable named {', '.join(unknown)}")
     for service in services:
         out = run(*compose, "run", "--rm", "--no-deps", service, "--check-config", env=env, timeout=120)
         if "configuration OK" not in out:
@@ -312,7 +321,7 @@ def main() -> int:
     proxies = Proxies([(PG_PORT, 5432), (REDIS_PORT, 6379)])
     rc = 1
     try:
-        check_configs(compose, env)
+        check_configs(compose, env, bin_dir)
         started = time.monotonic()
         run(*compose, "up", "-d", env=env, timeout=300)
         log(f"podman-compose up: {time.monotonic() - started:.1f} s")
