@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The compose deployment, brought up for real and checked from outside:
 
-    python3 deploy/compose/test.py [BIN_DIR]      (default target/release)
+    python3 deploy/compose/e2e.py [BIN_DIR]      (default target/release)
 
 1. certificates from `BIN_DIR/mesh certs` (readable by the containers' user)
    and an API key; proxies to the machine's PostgreSQL and Redis on the
@@ -49,8 +49,11 @@ READY_TIMEOUT_S = 180
 LOAD_SECONDS, LOAD_CLIENTS = 8, 8
 
 
+TAG = "compose-test"  # what log lines start with (deploy/k8s/play.py sets its own)
+
+
 def log(message: str) -> None:
-    print(f"[compose-test {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    print(f"[{TAG} {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def run(*argv: str, check: bool = True, timeout: int = 300, env: dict | None = None) -> str:
