@@ -113,7 +113,10 @@ class Proxies:
             except OSError:
                 client_writer.close()
                 return
-            await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+            try:
+                await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+            except asyncio.CancelledError:
+                pass
 
         return await asyncio.start_server(handle, sock=sock)
 
