@@ -30,6 +30,7 @@ import http.client
 import json
 import os
 import secrets
+import signal
 import socket
 import ssl
 import subprocess
@@ -108,6 +109,11 @@ class Proxies:
                 writer.close()
 
         async def handle(client_reader, client_writer):
+            # Only the test's own network may use the forwarder.
+            peer = client_writer.get_extra_info("peername") or ("",)
+            if not str(peer[0]).startswith(BRIDGE.rsplit(".", 1)[0] + "."):
+                client_writer.close()
+                return
             try:
                 server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
             except OSError:
@@ -170,6 +176,17 @@ def wait_until(what: str, seconds: float, probe) -> object:
             last = e
         time.sleep(0.5)
     raise RuntimeError(f"{what}: not within {seconds} s (last error: {last})")
+
+
+def wait_serving(gw: "Gateway", seconds: float = 120) -> None:
+    """Until every service answers through the gateway: /readyz can say ready
+    while a service's replicas are still being health-checked into rotation."""
+    probes = ("/items?page_size=1", "/tasks?page_size=1", "/counters/ready-probe", "/cache/ready-probe")
+
+    def all_answer() -> bool:
+        return all(gw.call("GET", path)[0] in (200, 404) for path in probes)
+
+    wait_until("every service answers through the gateway", seconds, all_answer)
 
 
 def expect(what: str, got: tuple[int, object], status: int = 200) -> object:
@@ -333,6 +350,7 @@ def main() -> int:
         log(f"podman-compose up: {time.monotonic() - started:.1f} s")
         gw = Gateway(port, certs / "ca.pem", key)
         wait_until("the gateway's /readyz", READY_TIMEOUT_S, lambda: gw.call("GET", "/readyz")[0] == 200)
+        wait_serving(gw)
         log(f"ready {time.monotonic() - started:.1f} s after up")
         every_route(gw)
         healthchecks()
@@ -373,4 +391,6 @@ def free_port() -> int:
 
 
 if __name__ == "__main__":
+    # `timeout` (CI) stops a run with SIGTERM: exit through the clean-up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

@@ -4,7 +4,8 @@
 #   bash deploy/images/build.sh [BIN_DIR] [TAG]     (defaults: target/release, 0.1.0)
 #
 # Each image holds the stripped binary (/app), the shared libraries it links,
-# the loader, and a passwd for the non-root user 65532; nothing else. Prints
+# the loader, a passwd for the non-root user 65532 and the system's CA
+# bundle; nothing else. Prints
 # each image's size. Needs podman (and CONTAINERS_CONF on machines where the
 # default runtime does not work: see .ci/containers.conf).
 set -euo pipefail
@@ -35,6 +36,10 @@ stage() { # BINARY DIR: the build context
     mkdir -p "$ctx/rootfs$(dirname "$lib")"
     cp -L "$lib" "$ctx/rootfs$lib" # -L: the loader is a symlink on Debian
   done
+  # The system's CA bundle: TLS to managed PostgreSQL and Redis
+  # (sslmode=verify-full, rediss://) trusts it (SSL_CERT_FILE in the image).
+  mkdir -p "$ctx/rootfs/etc/ssl/certs"
+  cp /etc/ssl/certs/ca-certificates.crt "$ctx/rootfs/etc/ssl/certs/"
   printf 'root:x:0:0:root:/:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/:/sbin/nologin\n' >"$ctx/rootfs/etc/passwd"
   printf 'root:x:0:\nnonroot:x:65532:\n' >"$ctx/rootfs/etc/group"
   cp deploy/images/Containerfile "$ctx/Containerfile"

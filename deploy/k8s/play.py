@@ -26,6 +26,7 @@ network are removed, and the run's schemas and keys dropped.
 import hashlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import tempfile
@@ -48,7 +49,8 @@ LABEL = "mesh-kube-play"
 def adapt(deployment: dict, certs: Path, keys: Path, urls: dict, prefixes: dict, port: int) -> dict:
     """The podman-playable form of one Deployment (see the module's docs)."""
     deployment["spec"]["replicas"] = 1
-    deployment["metadata"].setdefault("labels", {})[LABEL] = "1"
+    # On the pod template: podman labels the pod's containers with it.
+    deployment["spec"]["template"]["metadata"].setdefault("labels", {})[LABEL] = "1"
     pod = deployment["spec"]["template"]["spec"]
     host_dirs = {"mesh-certs": certs, "mesh-api-keys": keys}
     pod["volumes"] = [
@@ -108,6 +110,7 @@ def main() -> int:
         compose.log(f"podman kube play of {len(files)} deployments: {time.monotonic() - started:.1f} s")
         gw = compose.Gateway(port, certs / "ca.pem", key)
         compose.wait_until("the gateway's /readyz", 180, lambda: gw.call("GET", "/readyz")[0] == 200)
+        compose.wait_serving(gw)
         item = compose.expect("POST /items", gw.call("POST", "/items", {"name": "kube", "price_cents": 1}), 201)
         got = compose.expect("GET /items/{id}", gw.call("GET", f"/items/{item['id']}"))
         assert got["name"] == "kube", got
@@ -133,8 +136,12 @@ def main() -> int:
             compose.run("podman", "kube", "down", str(path), check=False)
         compose.run("podman", "network", "rm", NETWORK, check=False)
         proxies.stop()
-        left = [n for n in compose.run("podman", "ps", "-a", "--format", "{{.Names}}", check=False).split()
-                if "pod-0" in n]
+        left = [f"container {n}" for n in compose.run(
+            "podman", "ps", "-a", "--format", "{{.Names}}", "--filter", f"label={LABEL}=1", check=False).split()]
+        left += [f"pod {n}" for n in compose.run("podman", "pod", "ps", "--format", "{{.Name}}", check=False).split()
+                 if any(n.startswith(d["metadata"]["name"] + "-pod") for d in deployments)]
+        left += [f"network {n}" for n in compose.run("podman", "network", "ls", "--format", "{{.Name}}",
+                                                     check=False).split() if n == NETWORK]
         if left:
             compose.log(f"FAILED: left behind: {left}")
             rc = 1
@@ -150,4 +157,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # `timeout` (CI) stops a run with SIGTERM: exit through the clean-up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

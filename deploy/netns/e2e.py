@@ -84,6 +84,15 @@ class Net:
         self.hosts_file = work / "hosts"
 
     def up(self) -> None:
+        # What a run that was killed outright may have left: its processes and namespaces.
+        for ns in [SWITCH, GATEWAY_NS, *HOSTS]:
+            pids = sh("ip", "netns", "pids", ns, check=False).split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except (ProcessLookupError, ValueError):
+                    pass
+            sh("ip", "netns", "del", ns, check=False)
         for ns in [SWITCH, GATEWAY_NS, *HOSTS]:
             sh("ip", "netns", "add", ns)
             self.namespaces.append(ns)
@@ -382,4 +391,6 @@ def wait_for(probe, what: str, seconds: float = 20) -> None:
 
 
 if __name__ == "__main__":
+    # `timeout` (CI) stops a run with SIGTERM: exit through the clean-up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())

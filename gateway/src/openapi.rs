@@ -134,8 +134,9 @@ fn rate_limited(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenA
     for (name, description) in [
         (
             "RateLimit-Policy",
-            "The route group's limit (IETF httpapi draft): `\"write\";q=40;w=2`, a burst of `q` requests \
-             refilled over `w` seconds. On every answer in a group with a --rate-limit.",
+            "The route group's limit (IETF httpapi draft): `\"write\";q=20;w=1`, `q` requests per `w` \
+             seconds (some may come at once, up to the group's burst). On every answer in a group with a \
+             --rate-limit.",
         ),
         (
             "RateLimit",

@@ -20,7 +20,9 @@
 //!
 //! A refused request gets 429 with `Retry-After`; every answer in a limited
 //! group carries `RateLimit-Policy` and `RateLimit` (the IETF httpapi
-//! draft's structured fields: `"write";q=40;w=2` and `"write";r=12;t=1`).
+//! draft's structured fields: `"write";q=20;w=1`, the sustained quota, and
+//! `"write";r=12;t=1`: requests left now, and seconds until the whole
+//! burst is available again.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
@@ -64,10 +66,17 @@ pub struct RateArgs {
     #[arg(long, env = "GATEWAY_REDIS_PREFIX", default_value = "mesh:ratelimit:")]
     pub redis_prefix: String,
 
-    /// Proxies (CIDRs, e.g. `10.0.0.0/8`) whose `Forwarded` or
-    /// `X-Forwarded-For` header says who the client is.
+    /// The proxies (CIDRs: list only the proxies' own addresses) whose
+    /// forwarding header (--forwarded-header) says who the client is.
     #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// Which header the trusted proxies set: `x-forwarded-for` or
+    /// `forwarded` (RFC 7239). Only that one is read: a proxy passes the
+    /// other through from the client unchanged.
+    #[arg(long, env = "GATEWAY_FORWARDED_HEADER", default_value = "x-forwarded-for",
+          value_parser = ["x-forwarded-for", "forwarded"])]
+    pub forwarded_header: String,
 }
 
 /// A route group.
@@ -102,6 +111,9 @@ pub struct GroupLimit {
     /// Time between two requests at the steady rate.
     pub interval: Duration,
     pub burst: NonZeroU32,
+    /// The steady rate as given: `count` requests per `period`.
+    pub count: u32,
+    pub period: Duration,
     /// As written, for messages (`20/s`).
     pub rate: String,
 }
@@ -148,6 +160,8 @@ impl FromStr for GroupLimit {
             group,
             interval: period / count,
             burst: NonZeroU32::new(burst).ok_or_else(|| bad("BURST must be positive"))?,
+            count,
+            period,
             rate: rate.to_owned(),
         })
     }
@@ -177,6 +191,8 @@ pub struct Limiter {
     limits: [Option<Limit>; 4],
     shared: Option<Shared>,
     trusted: Vec<IpNet>,
+    /// Whether the trusted proxies' header is `Forwarded` (else `X-Forwarded-For`).
+    rfc7239: bool,
     auth: Option<Arc<Auth>>,
     anonymous: Vec<String>,
     clock: DefaultClock,
@@ -223,16 +239,10 @@ enum Verdict {
 }
 
 impl RateArgs {
-    /// `--check-config`: the limits and the Redis URL, parsed (nothing connects).
+    /// `--check-config`: everything [`RateArgs::build`] checks (its Redis
+    /// connection is lazy: nothing connects).
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.limits.is_empty() && self.redis_url.is_some() {
-            anyhow::bail!("--redis-url is for --rate-limit, which is not set");
-        }
-        if let Some(url) = &self.redis_url {
-            mesh_redis::redis::Client::open(url.as_str())
-                .map_err(|e| anyhow::anyhow!("--redis-url {}: {e}", mesh_common::redact::passwords(url)))?;
-        }
-        Ok(())
+        self.build(None).map(|_| ())
     }
 
     /// The configured limits (`None`: no `--rate-limit`).
@@ -252,8 +262,14 @@ impl RateArgs {
             let quota = Quota::with_period(spec.interval)
                 .ok_or_else(|| anyhow::anyhow!("--rate-limit {}: too fast", spec.rate))?
                 .allow_burst(spec.burst);
-            let window = (spec.interval * spec.burst.get()).as_secs_f64().ceil().max(1.0) as u64;
-            let policy = HeaderValue::from_str(&format!("\"{}\";q={};w={window}", spec.group.name(), spec.burst))?;
+            // The sustained quota: `count` requests per `period` (the burst is
+            // how many of them may come at once).
+            let policy = HeaderValue::from_str(&format!(
+                "\"{}\";q={};w={}",
+                spec.group.name(),
+                spec.count,
+                spec.period.as_secs()
+            ))?;
             *slot = Some(Limit {
                 spec: spec.clone(),
                 local: RateLimiter::dashmap(quota).with_middleware::<StateInformationMiddleware>(),
@@ -275,6 +291,7 @@ impl RateArgs {
             limits,
             shared,
             trusted: self.trusted_proxies.clone(),
+            rfc7239: self.forwarded_header == "forwarded",
             auth,
             anonymous: crate::auth::AuthArgs::default_anonymous(),
             clock: DefaultClock::default(),
@@ -351,7 +368,13 @@ impl Limiter {
         let call = invocation.invoke_async::<(i64, i64)>(&mut conn);
         match tokio::time::timeout(SHARED_TIMEOUT, call).await {
             Err(_) => Err(format!("no answer within {} ms", SHARED_TIMEOUT.as_millis())),
-            Ok(Err(err)) => Err(err.to_string()),
+            Ok(Err(err)) if mesh_redis::is_unavailable(&err) => Err(err.to_string()),
+            Ok(Err(err)) => {
+                // Not an outage (a wrong password, an out-of-memory Redis):
+                // an operator must fix it; meanwhile the local limit applies.
+                tracing::error!(error = %err, "rate limits: Redis refused the limit script");
+                Err(err.to_string())
+            }
             Ok(Ok((1, remaining))) => Ok(Verdict::Allow {
                 remaining: u32::try_from(remaining.max(0)).unwrap_or(u32::MAX),
             }),
@@ -368,7 +391,7 @@ impl Limiter {
         if !self.is_trusted(peer) {
             return Some(peer);
         }
-        let hops = forwarded_for(headers);
+        let hops = forwarded_for(headers, self.rfc7239);
         let mut client = peer;
         for hop in hops.iter().rev() {
             client = *hop;
@@ -385,39 +408,37 @@ impl Limiter {
     }
 }
 
-/// The addresses a forwarding header lists, nearest last: `Forwarded`'s
-/// `for=` values if the header is there, else `X-Forwarded-For`. An entry
-/// that is not an address (`unknown`, an obfuscated name) ends the list
-/// there: nothing before it can be placed.
-fn forwarded_for(headers: &HeaderMap) -> Vec<IpAddr> {
-    let mut hops = Vec::new();
-    let forwarded: Vec<&str> = headers
-        .get_all(header::FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    let entries: Vec<String> = if !forwarded.is_empty() {
-        forwarded
-            .iter()
-            .flat_map(|v| v.split(','))
-            .map(|element| {
+/// The addresses the forwarding header lists, nearest last: `Forwarded`'s
+/// `for=` values (`rfc7239`), else `X-Forwarded-For`'s; only that header is
+/// read. An entry that is not an address (`unknown`, an obfuscated name, a
+/// header that is not text) ends the list there: nothing before it can be
+/// placed, and with nothing usable the peer itself is the client.
+fn forwarded_for(headers: &HeaderMap, rfc7239: bool) -> Vec<IpAddr> {
+    let name = if rfc7239 {
+        header::FORWARDED
+    } else {
+        HeaderName::from_static("x-forwarded-for")
+    };
+    let mut entries: Vec<String> = Vec::new();
+    for value in headers.get_all(name) {
+        let Ok(value) = value.to_str() else {
+            return Vec::new();
+        };
+        for element in value.split(',') {
+            let entry = if rfc7239 {
                 element
                     .split(';')
                     .filter_map(|pair| pair.trim().split_once('='))
                     .find(|(k, _)| k.trim().eq_ignore_ascii_case("for"))
                     .map(|(_, v)| v.trim().trim_matches('"').to_owned())
                     .unwrap_or_default()
-            })
-            .collect()
-    } else {
-        headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_owned())
-            .collect()
-    };
+            } else {
+                element.trim().to_owned()
+            };
+            entries.push(entry);
+        }
+    }
+    let mut hops = Vec::new();
     for entry in entries {
         match parse_hop(&entry) {
             Some(ip) => hops.push(ip),
@@ -500,7 +521,9 @@ pub async fn check(State(limiter): State<Arc<Limiter>>, request: Request, next: 
             .into_response();
             let headers = response.headers_mut();
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
-            set_headers(headers, limit, 0, seconds);
+            // Full again once the wait is over and the rest of the burst refilled.
+            let full_in = (wait + interval * (limit.spec.burst.get() - 1)).as_secs_f64().ceil() as u64;
+            set_headers(headers, limit, 0, full_in);
             response
         }
     }
@@ -546,6 +569,7 @@ mod tests {
             redis_url: None,
             redis_prefix: String::new(),
             trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            forwarded_header: "x-forwarded-for".into(),
         };
         Arc::into_inner(args.build(None).unwrap().unwrap()).unwrap()
     }
@@ -573,15 +597,22 @@ mod tests {
         // A client cannot pose as another by prepending: the nearest untrusted wins.
         let spoof = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.9")]);
         assert_eq!(l.client_ip(ip("10.0.0.2"), &spoof), ip("203.0.113.9"));
-        // Forwarded wins over X-Forwarded-For, with ports, quotes and brackets.
+        // Only the configured header counts: a client's own `Forwarded`, which
+        // an X-Forwarded-For proxy passes through, is ignored.
+        let both = headers(&[("forwarded", "for=1.2.3.4"), ("x-forwarded-for", "203.0.113.9")]);
+        assert_eq!(l.client_ip(ip("10.0.0.2"), &both), ip("203.0.113.9"));
+        let mut rfc = limiter(&["10.0.0.0/8"]);
+        rfc.rfc7239 = true;
+        // With `forwarded`: ports, quotes and brackets; X-Forwarded-For ignored.
         let fwd = headers(&[
             ("forwarded", "for=192.0.2.60;proto=http, for=\"[2001:db8::1]:4711\""),
             ("x-forwarded-for", "9.9.9.9"),
         ]);
-        assert_eq!(l.client_ip(ip("10.0.0.2"), &fwd), ip("2001:db8::1"));
+        assert_eq!(rfc.client_ip(ip("10.0.0.2"), &fwd), ip("2001:db8::1"));
         // Nothing usable: the proxy itself.
         let unknown = headers(&[("forwarded", "for=unknown")]);
-        assert_eq!(l.client_ip(ip("10.0.0.2"), &unknown), ip("10.0.0.2"));
+        assert_eq!(rfc.client_ip(ip("10.0.0.2"), &unknown), ip("10.0.0.2"));
+        assert_eq!(l.client_ip(ip("10.0.0.2"), &headers(&[])), ip("10.0.0.2"));
     }
 
     #[test]

@@ -206,6 +206,14 @@ async fn the_items_service_uses_postgres_over_tls() {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true);
     let _postgres: Child = postgres.spawn().expect("start postgres");
+    // Dropped first (declared last): a fast shutdown, so the server removes
+    // its shared memory and files before the directory goes.
+    let _stop = PgStop {
+        pg_ctl: bin.join("pg_ctl"),
+        data: data.clone(),
+        uid,
+        gid,
+    };
 
     let ca = d.join("ca.pem").display().to_string();
     let tls_url = format!("postgres://postgres@localhost:{port}/postgres?sslmode=verify-full&sslrootcert={ca}");
@@ -267,6 +275,37 @@ async fn the_items_service_uses_postgres_over_tls() {
         "the items service's connections and this one: {backends}"
     );
     assert!(all_ssl, "every client connection uses TLS");
+}
+
+/// Stops a PostgreSQL server with `pg_ctl stop -m fast` when dropped (also
+/// when the test fails).
+struct PgStop {
+    pg_ctl: PathBuf,
+    data: PathBuf,
+    uid: u32,
+    gid: u32,
+}
+
+impl Drop for PgStop {
+    fn drop(&mut self) {
+        use std::os::unix::process::CommandExt;
+        let _ = std::process::Command::new(&self.pg_ctl)
+            .args([
+                "-D",
+                &self.data.display().to_string(),
+                "stop",
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                "30",
+            ])
+            .uid(self.uid)
+            .gid(self.gid)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }
 
 fn running_as_root() -> bool {

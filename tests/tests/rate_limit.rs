@@ -63,7 +63,7 @@ async fn two_gateways_share_one_limit_through_redis() {
                         let headers = response.headers();
                         let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
                         assert!(retry >= 1, "Retry-After {retry}");
-                        assert_eq!(headers["ratelimit-policy"], format!("\"anonymous\";q={B};w=1").as_str());
+                        assert_eq!(headers["ratelimit-policy"], format!("\"anonymous\";q={N};w=1").as_str());
                         let left = headers["ratelimit"].to_str().unwrap();
                         assert!(left.starts_with("\"anonymous\";r=0;t="), "{left}");
                         refused.fetch_add(1, Ordering::Relaxed);

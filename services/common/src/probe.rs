@@ -47,11 +47,26 @@ pub fn healthcheck(addr: &str) -> anyhow::Result<()> {
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    // One deadline for the whole answer, however slowly its bytes come.
+    let deadline = std::time::Instant::now() + TIMEOUT;
     let mut response = Vec::new();
-    stream
-        .take(64 * 1024)
-        .read_to_end(&mut response)
-        .with_context(|| format!("healthcheck: no answer from {target}"))?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        anyhow::ensure!(
+            !left.is_zero(),
+            "healthcheck: {target} did not answer within {TIMEOUT:?}"
+        );
+        stream.set_read_timeout(Some(left))?;
+        let n = stream
+            .read(&mut buf)
+            .with_context(|| format!("healthcheck: no answer from {target}"))?;
+        response.extend_from_slice(&buf[..n]);
+        // The status line and a short body are all that is read.
+        if n == 0 || response.len() >= 64 * 1024 {
+            break;
+        }
+    }
     let text = String::from_utf8_lossy(&response);
     let status = text.lines().next().unwrap_or_default();
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).trim();

@@ -51,8 +51,9 @@ type PeerCerts = std::sync::Arc<Vec<rustls::pki_types::CertificateDer<'static>>>
 /// per connection rather than per call: tonic hands every call on a
 /// connection the same `Arc` of peer certificates, so the verdict is kept
 /// against that `Arc` (held, so its address cannot be reused) for the most
-/// recent connections. Parsing the certificate on every call cost a tenth
-/// of the cache service's CPU per call.
+/// recent connections. Parsing the certificate on every call cost the cache
+/// service about a third more CPU per call under mTLS (41 vs 31 µs in one
+/// bench run).
 #[derive(Clone, Debug)]
 pub struct GatewayIdentity {
     name: std::sync::Arc<str>,
