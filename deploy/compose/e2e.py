@@ -358,7 +358,7 @@ def main() -> int:
         rc = 0
     except Exception as e:  # noqa: BLE001  (reported, then everything is taken down)
         log(f"FAILED: {e}")
-        for service in ("gateway", "items-1", "items-2", "tasks-1"):
+        for service in ("gateway", "items-1", "items-2", "cache-1", "counter-1", "tasks-1", "tasks-2"):
             try:
                 log(f"--- last lines of {service} ---\n" + run("podman", "logs", "--tail", "30",
                                                                container(service), check=False))

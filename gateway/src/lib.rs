@@ -134,6 +134,16 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_HEALTH_INTERVAL_MS", default_value_t = 500)]
     pub health_interval_ms: u64,
 
+    /// How long one health check may take before it counts as no answer, in ms.
+    #[arg(long, env = "GATEWAY_HEALTH_TIMEOUT_MS", default_value_t = 1000)]
+    pub health_timeout_ms: u64,
+
+    /// Health checks in a row without an answer before a replica is taken
+    /// out of rotation (a NOT_SERVING answer takes it out at once).
+    #[arg(long, env = "GATEWAY_HEALTH_MISSES", default_value_t = 2,
+        value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub health_misses: u32,
+
     /// How often endpoint lists are resolved again (DNS, files), in ms.
     #[arg(long, env = "GATEWAY_RESOLVE_INTERVAL_MS", default_value_t = 5000)]
     pub resolve_interval_ms: u64,
@@ -233,7 +243,11 @@ impl Config {
     fn settings(&self) -> Settings {
         Settings {
             connect_timeout: Duration::from_millis(1000),
-            health_interval: Duration::from_millis(self.health_interval_ms.max(50)),
+            health: mesh_upstream::health::Checking {
+                interval: Duration::from_millis(self.health_interval_ms.max(50)),
+                timeout: Duration::from_millis(self.health_timeout_ms.max(50)),
+                misses: self.health_misses,
+            },
             resolve_interval: Duration::from_millis(self.resolve_interval_ms.max(100)),
             eject_after: self.eject_after,
             eject_base: Duration::from_millis(self.eject_base_ms),

@@ -157,7 +157,7 @@ impl Controller {
             let checker = tokio::spawn(health::watch(
                 key.clone(),
                 channel.clone(),
-                self.settings.health_interval,
+                self.settings.health,
                 self.verdicts.clone(),
             ));
             tracing::info!(service = self.name, replica = %key, "replica added");

@@ -6,8 +6,8 @@ use std::time::Duration;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub connect_timeout: Duration,
-    /// How often each replica's health is checked.
-    pub health_interval: Duration,
+    /// How each replica's health is checked.
+    pub health: crate::health::Checking,
     /// How often endpoint specs (DNS names, files) are resolved again.
     pub resolve_interval: Duration,
     /// Consecutive failures that eject a replica.

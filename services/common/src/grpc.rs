@@ -42,6 +42,9 @@ type Probe = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = bool> + Send>> + Send +
 /// How often a backend probe runs.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
+/// Failed backend probes in a row that make a replica NOT_SERVING.
+const PROBE_MISSES: u32 = 2;
+
 /// Serving settings every server binary shares (flattened into its config).
 #[derive(clap::Args, Clone, Debug)]
 pub struct ServeArgs {
@@ -484,13 +487,18 @@ async fn track_health(
     }
 }
 
+/// Probes the backend every [`PROBE_EVERY`]. One success says it is up;
+/// it is down after [`PROBE_MISSES`] failures in a row, so one probe lost
+/// on a busy machine does not take the replica out of rotation (its calls
+/// that fail answer UNAVAILABLE on their own).
 async fn watch_backend(probe: Probe, events: mpsc::Sender<HealthEvent>) {
-    let mut up = true;
+    let (mut up, mut failures) = (true, 0u32);
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let now_up = probe().await;
+        failures = if probe().await { 0 } else { failures + 1 };
+        let now_up = failures < PROBE_MISSES;
         if now_up != up {
             up = now_up;
             if up {
