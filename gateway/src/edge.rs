@@ -6,8 +6,10 @@
 //!   JSON error shape;
 //! - take the request's `x-request-id`, or give it one, and echo it on the
 //!   response (service calls forward it from the request);
-//! - run the request inside [`telemetry::scope`], so every line it logs
-//!   carries `request_id`, and log its end (see [`mesh_common::telemetry`]):
+//! - continue the client's W3C trace (a valid `traceparent`) or start one
+//!   ([`mesh_common::tracecontext`]); the route's service calls send it on;
+//! - run the request inside [`telemetry::scope_with`], so every line it logs
+//!   carries `trace_id` and `request_id`, and log its end (see [`mesh_common::telemetry`]):
 //!   `response` at INFO under the `access` target with the access log on;
 //!   `slow request` at WARN past `MESH_SLOW_MS`; `request failed` at WARN for
 //!   a 5xx that logged no warning of its own, except 503: that is load
@@ -28,6 +30,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mesh_common::telemetry::{self, Millis};
+use mesh_common::tracecontext::{TRACEPARENT, TRACESTATE, Trace};
 
 use crate::error::AppError;
 use crate::request_id::RequestIds;
@@ -113,6 +116,15 @@ where
                 id
             }
         };
+        // The client's W3C trace, or a new one: on every line of the
+        // request, and passed on (by the route's calls) to every service.
+        let trace = Trace::continue_or_start(request.headers().get(TRACEPARENT), request.headers().get(TRACESTATE));
+        let ids = telemetry::CallIds {
+            request_id: id.clone(),
+            trace_id: Some(trace.trace_id),
+            principal: None,
+        };
+        request.extensions_mut().insert(trace);
         // For the end line, if one is written: reference-counted clones.
         let (method, uri) = (request.method().clone(), request.uri().clone());
         let served = match refusal {
@@ -124,7 +136,7 @@ where
                 Ok((inner, request))
             }
         };
-        Box::pin(telemetry::scope(id.clone(), async move {
+        Box::pin(telemetry::scope_with(ids, async move {
             let mut response = match served {
                 Ok((mut inner, request)) => inner.call(request).await?,
                 Err(refusal) => refusal.into_response(),

@@ -6,6 +6,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use mesh_common::tracecontext::Trace;
 use mesh_upstream::CallContext;
 use serde::de::DeserializeOwned;
 
@@ -288,7 +289,9 @@ impl FromRequestParts<AppState> for Call {
             .map(str::to_owned);
         let principal = parts.extensions.get::<mesh_auth::Principal>().map(|p| p.name.clone());
         Ok(Call(
-            CallContext::new(request_id, state.route_timeout).with_principal(principal),
+            CallContext::new(request_id, state.route_timeout)
+                .with_principal(principal)
+                .with_trace(parts.extensions.get::<Trace>().cloned()),
         ))
     }
 }

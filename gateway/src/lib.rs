@@ -211,6 +211,9 @@ pub struct Config {
     #[command(flatten)]
     pub rate: ratelimit::RateArgs,
 
+    #[command(flatten)]
+    pub log: mesh_common::telemetry::LogArgs,
+
     /// Parse and validate the configuration (flags, environment, endpoint
     /// lists, key, JWKS and certificate files), print `configuration OK`
     /// and exit, without listening or connecting anywhere.

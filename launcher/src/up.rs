@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use mesh_common::telemetry::LogFormat;
 use mesh_proto::services::{self, Service};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -77,6 +78,10 @@ pub struct UpArgs {
     /// Where --tls finds (or makes) its certificates (default: DATA_DIR/certs).
     #[arg(long, env = "MESH_CERTS_DIR")]
     certs_dir: Option<PathBuf>,
+
+    /// The launcher's and every process's log format.
+    #[command(flatten)]
+    log: mesh_common::telemetry::LogArgs,
 }
 
 /// The names `mesh certs` makes certificates for: every service, and the gateway.
@@ -170,7 +175,7 @@ fn admin_listen(ephemeral: bool, port: u16) -> String {
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let _log = mesh_common::telemetry::init(); // flushes the log when run returns
+    let _log = mesh_common::telemetry::init(args.log.log_format); // flushes the log when run returns
     // Installed now, so a signal at any point stops the children we started.
     let mut shutdown = Box::pin(mesh_common::shutdown::signal());
     let database_url = args.database_url.clone().or_else(|| {
@@ -237,6 +242,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         None => None,
     };
     let exe = std::env::current_exe().context("cannot find the mesh executable")?;
+    let log_format = match args.log.log_format {
+        mesh_common::telemetry::LogFormat::Text => "text",
+        mesh_common::telemetry::LogFormat::Json => "json",
+    };
     let mut procs: Vec<Proc> = Vec::new();
     let mut endpoints: Vec<(&Service, Vec<String>)> = Vec::new();
     let started = async {
@@ -248,6 +257,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 let listen = SocketAddr::new(args.host, port);
                 let mut cmd = Command::new(&exe);
                 cmd.arg(service.name).arg("--listen").arg(listen.to_string());
+                cmd.arg("--log-format").arg(log_format);
                 cmd.arg("--admin-listen")
                     .arg(admin_listen(args.ephemeral_ports, admin_port));
                 if let Some(dir) = &certs {
@@ -282,7 +292,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 let name = format!("{}-{}", service.name, replica + 1);
                 // One at a time: replicas on one SQLite file must not race
                 // each other through the first migration.
-                let proc = spawn(name, cmd).await?;
+                let proc = spawn(name, cmd, args.log.log_format).await?;
                 wait_serving(&proc, service.name, launcher_tls.as_ref()).await?;
                 listed.push(format!("http://{}", proc.addr));
                 procs.push(proc);
@@ -291,6 +301,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         let mut cmd = Command::new(&exe);
         cmd.arg("gateway").arg("--listen").arg(gateway_listen.to_string());
+        cmd.arg("--log-format").arg(log_format);
         cmd.arg("--admin-listen")
             .arg(admin_listen(args.ephemeral_ports, GATEWAY_ADMIN_PORT));
         for (service, list) in &endpoints {
@@ -306,7 +317,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             cmd.arg("--tls-cert").arg(dir.join("gateway.pem"));
             cmd.arg("--tls-key").arg(dir.join("gateway.key"));
         }
-        procs.push(spawn("gateway".into(), cmd).await?);
+        procs.push(spawn("gateway".into(), cmd, args.log.log_format).await?);
         anyhow::Ok(())
     };
     let outcome = tokio::select! {
@@ -362,9 +373,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Starts one child, forwards its logs with a name prefix, and reads the
-/// addresses it announces on stdout (its listener, then its admin listener).
-async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
+/// A child's log line as the launcher writes it: `NAME | line`, or in JSON
+/// the object with `"process":"NAME"` first (a line that is not an object,
+/// such as a panic message, is wrapped in one), so the launcher's own
+/// output stays one JSON object per line.
+fn mark(name: &str, line: &str, format: LogFormat) -> String {
+    match format {
+        LogFormat::Text => format!("{name:>10} | {line}"),
+        LogFormat::Json => match line.strip_prefix('{') {
+            Some(rest) if line.ends_with('}') && rest.len() > 1 => format!("{{\"process\":{name:?},{rest}"),
+            _ => format!("{{\"process\":{name:?},\"message\":{}}}", serde_json::Value::from(line)),
+        },
+    }
+}
+
+/// Starts one child, forwards its logs marked with its name (a prefix, or
+/// in JSON a `process` field), and reads the addresses it announces on
+/// stdout (its listener, then its admin listener).
+async fn spawn(name: String, mut cmd: Command, format: LogFormat) -> anyhow::Result<Proc> {
     cmd.stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .stdin(Stdio::null())
@@ -375,7 +401,7 @@ async fn spawn(name: String, mut cmd: Command) -> anyhow::Result<Proc> {
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("{prefix:>10} | {line}");
+                eprintln!("{}", mark(&prefix, &line, format));
             }
         });
     }
@@ -460,5 +486,23 @@ async fn stop_all(procs: &mut [Proc]) {
                 let _ = p.child.kill().await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{LogFormat, mark};
+
+    #[test]
+    fn child_lines_keep_their_format_with_the_process_named() {
+        assert_eq!(mark("items-1", "hello", LogFormat::Text), "   items-1 | hello");
+        let json = mark("items-1", r#"{"level":"INFO","message":"hi"}"#, LogFormat::Json);
+        assert_eq!(json, r#"{"process":"items-1","level":"INFO","message":"hi"}"#);
+        let raw = mark("gateway", "thread 'main' panicked at \"x\"\u{1b}", LogFormat::Json);
+        let parsed: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(parsed["process"], "gateway");
+        assert_eq!(parsed["message"], "thread 'main' panicked at \"x\"\u{1b}");
+        let empty: serde_json::Value = serde_json::from_str(&mark("cache-1", "{}", LogFormat::Json)).unwrap();
+        assert_eq!(empty["message"], "{}");
     }
 }

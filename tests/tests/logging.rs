@@ -10,6 +10,7 @@ use reqwest::StatusCode;
 
 /// The environment a user gets: none of the logging variables set.
 const DEFAULTS: &[(&str, Option<&str>)] = &[
+    ("MESH_LOG_FORMAT", None),
     ("RUST_LOG", None),
     ("MESH_ACCESS_LOG", None),
     ("MESH_SLOW_MS", None),
@@ -227,4 +228,95 @@ async fn colours_only_when_asked_for_into_a_pipe() {
         "MESH_LOG_ANSI=1 gave no colour:\n{coloured_log:?}"
     );
     assert!(!plain_log.contains('\x1b'), "{plain_log:?}");
+}
+
+/// The lines of `log` that `jq` selects with `filter` (compact JSON, one a
+/// line), after `jq` has parsed every line: a line that is not JSON fails.
+fn jq(log: &str, filter: &str, args: &[(&str, &str)]) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    let mut cmd = std::process::Command::new("jq");
+    cmd.arg("-c");
+    for (name, value) in args {
+        cmd.args(["--arg", name, value]);
+    }
+    let mut child = cmd
+        .arg(filter)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("jq (Debian's jq) must be installed");
+    child.stdin.take().unwrap().write_all(log.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "jq {filter}: {}\n{log}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn json_logs_parse_with_jq_and_carry_the_clients_trace_across_hops() {
+    let mesh = Small::start(
+        &[("MESH_ACCESS_LOG", Some("1")), ("MESH_LOG_FORMAT", Some("json"))],
+        &[],
+    )
+    .await;
+    // A client that traces: its trace id must be on the gateway's line and
+    // on the service's, and a bad traceparent starts a trace of the gateway's own.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let sent = |traceparent: String, request_id: &'static str| {
+        mesh.http
+            .get(format!("{}/items?page_size=1", mesh.gateway.url()))
+            .header("x-request-id", request_id)
+            .header("traceparent", traceparent)
+            .header("tracestate", "congo=t61rcWkgMzE")
+            .send()
+    };
+    let traced = sent(format!("00-{trace}-00f067aa0ba902b7-01"), "traced-1")
+        .await
+        .unwrap();
+    assert_eq!(traced.status(), StatusCode::OK);
+    let bad = sent(format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)), "untraced-1")
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::OK);
+    let both = |l: &str| l.contains("\"request_id\":\"traced-1\"") && l.contains("\"request_id\":\"untraced-1\"");
+    let gateway = log_until(&mesh.gateway, "both access lines", both).await;
+    let items = log_until(&mesh.items, "both rpc lines", both).await;
+    // Every line of both processes is one JSON object (jq fails otherwise).
+    for log in [&gateway, &items] {
+        let lines = jq(log, ".", &[]);
+        assert_eq!(lines.len(), log.lines().count());
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["timestamp"].is_string() && l["level"].is_string()),
+            "{log}"
+        );
+    }
+    let of = |log: &str, id: &str| jq(log, "select(.request_id == $id)", &[("id", id)]);
+    let (gw, svc) = (of(&gateway, "traced-1"), of(&items, "traced-1"));
+    assert_eq!((gw.len(), svc.len()), (1, 1), "{gateway}\n{items}");
+    assert_eq!(gw[0]["message"], "response");
+    assert_eq!(gw[0]["target"], "access");
+    assert_eq!(gw[0]["status"], 200);
+    assert_eq!(gw[0]["path"], "/items");
+    assert_eq!(svc[0]["message"], "rpc done");
+    assert_eq!(gw[0]["trace_id"], trace, "{gateway}");
+    assert_eq!(svc[0]["trace_id"], trace, "{items}");
+    // The refused traceparent: a new trace, the same on both hops.
+    let (gw, svc) = (of(&gateway, "untraced-1"), of(&items, "untraced-1"));
+    let started = gw[0]["trace_id"].as_str().expect("a trace id").to_string();
+    assert_eq!(started.len(), 32);
+    assert!(started.bytes().all(|b| b.is_ascii_hexdigit()) && started != "0".repeat(32));
+    assert_eq!(svc[0]["trace_id"], started.as_str());
+    // jq filters by trace: one line per hop.
+    assert_eq!(jq(&gateway, "select(.trace_id == $t)", &[("t", trace)]).len(), 1);
+    assert_eq!(jq(&items, "select(.trace_id == $t)", &[("t", trace)]).len(), 1);
 }

@@ -189,6 +189,7 @@ pub async fn run_blocking_task(
         state: state.clone(),
         id: task.id,
         request_id: call.request_id.clone(),
+        trace: call.trace.clone(),
         armed: true,
     };
     // Queueing and running may take a while; allow the sleep plus a margin.
@@ -230,6 +231,7 @@ struct CancelOnDrop {
     state: AppState,
     id: i64,
     request_id: Option<String>,
+    trace: Option<mesh_common::tracecontext::Trace>,
     armed: bool,
 }
 
@@ -245,7 +247,8 @@ impl Drop for CancelOnDrop {
             return;
         }
         let (state, id) = (self.state.clone(), self.id);
-        let call = mesh_upstream::CallContext::new(self.request_id.take(), state.route_timeout);
+        let call =
+            mesh_upstream::CallContext::new(self.request_id.take(), state.route_timeout).with_trace(self.trace.take());
         let cancel = state.tasks.unary(
             &call,
             mesh_proto::tasks::v1::CancelTaskRequest { id },
@@ -281,6 +284,12 @@ pub async fn call_another_service(
     let mut request = state.http.get(url).timeout(left);
     if let Some(id) = &call.request_id {
         request = request.header("x-request-id", id);
+    }
+    if let Some(trace) = &call.trace {
+        request = request.header(mesh_common::tracecontext::TRACEPARENT, trace.traceparent());
+        if let Some(state) = &trace.state {
+            request = request.header(mesh_common::tracecontext::TRACESTATE, state.as_ref());
+        }
     }
     let response = request.send().await.map_err(|e| {
         tracing::warn!(error = %e, url, "upstream call failed");

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use mesh_common::tracecontext::{TRACEPARENT, TRACESTATE, Trace};
 use tokio::time::Instant;
 
 /// Per-request call settings: the deadline every service call of the request
@@ -15,6 +16,9 @@ pub struct CallContext {
     pub deadline: Instant,
     /// Who the gateway authenticated, sent as `x-mesh-principal`.
     pub principal: Option<std::sync::Arc<str>>,
+    /// The request's W3C trace: every attempt sends `traceparent` with a
+    /// span id of its own (and the client's `tracestate`).
+    pub trace: Option<Trace>,
 }
 
 impl CallContext {
@@ -24,6 +28,7 @@ impl CallContext {
             request_id,
             deadline: Instant::now() + timeout,
             principal: None,
+            trace: None,
         }
     }
 
@@ -32,6 +37,7 @@ impl CallContext {
     pub fn with_timeout(&self, timeout: Duration) -> CallContext {
         CallContext {
             principal: self.principal.clone(),
+            trace: self.trace.clone(),
             ..CallContext::new(self.request_id.clone(), timeout)
         }
     }
@@ -42,15 +48,22 @@ impl CallContext {
         self
     }
 
+    /// The same request, in `trace`.
+    pub fn with_trace(mut self, trace: Option<Trace>) -> CallContext {
+        self.trace = trace;
+        self
+    }
+
     /// What is left until the deadline (zero once it has passed).
     pub fn time_left(&self) -> Duration {
         self.deadline.saturating_duration_since(Instant::now())
     }
 
     /// Wraps a message for one gRPC attempt: `grpc-timeout` is the time left
-    /// until the deadline, and `x-request-id` the request's id.
+    /// until the deadline, `x-request-id` the request's id, `traceparent`
+    /// its trace with a new span id (and `tracestate` as the client sent it).
     ///
-    /// Both values differ on every call, so they are sent as never-indexed
+    /// The first three values differ on every call, so they are sent as never-indexed
     /// HPACK literals: indexing them would only churn the connection's
     /// header table (each insert evicting entries that do repeat), which
     /// cost the gateway more CPU per call than the rest of the headers.
@@ -68,6 +81,19 @@ impl CallContext {
         {
             id.set_sensitive(true);
             metadata.insert("x-request-id", id);
+        }
+        if let Some(trace) = &self.trace {
+            if let Ok(mut parent) = tonic::metadata::AsciiMetadataValue::try_from(&trace.traceparent_bytes()[..]) {
+                parent.set_sensitive(true);
+                metadata.insert(TRACEPARENT, parent);
+            }
+            if let Some(state) = trace
+                .state
+                .as_deref()
+                .and_then(|s| s.parse::<tonic::metadata::AsciiMetadataValue>().ok())
+            {
+                metadata.insert(TRACESTATE, state);
+            }
         }
         if let Some(principal) = self
             .principal

@@ -110,6 +110,9 @@ pub struct ServeArgs {
     /// listening or connecting anywhere.
     #[arg(long)]
     pub check_config: bool,
+
+    #[command(flatten)]
+    pub log: crate::telemetry::LogArgs,
 }
 
 impl Default for ServeArgs {
@@ -127,6 +130,7 @@ impl Default for ServeArgs {
             reflection: true,
             gateway_identity: "gateway".into(),
             check_config: false,
+            log: crate::telemetry::LogArgs::default(),
         }
     }
 }

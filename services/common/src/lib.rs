@@ -23,6 +23,7 @@ pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
+pub mod tracecontext;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -59,13 +60,13 @@ fn print_line(line: &str) {
 
 /// The shared body of every server binary's `main`: bind `listen`, announce the
 /// address, and run the server until SIGINT/SIGTERM.
-pub async fn serve_main<R, Fut>(name: &str, listen: SocketAddr, run: R) -> anyhow::Result<()>
+pub async fn serve_main<R, Fut>(name: &str, listen: SocketAddr, log: telemetry::LogFormat, run: R) -> anyhow::Result<()>
 where
     R: FnOnce(tokio::net::TcpListener, shutdown::Signal) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     use anyhow::Context;
-    let _log = telemetry::init(); // flushes the log when serve_main returns
+    let _log = telemetry::init(log); // flushes the log when serve_main returns
     // Before anything slow (binding, connecting to a database): from here on
     // SIGTERM means a graceful stop.
     let shutdown = Box::pin(shutdown::signal());

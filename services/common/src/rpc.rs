@@ -1,8 +1,9 @@
 //! The per-call layer every server runs its gRPC routes behind.
 //!
-//! Each call runs inside [`telemetry::scope`] with the caller's
-//! `x-request-id` (the gateway forwards it), so every log line written while
-//! serving it carries `request_id` and can be tied to the HTTP request that
+//! Each call runs inside [`telemetry::scope_with`] with the caller's
+//! `x-request-id` and the trace id of its `traceparent` (the gateway
+//! forwards both), so every log line written while serving it carries
+//! `request_id` and `trace_id` and can be tied to the HTTP request that
 //! caused it; no span is created. At its end the call logs:
 //!
 //! - `rpc done` at INFO under the `access` target, only with the access log
@@ -213,7 +214,18 @@ where
             request.extensions_mut().insert(Peer::default());
             None
         };
-        Box::pin(telemetry::scope_as(request_id, principal, async move {
+        // The caller's W3C trace (the gateway sends one on every call).
+        let trace_id = request
+            .headers()
+            .get(crate::tracecontext::TRACEPARENT)
+            .and_then(|v| crate::tracecontext::TraceParent::parse(v.as_bytes()))
+            .map(|p| p.trace_id);
+        let ids = telemetry::CallIds {
+            request_id,
+            trace_id,
+            principal,
+        };
+        Box::pin(telemetry::scope_with(ids, async move {
             let labels = metrics::started(uri.path());
             let mut guard = Unfinished {
                 started: Instant::now(),

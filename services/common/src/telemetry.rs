@@ -58,6 +58,8 @@ use std::time::Duration;
 
 use http::HeaderValue;
 use tracing::{Event, Level, Subscriber};
+
+pub use crate::tracecontext::TraceId;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
@@ -76,6 +78,27 @@ const DEFAULT_SLOW_MS: u64 = 1000;
 
 static SLOW_MS: AtomicU64 = AtomicU64::new(DEFAULT_SLOW_MS);
 
+/// How lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event: time, level, target, message,
+    /// `key=value` fields.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`,
+    /// `message`, the event's fields, `spans`, and inside a call
+    /// `trace_id`, `request_id` and `principal`.
+    Json,
+}
+
+/// The logging flag every binary takes (flattened into its config).
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct LogArgs {
+    /// How log lines are written: `text` or `json` (one object per line).
+    #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
 /// The settings [`init`] reads from the environment.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -85,8 +108,10 @@ pub struct Settings {
     pub access_log: bool,
     /// `MESH_SLOW_MS`; `0` means never.
     pub slow_ms: u64,
-    /// Colours.
+    /// Colours (text only).
     pub ansi: bool,
+    /// `--log-format` (`MESH_LOG_FORMAT`).
+    pub format: LogFormat,
 }
 
 impl Settings {
@@ -122,6 +147,7 @@ impl Settings {
             access_log,
             slow_ms,
             ansi,
+            format: LogFormat::Text,
         };
         (settings, problems)
     }
@@ -170,11 +196,12 @@ impl Drop for LogGuard {
     }
 }
 
-/// Installs the subscriber (see the module docs for what it logs and the
-/// environment it reads). A second call in one process installs nothing and
-/// returns an inert guard.
-pub fn init() -> LogGuard {
-    let (settings, problems) = Settings::from_env();
+/// Installs the subscriber, writing lines as `format` says (see the module
+/// docs for what it logs and the environment it reads). A second call in
+/// one process installs nothing and returns an inert guard.
+pub fn init(format: LogFormat) -> LogGuard {
+    let (mut settings, problems) = Settings::from_env();
+    settings.format = format;
     SLOW_MS.store(settings.slow_ms, Ordering::Relaxed);
     let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
     let (writer, worker) = NonBlockingBuilder::default()
@@ -203,14 +230,25 @@ pub fn init() -> LogGuard {
 /// The subscriber [`init`] installs, writing to `writer` (tests capture it).
 pub fn subscriber<W>(settings: &Settings, writer: W) -> impl Subscriber + Send + Sync + 'static
 where
-    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+    W: for<'w> MakeWriter<'w> + Clone + Send + Sync + 'static,
 {
-    let layer = tracing_subscriber::fmt::layer()
-        .with_ansi(settings.ansi)
-        .fmt_fields(WithRequestId(DefaultFields::new()))
-        .event_format(CallEvents(tracing_subscriber::fmt::format()))
-        .with_writer(writer);
-    tracing_subscriber::registry().with(settings.filter()).with(layer)
+    let text = (settings.format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(settings.ansi)
+            .fmt_fields(WithRequestId(DefaultFields::new()))
+            .event_format(CallEvents(tracing_subscriber::fmt::format()))
+            .with_writer(writer.clone())
+    });
+    let json = (settings.format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .event_format(JsonEvents)
+            .with_writer(writer)
+    });
+    tracing_subscriber::registry()
+        .with(settings.filter())
+        .with(text)
+        .with(json)
 }
 
 /// `MESH_SLOW_MS` as read by [`init`] (1 s if it was not called); `None` when 0.
@@ -238,14 +276,22 @@ impl fmt::Display for Millis {
     }
 }
 
-/// What a call's log lines share: its request id, and whether it has logged
-/// a WARN or ERROR line yet (so its end line need not repeat the alarm).
+/// What a call's log lines share: its ids, and whether it has logged a
+/// WARN or ERROR line yet (so its end line need not repeat the alarm).
 struct Call {
-    request_id: HeaderValue,
+    ids: CallIds,
+    warned: Cell<bool>,
+}
+
+/// The ids on every line of a call.
+#[derive(Clone, Debug)]
+pub struct CallIds {
+    pub request_id: HeaderValue,
+    /// Its W3C trace (`traceparent`), when it has one.
+    pub trace_id: Option<TraceId>,
     /// Who the gateway authenticated (`x-mesh-principal`), when the call
     /// came from the gateway's certificate.
-    principal: Option<HeaderValue>,
-    warned: Cell<bool>,
+    pub principal: Option<HeaderValue>,
 }
 
 tokio::task_local! {
@@ -254,20 +300,21 @@ tokio::task_local! {
 
 /// Runs `fut` as one call: every line it logs carries `request_id`.
 pub fn scope<F: Future>(request_id: HeaderValue, fut: F) -> impl Future<Output = F::Output> {
-    scope_as(request_id, None, fut)
+    scope_with(
+        CallIds {
+            request_id,
+            trace_id: None,
+            principal: None,
+        },
+        fut,
+    )
 }
 
-/// Like [`scope`], made on behalf of `principal`: every line also carries
-/// `principal`.
-pub fn scope_as<F: Future>(
-    request_id: HeaderValue,
-    principal: Option<HeaderValue>,
-    fut: F,
-) -> impl Future<Output = F::Output> {
+/// Runs `fut` as one call: every line it logs carries these ids.
+pub fn scope_with<F: Future>(ids: CallIds, fut: F) -> impl Future<Output = F::Output> {
     CALL.scope(
         Call {
-            request_id,
-            principal,
+            ids,
             warned: Cell::new(false),
         },
         fut,
@@ -279,10 +326,25 @@ pub fn warned() -> bool {
     CALL.try_with(|c| c.warned.get()).unwrap_or(false)
 }
 
+/// The current call's ids for an event about to be written (noting a
+/// WARN or ERROR on the call); `None` outside a call, or when the event
+/// names its own `request_id`.
+fn call_ids(event: &Event<'_>) -> Option<CallIds> {
+    let meta = event.metadata();
+    CALL.try_with(|call| {
+        if *meta.level() <= Level::WARN {
+            call.warned.set(true);
+        }
+        call.ids.clone()
+    })
+    .ok()
+    .filter(|_| meta.fields().field("request_id").is_none())
+}
+
 thread_local! {
-    /// The request id [`CallEvents`] hands to [`WithRequestId`] for the event
+    /// The ids [`CallEvents`] hands to [`WithRequestId`] for the event
     /// being formatted on this thread.
-    static PENDING: Cell<Option<(HeaderValue, Option<HeaderValue>)>> = const { Cell::new(None) };
+    static PENDING: Cell<Option<CallIds>> = const { Cell::new(None) };
 }
 
 /// The event format, plus the current call's request id for the fields.
@@ -295,17 +357,7 @@ where
     F: FormatEvent<S, N>,
 {
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
-        let meta = event.metadata();
-        let id = CALL
-            .try_with(|call| {
-                if *meta.level() <= Level::WARN {
-                    call.warned.set(true);
-                }
-                (call.request_id.clone(), call.principal.clone())
-            })
-            .ok()
-            .filter(|_| meta.fields().field("request_id").is_none());
-        let Some(id) = id else {
+        let Some(id) = call_ids(event) else {
             return self.0.format_event(ctx, writer, event);
         };
         PENDING.set(Some(id));
@@ -322,11 +374,15 @@ struct WithRequestId<N>(N);
 impl<'w, N: for<'a> FormatFields<'a>> FormatFields<'w> for WithRequestId<N> {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
         self.0.format_fields(writer.by_ref(), fields)?;
-        let Some((id, principal)) = PENDING.take() else {
+        let Some(ids) = PENDING.take() else {
             return Ok(());
         };
-        write_field(&mut writer, "request_id", &id)?;
-        match principal {
+        if let Some(trace_id) = ids.trace_id {
+            write_name(&mut writer, "trace_id")?;
+            write!(writer, "{trace_id}")?;
+        }
+        write_field(&mut writer, "request_id", &ids.request_id)?;
+        match ids.principal {
             Some(principal) => write_field(&mut writer, "principal", &principal),
             None => Ok(()),
         }
@@ -336,11 +392,7 @@ impl<'w, N: for<'a> FormatFields<'a>> FormatFields<'w> for WithRequestId<N> {
 /// ` name=value`. A client chooses its request id (and a token its subject):
 /// anything but a plain token is quoted, so it cannot pose as more fields.
 fn write_field(writer: &mut Writer<'_>, name: &str, value: &HeaderValue) -> fmt::Result {
-    if writer.has_ansi_escapes() {
-        write!(writer, " \x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m")?;
-    } else {
-        write!(writer, " {name}=")?;
-    }
+    write_name(writer, name)?;
     match value.to_str() {
         Ok(s)
             if !s.is_empty()
@@ -350,6 +402,83 @@ fn write_field(writer: &mut Writer<'_>, name: &str, value: &HeaderValue) -> fmt:
             writer.write_str(s)
         }
         _ => write!(writer, "{value:?}"),
+    }
+}
+
+/// The JSON event format: one object per line, flat, so `jq` filters by
+/// any field (`jq 'select(.trace_id == "...")'`). Strings that a client
+/// chose (its request id, a path) are JSON-escaped, so they cannot pose as
+/// more fields or more lines.
+struct JsonEvents;
+
+impl<S, N> FormatEvent<S, N> for JsonEvents
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        use tracing_subscriber::fmt::time::FormatTime;
+        let meta = event.metadata();
+        let mut line = serde_json::Map::new();
+        let mut timestamp = String::new();
+        tracing_subscriber::fmt::time::SystemTime.format_time(&mut Writer::new(&mut timestamp))?;
+        line.insert("timestamp".into(), timestamp.into());
+        line.insert("level".into(), meta.level().as_str().into());
+        line.insert("target".into(), meta.target().into());
+        event.record(&mut JsonFields(&mut line));
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<serde_json::Value> = scope.from_root().map(|span| span.name().into()).collect();
+            line.insert("spans".into(), spans.into());
+        }
+        if let Some(ids) = call_ids(event) {
+            if let Some(trace_id) = ids.trace_id {
+                line.insert("trace_id".into(), trace_id.to_string().into());
+            }
+            line.insert("request_id".into(), header_text(&ids.request_id));
+            if let Some(principal) = ids.principal {
+                line.insert("principal".into(), header_text(&principal));
+            }
+        }
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
+}
+
+/// A header value as JSON text (bytes that are not UTF-8 replaced).
+fn header_text(value: &HeaderValue) -> serde_json::Value {
+    String::from_utf8_lossy(value.as_bytes()).into_owned().into()
+}
+
+/// Records an event's fields into a JSON object, numbers and booleans as
+/// such, everything else as its text (`message` included).
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonFields<'_> {
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().into(), value.into());
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().into(), format!("{value:?}").into());
+    }
+}
+
+/// ` name=`, in the field name's colours when the line has them.
+fn write_name(writer: &mut Writer<'_>, name: &str) -> fmt::Result {
+    if writer.has_ansi_escapes() {
+        write!(writer, " \x1b[3m{name}\x1b[0m\x1b[2m=\x1b[0m")
+    } else {
+        write!(writer, " {name}=")
     }
 }
 
@@ -414,12 +543,18 @@ pub mod testing {
     /// The production subscriber for `RUST_LOG=rust_log` and the access log
     /// on or off, writing to memory; use it with `tracing::dispatcher::set_default`.
     pub fn capture(rust_log: &str, access_log: bool) -> (tracing::Dispatch, Captured) {
+        capture_as(rust_log, access_log, super::LogFormat::Text)
+    }
+
+    /// Like [`capture`], in `format`.
+    pub fn capture_as(rust_log: &str, access_log: bool, format: super::LogFormat) -> (tracing::Dispatch, Captured) {
         let captured = Captured::default();
         let settings = Settings {
             rust_log: Some(rust_log.to_string()),
             access_log,
             slow_ms: super::DEFAULT_SLOW_MS,
             ansi: false,
+            format,
         };
         let text = captured.text.clone();
         let subscriber = super::subscriber(&settings, move || Sink(text.clone())).with(Count(captured.clone()));
@@ -465,6 +600,64 @@ mod tests {
             "{text}"
         );
         assert!(lines[3].ends_with("quoted request_id=\"two words\""), "{text}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn json_lines_are_objects_with_the_calls_ids_and_escape_what_clients_chose() {
+        let (dispatch, captured) = testing::capture_as("info", false, LogFormat::Json);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        tracing::info!("outside");
+        let trace = TraceId(0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736);
+        let ids = CallIds {
+            request_id: HeaderValue::from_static("r\"1 x=2"),
+            trace_id: Some(trace),
+            principal: Some(HeaderValue::from_static("alice")),
+        };
+        let span = tracing::info_span!("route");
+        scope_with(ids, async {
+            let _entered = span.enter();
+            tracing::warn!(status = 503u64, ok = false, latency = 1.5, path = %"/items\n", "request failed");
+        })
+        .await;
+        let text = captured.text();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["message"], "outside");
+        assert_eq!(lines[0]["level"], "INFO");
+        assert!(lines[0].get("request_id").is_none() && lines[0].get("trace_id").is_none());
+        let call = &lines[1];
+        assert_eq!(call["level"], "WARN");
+        assert_eq!(call["message"], "request failed");
+        assert_eq!(call["status"], 503);
+        assert_eq!(call["ok"], false);
+        assert_eq!(call["latency"], 1.5);
+        assert_eq!(call["path"], "/items\n");
+        assert_eq!(call["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(call["request_id"], "r\"1 x=2");
+        assert_eq!(call["principal"], "alice");
+        assert_eq!(call["spans"], serde_json::json!(["route"]));
+        assert!(call["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{call}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn text_lines_carry_the_trace_id_before_the_request_id() {
+        let (dispatch, captured) = testing::capture("info", false);
+        let _default = tracing::dispatcher::set_default(&dispatch);
+        let ids = CallIds {
+            request_id: HeaderValue::from_static("abc-1"),
+            trace_id: Some(TraceId(0xab)),
+            principal: None,
+        };
+        scope_with(ids, async { tracing::info!("inside") }).await;
+        let text = captured.text();
+        assert!(
+            text.trim_end()
+                .ends_with(&format!("inside trace_id={}ab request_id=abc-1", "0".repeat(30))),
+            "{text}"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -14,8 +14,11 @@ async fn main() -> anyhow::Result<()> {
             config.serve.check("counter-service", config.listen)
         });
     }
-    mesh_common::serve_main("counter-service", config.listen, |listener, shutdown| {
-        mesh_counter::run(listener, config, shutdown)
-    })
+    mesh_common::serve_main(
+        "counter-service",
+        config.listen,
+        config.serve.log.log_format,
+        |listener, shutdown| mesh_counter::run(listener, config, shutdown),
+    )
     .await
 }

@@ -55,14 +55,19 @@ impl CounterService for Counters {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mesh_common::serve_main("bench-counter", args.listen, |listener, shutdown| async move {
-        // TCP_NODELAY, as the mesh's services set it.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        tonic::transport::Server::builder()
-            .add_service(CounterServiceServer::new(Counters::default()))
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await?;
-        Ok(())
-    })
+    mesh_common::serve_main(
+        "bench-counter",
+        args.listen,
+        mesh_common::telemetry::LogFormat::Text,
+        |listener, shutdown| async move {
+            // TCP_NODELAY, as the mesh's services set it.
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tonic::transport::Server::builder()
+                .add_service(CounterServiceServer::new(Counters::default()))
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
+            Ok(())
+        },
+    )
     .await
 }

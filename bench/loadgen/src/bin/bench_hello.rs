@@ -23,10 +23,15 @@ async fn test() -> axum::Json<serde_json::Value> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    mesh_common::serve_main("bench-hello", args.listen, |listener, shutdown| async move {
-        let app = Router::new().route("/test", get(test));
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-        Ok(())
-    })
+    mesh_common::serve_main(
+        "bench-hello",
+        args.listen,
+        mesh_common::telemetry::LogFormat::Text,
+        |listener, shutdown| async move {
+            let app = Router::new().route("/test", get(test));
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            Ok(())
+        },
+    )
     .await
 }

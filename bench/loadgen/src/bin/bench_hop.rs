@@ -49,14 +49,19 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let channel = Endpoint::from_shared(args.counter)?.connect_lazy();
     let client = CounterServiceClient::new(channel);
-    mesh_common::serve_main("bench-hop", args.listen, |listener, shutdown| async move {
-        let app = Router::new().route("/increment", get(increment)).with_state(client);
-        // TCP_NODELAY, as the gateway sets it.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-        Ok(())
-    })
+    mesh_common::serve_main(
+        "bench-hop",
+        args.listen,
+        mesh_common::telemetry::LogFormat::Text,
+        |listener, shutdown| async move {
+            let app = Router::new().route("/increment", get(increment)).with_state(client);
+            // TCP_NODELAY, as the gateway sets it.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+            Ok(())
+        },
+    )
     .await
 }
