@@ -362,7 +362,7 @@ impl Config {
             upstream: self.upstream.clone(),
             route_timeout: Duration::from_millis(self.route_timeout_ms.max(1)),
             item_ttl: Duration::from_secs(self.item_ttl_secs.max(1)),
-            item_reads: Default::default(),
+            item_reads: singleflight::SingleFlight::new("item_read"),
             item_writes: Default::default(),
             stopping: std::sync::Arc::new(tokio::sync::watch::channel(false).0),
             limiter: self.rate.build(auth.clone())?,

@@ -4,7 +4,9 @@
 //! client metrics of its calls to the services (`grpc_client_*`, see
 //! `mesh_common::metrics`) and the policy layer's (`mesh_upstream_*`), and
 //! `mesh_gateway_cache_lookups_total{outcome}` (how `GET /items/{id}` used
-//! the cache), served at `GET /metrics` on the admin listener.
+//! the cache), `mesh_gateway_singleflight_total{flight,outcome}` (cold item
+//! reads that led a read or joined one) and
+//! `mesh_gateway_rate_limited_total{group}`, served at `GET /metrics` on the admin listener.
 //!
 //! `http_route` is the matched route's template (`/items/{id}`), never the
 //! path itself; a request that matches no route is not counted here (its
@@ -25,6 +27,7 @@ struct Http {
     active: IntGauge,
     cache: prometheus::IntCounterVec,
     rate_limited: prometheus::IntCounterVec,
+    singleflight: prometheus::IntCounterVec,
 }
 
 static HTTP: LazyLock<Http> = LazyLock::new(|| Http {
@@ -64,7 +67,28 @@ static HTTP: LazyLock<Http> = LazyLock::new(|| Http {
         )
         .expect("valid metric"),
     ),
+    singleflight: register(
+        prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "mesh_gateway_singleflight_total",
+                "Calls that led a shared run (led) or waited for another's (joined), by what runs (item_read).",
+            ),
+            &["flight", "outcome"],
+        )
+        .expect("valid metric"),
+    ),
 });
+
+/// A call of `flight` led a run or joined one (`outcome`).
+pub fn singleflight(flight: &'static str, outcome: &'static str) {
+    HTTP.singleflight.with_label_values(&[flight, outcome]).inc();
+}
+
+/// The count [`singleflight`] has reached (tests).
+#[cfg(test)]
+pub fn singleflight_count(flight: &str, outcome: &str) -> u64 {
+    HTTP.singleflight.with_label_values(&[flight, outcome]).get()
+}
 
 /// A request of `group` was refused by its rate limit.
 pub fn rate_limited(group: &'static str) {

@@ -4,6 +4,9 @@
 //! this each would read the database. With it, the first runs the read path
 //! and the others wait for its answer. The work runs as its own task, so a
 //! caller that gives up (its client went away) does not cancel it for the rest.
+//!
+//! `mesh_gateway_singleflight_total{flight,outcome}` counts the calls that
+//! led a run (`led`) and those that waited for another's (`joined`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -14,20 +17,24 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 pub struct SingleFlight<K, V> {
+    /// What its runs are (the metric's `flight` label): `item_read`.
+    name: &'static str,
     flights: Arc<Mutex<HashMap<K, Shared<BoxFuture<'static, V>>>>>,
 }
 
 impl<K, V> Clone for SingleFlight<K, V> {
     fn clone(&self) -> Self {
         Self {
+            name: self.name,
             flights: self.flights.clone(),
         }
     }
 }
 
-impl<K, V> Default for SingleFlight<K, V> {
-    fn default() -> Self {
+impl<K, V> SingleFlight<K, V> {
+    pub fn new(name: &'static str) -> Self {
         Self {
+            name,
             flights: Arc::default(),
         }
     }
@@ -48,8 +55,12 @@ where
         let flight = {
             let mut flights = self.flights.lock().unwrap_or_else(|p| p.into_inner());
             match flights.get(&key) {
-                Some(flight) => flight.clone(),
+                Some(flight) => {
+                    crate::metrics::singleflight(self.name, "joined");
+                    flight.clone()
+                }
                 None => {
+                    crate::metrics::singleflight(self.name, "led");
                     let flights_ref = self.flights.clone();
                     let key_ref = key.clone();
                     let task = tokio::spawn(async move {
@@ -78,7 +89,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_runs_for_one_key_share_one_execution() {
-        let flights: SingleFlight<u32, u32> = SingleFlight::default();
+        let flights: SingleFlight<u32, u32> = SingleFlight::new("test_shared");
         let runs = Arc::new(AtomicUsize::new(0));
         let callers: Vec<_> = (0..50)
             .map(|_| {
@@ -105,5 +116,46 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1);
         // Once finished, the next call runs again.
         assert_eq!(flights.run(7, async { 43 }, 0).await, 43);
+    }
+
+    #[tokio::test]
+    async fn leaders_and_joiners_are_counted() {
+        let flights: SingleFlight<u32, u32> = SingleFlight::new("test_counted");
+        let count = |outcome: &str| crate::metrics::singleflight_count("test_counted", outcome);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let leader = {
+            let (flights, gate) = (flights.clone(), gate.clone());
+            tokio::spawn(async move {
+                flights
+                    .run(
+                        1,
+                        async move {
+                            gate.notified().await;
+                            5
+                        },
+                        0,
+                    )
+                    .await
+            })
+        };
+        // The leader's run is in flight (counted) before anyone joins it.
+        while count("led") < 1 {
+            tokio::task::yield_now().await;
+        }
+        let joiners: Vec<_> = (0..9)
+            .map(|_| {
+                let flights = flights.clone();
+                tokio::spawn(async move { flights.run(1, async { 6 }, 0).await })
+            })
+            .collect();
+        while count("joined") < 9 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        assert_eq!(leader.await.unwrap(), 5);
+        for j in joiners {
+            assert_eq!(j.await.unwrap(), 5, "a joiner got the leader's answer");
+        }
+        assert_eq!((count("led"), count("joined")), (1, 9));
     }
 }

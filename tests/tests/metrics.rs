@@ -214,5 +214,159 @@ async fn the_gateway_times_each_route_and_counts_its_calls_to_the_services() {
         1.0,
         "{after}"
     );
+    // The miss led one shared read; the hit needed none.
+    let flight =
+        |outcome: &str| format!("mesh_gateway_singleflight_total{{flight=\"item_read\",outcome=\"{outcome}\"}}");
+    assert_eq!(rose(&flight("led")), 1.0, "{after}");
+    assert_eq!(rose(&flight("joined")), 0.0, "{after}");
     promtool_accepts(&after);
+}
+
+#[tokio::test]
+async fn the_gateway_shows_each_replica_and_follows_one_that_dies() {
+    use mesh_tests::gateway_flags;
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let items_a = Server::start("items-service", &args(&["--data-dir", &dir])).await;
+    let mut items_b = Server::start("items-service", &args(&["--data-dir", &dir])).await;
+    let cache = Server::start("cache-service", &[]).await;
+    for s in [&items_a, &items_b, &cache] {
+        s.wait_serving().await;
+    }
+    let both = format!("{},{}", items_a.url(), items_b.url());
+    let mut flags = gateway_flags(&both, cache.url(), cache.url(), cache.url());
+    flags.extend(args(&["--health-interval-ms", "100"]));
+    let gateway = Server::start("gateway", &flags).await;
+    let series = |name: &str, replica: &Server| format!("{name}{{replica=\"{}\",service=\"items\"}}", replica.url());
+    let http = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = http
+            .get(format!("{}/items?page_size=1", gateway.url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let text = scrape(&gateway).await;
+    for replica in [&items_a, &items_b] {
+        for gauge in ["mesh_upstream_replica_healthy", "mesh_upstream_replica_in_rotation"] {
+            assert_eq!(value(&text, &series(gauge, replica)), 1.0, "{gauge}:\n{text}");
+        }
+        assert_eq!(value(&text, &series("mesh_upstream_replica_ejected", replica)), 0.0);
+        assert!(
+            text.contains(&series("mesh_upstream_replica_pending", replica)),
+            "{text}"
+        );
+    }
+    // p2c sent calls to both over 20 calls (or to one only if the other was
+    // never picked): at least one has measured a latency.
+    let latency = |t: &str, r: &Server| value(t, &series("mesh_upstream_replica_latency_seconds", r));
+    assert!(latency(&text, &items_a) + latency(&text, &items_b) > 0.0, "{text}");
+    promtool_accepts(&text);
+    // One replica dies: the gauges follow.
+    items_b.kill().await;
+    let text = eventually("the dead replica shown out of rotation", WAIT, async || {
+        let text = scrape(&gateway).await;
+        (value(&text, &series("mesh_upstream_replica_healthy", &items_b)) == 0.0
+            && value(&text, &series("mesh_upstream_replica_in_rotation", &items_b)) == 0.0)
+            .then_some(text)
+    })
+    .await;
+    assert!(
+        text.contains(&series("mesh_upstream_replica_healthy", &items_b)),
+        "still listed:\n{text}"
+    );
+    assert_eq!(
+        value(&text, &series("mesh_upstream_replica_in_rotation", &items_a)),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        !text.contains(&series("mesh_upstream_replica_latency_seconds", &items_b)),
+        "{text}"
+    );
+    promtool_accepts(&text);
+}
+
+fn increment(name: &str) -> IncrementRequest {
+    IncrementRequest {
+        name: name.into(),
+        delta: None,
+        idempotency_key: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn redis_commands_are_timed_and_their_failures_counted() {
+    use mesh_tests::backends::{self, KeysGuard};
+    let Some(url) = backends::redis("redis_commands_are_timed_and_their_failures_counted").await else {
+        return;
+    };
+    let prefix = format!("{}:", backends::unique("redis_metrics"));
+    let _keys = KeysGuard::new(&url, &prefix);
+    let counter = Server::start(
+        "counter-service",
+        &args(&["--redis-url", &url, "--redis-prefix", &prefix]),
+    )
+    .await;
+    counter.wait_serving().await;
+    let script = "mesh_redis_command_duration_seconds_count{command=\"script:increment\"}";
+    let failed =
+        |kind: &str| format!("mesh_redis_command_errors_total{{command=\"script:increment\",kind=\"{kind}\"}}");
+    let mut client = CounterServiceClient::new(counter.channel());
+    let before = scrape(&counter).await;
+    for _ in 0..7 {
+        client.increment(increment("n")).await.unwrap();
+    }
+    let after = scrape(&counter).await;
+    assert_eq!(value(&after, script) - value(&before, script), 7.0, "{after}");
+    assert_eq!(value(&after, &failed("unavailable")), 0.0, "{after}");
+    promtool_accepts(&after);
+
+    // A Redis that is not there: each refused increment is one error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("redis://127.0.0.1:{port}");
+    let lost = Server::start("counter-service", &args(&["--redis-url", &dead])).await;
+    let mut client = CounterServiceClient::new(lost.channel());
+    for _ in 0..3 {
+        let err = client.increment(increment("n")).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    }
+    let text = scrape(&lost).await;
+    assert_eq!(value(&text, &failed("unavailable")), 3.0, "{text}");
+    assert_eq!(value(&text, script), 3.0, "failed commands are timed too:\n{text}");
+    promtool_accepts(&text);
+}
+
+#[tokio::test]
+async fn the_database_pool_is_shown_per_service() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().display().to_string();
+    let items = Server::start(
+        "items-service",
+        &args(&["--data-dir", &dir, "--db-max-connections", "3"]),
+    )
+    .await;
+    items.wait_serving().await;
+    let text = scrape(&items).await;
+    assert_eq!(
+        value(&text, "mesh_db_pool_max_connections{pool=\"items\"}"),
+        3.0,
+        "{text}"
+    );
+    let open = value(&text, "mesh_db_pool_connections{pool=\"items\",state=\"idle\"}")
+        + value(&text, "mesh_db_pool_connections{pool=\"items\",state=\"in_use\"}");
+    assert!(
+        (1.0..=3.0).contains(&open),
+        "the pool has its migration's connection open:\n{text}"
+    );
+    assert!(
+        text.contains("mesh_db_pool_connections{pool=\"items\",state=\"in_use\"}"),
+        "{text}"
+    );
+    promtool_accepts(&text);
 }

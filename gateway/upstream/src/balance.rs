@@ -43,6 +43,25 @@ impl Replica {
             outlier,
         }
     }
+
+    /// Its address.
+    pub fn address(&self) -> &Arc<str> {
+        self.outlier.key()
+    }
+
+    /// Calls sent to it and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.load.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Its peak-EWMA latency estimate as of now (decayed since the last
+    /// answer, as the balancer sees it), without changing it.
+    pub fn latency(&self) -> Duration {
+        let estimate = self.load.estimate.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = nanos(Instant::now().saturating_duration_since(estimate.updated));
+        let rtt = estimate.rtt_ns * (-elapsed / self.load.decay_ns).exp();
+        Duration::from_nanos(rtt as u64)
+    }
 }
 
 /// Peak-EWMA latency and calls in flight.
@@ -116,7 +135,12 @@ impl Rotation {
         Arc::strong_count(&self.0) == 1
     }
 
-    fn snapshot(&self) -> Arc<[Arc<Replica>]> {
+    /// A weak handle for the metrics, which must not keep the controller alive.
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<RwLock<Arc<[Arc<Replica>]>>> {
+        Arc::downgrade(&self.0)
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<[Arc<Replica>]> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 

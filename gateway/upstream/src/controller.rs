@@ -61,6 +61,7 @@ pub async fn start(name: &'static str, spec: Spec, settings: Settings) -> (Rotat
     controller.resolved(initial);
     controller.reconcile();
     tokio::spawn(controller.run(resolver, ejections_rx, verdicts_rx));
+    crate::metrics::watch_replicas(name, &members, &rotation);
     (rotation, members)
 }
 

@@ -42,6 +42,11 @@ impl Members {
             .count()
     }
 
+    /// A weak handle for the metrics.
+    pub(crate) fn downgrade(&self) -> std::sync::Weak<RwLock<Vec<MemberView>>> {
+        Arc::downgrade(&self.0)
+    }
+
     /// Replaces the snapshot (the controller, after each change).
     pub(crate) fn set(&self, members: Vec<MemberView>) {
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = members;

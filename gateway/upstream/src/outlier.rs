@@ -34,6 +34,11 @@ pub struct Outlier {
 }
 
 impl Outlier {
+    /// The replica's address.
+    pub fn key(&self) -> &Arc<str> {
+        &self.key
+    }
+
     pub fn new(key: Arc<str>, failures: Arc<AtomicU32>, threshold: u32, ejections: mpsc::Sender<Arc<str>>) -> Self {
         Self {
             key,

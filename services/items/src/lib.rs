@@ -56,6 +56,7 @@ pub async fn run(
         &POSTGRES_MIGRATIONS,
     )
     .await?;
+    let _metrics = mesh_sql::metrics::watch_pool("items", &pool);
     let store = ItemStore::new(pool.clone());
     mesh_common::grpc::GrpcServer::new(ItemServiceServer::new(ItemsApi::new(store)))
         .with_probe(move || {

@@ -8,6 +8,8 @@
 //! - `postgres://...`: a bounded pool on a shared PostgreSQL database.
 #![forbid(unsafe_code)]
 
+pub mod metrics;
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -156,6 +156,7 @@ pub async fn run(
         &POSTGRES_MIGRATIONS,
     )
     .await?;
+    let _metrics = mesh_sql::metrics::watch_pool("tasks", &pool);
     let mut store = TaskStore::new(pool.clone(), backend);
     let (stop_tx, stop_rx) = watch::channel(false);
     if let (Backend::Postgres, Some(url)) = (backend, &config.sql.database_url) {

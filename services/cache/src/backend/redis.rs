@@ -30,7 +30,7 @@ impl RedisBackend {
 impl CacheBackend for RedisBackend {
     async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
         let mut conn = self.conn.clone();
-        let value: Option<Vec<u8>> = timed(conn.get(self.key(key))).await?;
+        let value: Option<Vec<u8>> = timed("GET", conn.get(self.key(key))).await?;
         Ok(value.map(Bytes::from))
     }
 
@@ -42,13 +42,13 @@ impl CacheBackend for RedisBackend {
             // PX takes whole milliseconds; never round a short TTL down to 0.
             cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
         }
-        let _: () = timed(cmd.query_async(&mut conn)).await?;
+        let _: () = timed("SET", cmd.query_async(&mut conn)).await?;
         Ok(())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, CacheError> {
         let mut conn = self.conn.clone();
-        let removed: u64 = timed(conn.del(self.key(key))).await?;
+        let removed: u64 = timed("DEL", conn.del(self.key(key))).await?;
         Ok(removed > 0)
     }
 
@@ -61,6 +61,7 @@ impl CacheBackend for RedisBackend {
         let mut count: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<Vec<u8>>) = timed(
+                "SCAN",
                 redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")

@@ -96,7 +96,7 @@ impl CounterBackend for RedisBackend {
             invocation.key(format!("{}i:{}:{name}:{k}", self.prefix, name.len()));
         }
         invocation.arg(delta).arg(self.window_ms());
-        match timed(invocation.invoke_async::<i64>(&mut conn)).await {
+        match timed("script:increment", invocation.invoke_async::<i64>(&mut conn)).await {
             Ok(v) => Ok(v),
             Err(err) if err.code() == Some(IDEMPOTENCY_KEY_REUSED) => Err(CounterError::IdempotencyKeyReused {
                 first_delta: err
@@ -119,7 +119,7 @@ impl CounterBackend for RedisBackend {
 
     async fn get(&self, name: &str) -> Result<i64, CounterError> {
         let mut conn = self.conn.clone();
-        let v: Option<i64> = timed(conn.get(self.counter_key(name))).await?;
+        let v: Option<i64> = timed("GET", conn.get(self.counter_key(name))).await?;
         Ok(v.unwrap_or(0))
     }
 
@@ -127,7 +127,7 @@ impl CounterBackend for RedisBackend {
         let mut conn = self.conn.clone();
         let mut invocation = self.reset.key(self.counter_key(name));
         invocation.key(self.generation_key(name)).arg(self.window_ms());
-        Ok(timed(invocation.invoke_async::<i64>(&mut conn)).await?)
+        Ok(timed("script:reset", invocation.invoke_async::<i64>(&mut conn)).await?)
     }
 
     async fn ping(&self) -> bool {
