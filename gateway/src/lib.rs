@@ -24,6 +24,7 @@ pub mod routes;
 pub mod serve;
 pub mod singleflight;
 pub mod state;
+pub mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -456,6 +457,8 @@ pub fn admin_app(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz_detail))
         .route("/overview", get(ops::overview_detail))
         .route("/metrics", get(|| mesh_common::admin::metrics(None)))
+        .route("/ui", get(ui::page))
+        .route("/ui/events", get(ui::events))
         .fallback(not_found)
         .with_state(state)
 }

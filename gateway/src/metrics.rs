@@ -90,6 +90,11 @@ pub fn singleflight_count(flight: &str, outcome: &str) -> u64 {
     HTTP.singleflight.with_label_values(&[flight, outcome]).get()
 }
 
+/// The routes' duration histograms as they stand (the live page reads them).
+pub fn route_families() -> Vec<prometheus::proto::MetricFamily> {
+    prometheus::core::Collector::collect(&HTTP.duration)
+}
+
 /// A request of `group` was refused by its rate limit.
 pub fn rate_limited(group: &'static str) {
     HTTP.rate_limited.with_label_values(&[group]).inc();

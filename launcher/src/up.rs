@@ -337,11 +337,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         println!("  {:<10} {addr} (in the launcher; the gateway's --upstream)", "another");
     }
     println!("  fetch tasks may reach: {fetch_allow}");
-    println!("\nadmin listeners (loopback: /healthz, /readyz, /metrics; the gateway's also /overview):");
+    println!("\nadmin listeners (loopback: /healthz, /readyz, /metrics; the gateway's also /overview and /ui):");
     for p in &procs {
         if let Some(admin) = p.admin {
             println!("  {:<10} {admin}", p.name);
         }
+    }
+    if let Some(admin) = procs.last().and_then(|p| p.admin) {
+        println!("  live mesh page: http://{}/ui", reachable(admin));
     }
     let gateway = reachable(procs.last().map(|p| p.addr).unwrap_or(gateway_listen));
     if let Some(dir) = &certs {

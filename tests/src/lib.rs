@@ -535,6 +535,55 @@ impl Mesh {
 }
 
 /// Whether backend-dependent tests must fail rather than skip (CI sets `CI=true`).
+/// Debian's `chromium` (or `chromium-browser`) on `PATH`. Without it: `None`
+/// after printing `SKIPPED`, except under CI (which installs it), where
+/// it panics.
+pub fn chromium() -> Option<PathBuf> {
+    let found = ["chromium", "chromium-browser"].into_iter().find_map(|name| {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|dir| std::path::Path::new(dir).join(name))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            !in_ci(),
+            "chromium is not installed, and CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
+    }
+    found
+}
+
+/// Headless Chromium that reaches nothing but loopback: every host but
+/// 127.0.0.1 resolves to nothing, and its own calls home are off.
+pub const CHROMIUM_FLAGS: &[&str] = &[
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    // The browser's own calls home (network time, component and
+    // safe-browsing updates, hints, translation): off, so that the
+    // net log holds only what the page asked for.
+    "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,Translate,MediaRouter,\
+             DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater,\
+             InterestFeedContentSuggestions,PrivacySandboxSettings4",
+    "--disable-domain-reliability",
+    "--disable-client-side-phishing-detection",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-breakpad",
+    "--no-pings",
+    "--safebrowsing-disable-auto-update",
+    "--metrics-recording-only",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+];
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

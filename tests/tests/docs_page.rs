@@ -6,11 +6,11 @@
 //! test is skipped, except in CI, where it fails. Chromium runs in a process
 //! group of its own that a guard kills, also when the test fails.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use mesh_tests::{ProcessGroupGuard, Server, gateway_flags, in_ci};
+use mesh_tests::{ProcessGroupGuard, Server, chromium, gateway_flags};
 use tokio::process::Command;
 
 /// Operations the rendered page must show (Swagger UI's `data-path`).
@@ -26,24 +26,6 @@ const PATHS: &[&str] = &[
     "/overview",
 ];
 
-fn chromium() -> Option<PathBuf> {
-    let found = ["chromium", "chromium-browser"].into_iter().find_map(|name| {
-        std::env::var_os("PATH")?
-            .to_str()?
-            .split(':')
-            .map(|dir| Path::new(dir).join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            !in_ci(),
-            "chromium is not installed, and CI must run this test (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED: chromium is not installed (apt-get install chromium)");
-    }
-    found
-}
-
 /// Runs headless Chromium on `url` with `extra` flags, its profile and net
 /// log in `dir`, and returns its stdout. Every host but 127.0.0.1 resolves
 /// to nothing, so a request that tried to leave would fail and show in the log.
@@ -52,31 +34,7 @@ async fn run_chromium(browser: &Path, dir: &Path, name: &str, url: &str, extra: 
     let net_log = dir.join(format!("net-{name}.json"));
     let mut command = Command::new(browser);
     command
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            // The browser's own calls home (network time, component and
-            // safe-browsing updates, hints, translation): off, so that the
-            // net log holds only what the page asked for.
-            "--disable-features=NetworkTimeServiceQuerying,OptimizationHints,Translate,MediaRouter,\
-             DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater,\
-             InterestFeedContentSuggestions,PrivacySandboxSettings4",
-            "--disable-domain-reliability",
-            "--disable-client-side-phishing-detection",
-            "--disable-default-apps",
-            "--disable-extensions",
-            "--disable-breakpad",
-            "--no-pings",
-            "--safebrowsing-disable-auto-update",
-            "--metrics-recording-only",
-            "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        ])
+        .args(mesh_tests::CHROMIUM_FLAGS)
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--log-net-log={}", net_log.display()))
         .args(extra)

@@ -194,7 +194,7 @@ pub async fn overview_detail(State(state): State<AppState>, call: Call) -> axum:
     overview_of(state, call, true).await
 }
 
-async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Value> {
+pub(crate) async fn overview_of(state: AppState, call: Call, detail: bool) -> axum::Json<Value> {
     let items = async {
         let page = state
             .items

@@ -53,4 +53,4 @@ pub use members::{MemberView, Members};
 pub use settings::{ClientTls, HedgeSettings, PerTryTimeout, Settings};
 pub use spec::{Spec, SpecError};
 pub use transport::{Transport, TransportError};
-pub use upstream::Upstream;
+pub use upstream::{ReplicaStats, Upstream};

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
+use crate::balance::Rotation;
 use crate::context::CallContext;
 use crate::controller;
 use crate::error::UpstreamError;
@@ -28,6 +29,17 @@ use crate::transport::{self, Transport, is_broken_connection, is_shed};
 /// repeat (a blip), not three.
 const RETRIES: u8 = 3;
 
+/// A replica's state and load, as [`Upstream::replicas`] reports it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplicaStats {
+    #[serde(flatten)]
+    pub member: crate::members::MemberView,
+    /// Calls sent to it and not yet answered.
+    pub pending: usize,
+    /// The balancer's peak-EWMA latency estimate, in ms (in rotation only).
+    pub latency_ms: Option<f64>,
+}
+
 /// One service's replicas, with the mesh's traffic policies. Cloning it is
 /// one reference count.
 #[derive(Clone)]
@@ -39,6 +51,8 @@ struct Inner {
     name: &'static str,
     transport: Transport,
     members: Members,
+    /// The balancer's replicas (their calls in flight and latency).
+    rotation: Rotation,
     budget: TpsBudget,
     per_try: PerTry,
     hedge: Option<Hedger>,
@@ -52,8 +66,9 @@ impl Upstream {
         Upstream {
             inner: Arc::new(Inner {
                 name,
-                transport: transport::stack(rotation, settings.max_in_flight),
+                transport: transport::stack(rotation.clone(), settings.max_in_flight),
                 members,
+                rotation,
                 budget: TpsBudget::new(
                     Duration::from_secs(10),
                     settings.retry_min_per_sec,
@@ -73,6 +88,25 @@ impl Upstream {
 
     pub fn members(&self) -> &Members {
         &self.inner.members
+    }
+
+    /// Every known replica as the gateway sees it now, and for those in
+    /// rotation their calls in flight and the balancer's latency estimate.
+    pub fn replicas(&self) -> Vec<ReplicaStats> {
+        let in_balancer = self.inner.rotation.snapshot();
+        self.inner
+            .members
+            .snapshot()
+            .into_iter()
+            .map(|member| {
+                let replica = in_balancer.iter().find(|r| r.address().as_ref() == member.address);
+                ReplicaStats {
+                    pending: replica.map_or(0, |r| r.in_flight()),
+                    latency_ms: replica.map(|r| r.latency().as_secs_f64() * 1000.0),
+                    member,
+                }
+            })
+            .collect()
     }
 
     /// The stack every call to the service goes through (a cheap clone).
