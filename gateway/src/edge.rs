@@ -29,8 +29,9 @@ use std::time::Instant;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use mesh_common::otel;
 use mesh_common::telemetry::{self, Millis};
-use mesh_common::tracecontext::{TRACEPARENT, TRACESTATE, Trace};
+use mesh_common::tracecontext::{TRACEPARENT, TRACESTATE, Trace, TraceParent};
 
 use crate::error::AppError;
 use crate::request_id::RequestIds;
@@ -118,7 +119,31 @@ where
         };
         // The client's W3C trace, or a new one: on every line of the
         // request, and passed on (by the route's calls) to every service.
-        let trace = Trace::continue_or_start(request.headers().get(TRACEPARENT), request.headers().get(TRACESTATE));
+        let parent = request
+            .headers()
+            .get(TRACEPARENT)
+            .and_then(|v| TraceParent::parse(v.as_bytes()));
+        let mut trace = Trace::of(parent, request.headers().get(TRACESTATE));
+        // With tracing on, the request's own span: its trace (the client's,
+        // or one the sampler starts) is the one passed on.
+        let span = otel::enabled()
+            .then(|| {
+                let parent = parent.map(|p| otel::Parent {
+                    trace_id: p.trace_id,
+                    span_id: p.parent_id,
+                    flags: p.flags,
+                    remote: true,
+                });
+                let request_id = id.to_str().unwrap_or("-");
+                otel::start(request.method().to_string(), otel::Kind::Server, parent, request_id)
+            })
+            .flatten();
+        if let Some(span) = &span {
+            let (trace_id, span_id, flags) = span.ids();
+            trace.trace_id = trace_id;
+            trace.span_id = Some(span_id);
+            trace.flags = flags & mesh_common::tracecontext::SAMPLED;
+        }
         let ids = telemetry::CallIds {
             request_id: id.clone(),
             trace_id: Some(trace.trace_id),
@@ -144,6 +169,26 @@ where
             let status = response.status();
             let elapsed = started.elapsed();
             let path = uri.path();
+            if let Some(mut span) = span {
+                // Named by the route's template (`GET /items/{id}`), never the path.
+                let route = response
+                    .extensions()
+                    .get::<crate::metrics::Route>()
+                    .map(|r| r.0.as_str().to_string());
+                span.rename(match &route {
+                    Some(route) => format!("{method} {route}"),
+                    None => method.to_string(),
+                });
+                span.set("http.request.method", method.to_string());
+                span.set("http.response.status_code", i64::from(status.as_u16()));
+                if let Some(route) = route {
+                    span.set("http.route", route);
+                }
+                if status.is_server_error() {
+                    span.fail(status.to_string());
+                }
+                span.end();
+            }
             if telemetry::access_log_enabled() {
                 tracing::info!(
                     target: telemetry::ACCESS,

@@ -13,7 +13,7 @@ async fn main() -> anyhow::Result<()> {
     if config.check_config {
         return mesh_common::probe::check_config("gateway", || config.check());
     }
-    mesh_common::serve_main("gateway", config.listen, config.log.log_format, |listener, shutdown| {
+    mesh_common::serve_main("gateway", config.listen, config.log.clone(), |listener, shutdown| {
         mesh_gateway::run(listener, config, shutdown)
     })
     .await

@@ -128,14 +128,22 @@ pub async fn track(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().cloned();
     http.active.inc();
     let started = Instant::now();
-    let response = next.run(request).await;
+    let mut response = next.run(request).await;
     http.active.dec();
-    let route = route.as_ref().map_or("unknown", MatchedPath::as_str);
+    let label = route.as_ref().map_or("unknown", MatchedPath::as_str);
     http.duration
-        .with_label_values(&[method, route, response.status().as_str()])
+        .with_label_values(&[method, label, response.status().as_str()])
         .observe(started.elapsed().as_secs_f64());
+    // The edge names the request's span after its route.
+    if let Some(route) = route.filter(|_| mesh_common::otel::enabled()) {
+        response.extensions_mut().insert(Route(route));
+    }
     response
 }
+
+/// The matched route's template, on a response, for the request's span.
+#[derive(Clone, Debug)]
+pub struct Route(pub MatchedPath);
 
 /// Makes the series' families exist before the first request.
 pub fn init() {

@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
             mesh_common::probe::check_config("items-service", || c.serve.check("items-service", c.listen))
         }
         Some(Server::Items(c)) => {
-            mesh_common::serve_main("items-service", c.listen, c.serve.log.log_format, |l, s| {
+            mesh_common::serve_main("items-service", c.listen, c.serve.log.clone(), |l, s| {
                 mesh_items::run(l, c, s)
             })
             .await
@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
             mesh_common::probe::check_config("cache-service", || c.serve.check("cache-service", c.listen))
         }
         Some(Server::Cache(c)) => {
-            mesh_common::serve_main("cache-service", c.listen, c.serve.log.log_format, |l, s| {
+            mesh_common::serve_main("cache-service", c.listen, c.serve.log.clone(), |l, s| {
                 mesh_cache::run(l, c, s)
             })
             .await
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
             mesh_common::probe::check_config("tasks-service", || c.serve.check("tasks-service", c.listen))
         }
         Some(Server::Tasks(c)) => {
-            mesh_common::serve_main("tasks-service", c.listen, c.serve.log.log_format, |l, s| {
+            mesh_common::serve_main("tasks-service", c.listen, c.serve.log.clone(), |l, s| {
                 mesh_tasks::run(l, c, s)
             })
             .await
@@ -122,17 +122,14 @@ async fn main() -> anyhow::Result<()> {
             mesh_common::probe::check_config("counter-service", || c.serve.check("counter-service", c.listen))
         }
         Some(Server::Counter(c)) => {
-            mesh_common::serve_main("counter-service", c.listen, c.serve.log.log_format, |l, s| {
+            mesh_common::serve_main("counter-service", c.listen, c.serve.log.clone(), |l, s| {
                 mesh_counter::run(l, c, s)
             })
             .await
         }
         Some(Server::Gateway(c)) if c.check_config => mesh_common::probe::check_config("gateway", || c.check()),
         Some(Server::Gateway(c)) => {
-            mesh_common::serve_main("gateway", c.listen, c.log.log_format, |l, s| {
-                mesh_gateway::run(l, *c, s)
-            })
-            .await
+            mesh_common::serve_main("gateway", c.listen, c.log.clone(), |l, s| mesh_gateway::run(l, *c, s)).await
         }
         Some(Server::ApiKey(args)) => api_key(&args),
         Some(Server::Certs(args)) => {

@@ -258,6 +258,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 let mut cmd = Command::new(&exe);
                 cmd.arg(service.name).arg("--listen").arg(listen.to_string());
                 cmd.arg("--log-format").arg(log_format);
+                traced(&mut cmd, &args.log.otel);
                 cmd.arg("--admin-listen")
                     .arg(admin_listen(args.ephemeral_ports, admin_port));
                 if let Some(dir) = &certs {
@@ -302,6 +303,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let mut cmd = Command::new(&exe);
         cmd.arg("gateway").arg("--listen").arg(gateway_listen.to_string());
         cmd.arg("--log-format").arg(log_format);
+        traced(&mut cmd, &args.log.otel);
         cmd.arg("--admin-listen")
             .arg(admin_listen(args.ephemeral_ports, GATEWAY_ADMIN_PORT));
         for (service, list) in &endpoints {
@@ -374,6 +376,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(name) => bail!("{name} exited unexpectedly"),
         None => Ok(()),
     }
+}
+
+/// Every child exports traces where the launcher was told to.
+fn traced(cmd: &mut Command, otel: &mesh_common::otel::OtelArgs) {
+    if let Some(endpoint) = &otel.otlp_endpoint {
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+    }
+    cmd.env("MESH_TRACE_SAMPLE_RATIO", otel.trace_sample_ratio.to_string());
 }
 
 /// A child's log line as the launcher writes it: `NAME | line`, or in JSON

@@ -80,12 +80,25 @@ impl<C: Clone + Send + Sync + 'static> Client<C> {
             let started = std::time::Instant::now();
             let attempt = |cut_at: Option<PerTryCut>| {
                 let mut client = C::clone(&this.client);
-                let mut request = call.request(message.clone());
+                // With tracing on, each attempt is a client span of its own.
+                let span = attempt_span(&call, M::GRPC_PATH);
+                let mut request = call.request_in(message.clone(), span.as_ref().map(|s| s.ids().1));
                 if let Some(cut_at) = cut_at {
                     request.extensions_mut().insert(cut_at);
                 }
                 let method = &method;
-                async move { method.invoke(&mut client, request).await }
+                async move {
+                    let result = method.invoke(&mut client, request).await;
+                    if let Some(mut span) = span {
+                        let code = result.as_ref().map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
+                        span.set("rpc.grpc.status_code", code as i64);
+                        if let Err(status) = &result {
+                            span.fail(status.message().to_string());
+                        }
+                        span.end();
+                    }
+                    result
+                }
             };
             let result = this.upstream.run(&call, kind, attempt).await;
             let code = match &result {
@@ -96,6 +109,31 @@ impl<C: Clone + Send + Sync + 'static> Client<C> {
             result.map(tonic::Response::into_inner)
         }
     }
+}
+
+/// The span of one attempt at `path` (`/mesh.items.v1.ItemService/GetItem`),
+/// a child of the request's span; `None` unless that span is recorded.
+fn attempt_span(call: &CallContext, path: &'static str) -> Option<mesh_common::otel::Active> {
+    use mesh_common::otel;
+    let trace = call.trace.as_ref().filter(|_| otel::enabled())?;
+    let parent = otel::Parent {
+        trace_id: trace.trace_id,
+        span_id: trace.span_id?,
+        flags: trace.flags,
+        remote: false,
+    };
+    let name = path.trim_start_matches('/');
+    let mut span = otel::start(
+        name.to_string(),
+        otel::Kind::Client,
+        Some(parent),
+        call.request_id.as_deref().unwrap_or("-"),
+    )?;
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    span.set("rpc.system", "grpc");
+    span.set("rpc.service", service);
+    span.set("rpc.method", method);
+    Some(span)
 }
 
 /// A generated client's method, as a value: `ItemServiceClient::list_items`

@@ -68,6 +68,12 @@ impl CallContext {
     /// header table (each insert evicting entries that do repeat), which
     /// cost the gateway more CPU per call than the rest of the headers.
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        self.request_in(message, None)
+    }
+
+    /// [`CallContext::request`] for an attempt recorded as span `span_id`
+    /// (its `traceparent` names it; without one, a new span id).
+    pub fn request_in<T>(&self, message: T, span_id: Option<u64>) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.time_left().max(Duration::from_millis(1)));
         let metadata = request.metadata_mut();
@@ -83,7 +89,11 @@ impl CallContext {
             metadata.insert("x-request-id", id);
         }
         if let Some(trace) = &self.trace {
-            if let Ok(mut parent) = tonic::metadata::AsciiMetadataValue::try_from(&trace.traceparent_bytes()[..]) {
+            let parent = match span_id {
+                Some(span_id) => trace.traceparent_for(span_id),
+                None => trace.traceparent_bytes(),
+            };
+            if let Ok(mut parent) = tonic::metadata::AsciiMetadataValue::try_from(&parent[..]) {
                 parent.set_sensitive(true);
                 metadata.insert(TRACEPARENT, parent);
             }

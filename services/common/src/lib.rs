@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod grpc;
 pub mod metrics;
+pub mod otel;
 pub mod probe;
 pub mod reason;
 pub mod redact;
@@ -60,13 +61,14 @@ fn print_line(line: &str) {
 
 /// The shared body of every server binary's `main`: bind `listen`, announce the
 /// address, and run the server until SIGINT/SIGTERM.
-pub async fn serve_main<R, Fut>(name: &str, listen: SocketAddr, log: telemetry::LogFormat, run: R) -> anyhow::Result<()>
+pub async fn serve_main<R, Fut>(name: &str, listen: SocketAddr, log: telemetry::LogArgs, run: R) -> anyhow::Result<()>
 where
     R: FnOnce(tokio::net::TcpListener, shutdown::Signal) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
     use anyhow::Context;
-    let _log = telemetry::init(log); // flushes the log when serve_main returns
+    let _log = telemetry::init(log.log_format); // flushes the log when serve_main returns
+    let traces = otel::init(&log.otel, name)?;
     // Before anything slow (binding, connecting to a database): from here on
     // SIGTERM means a graceful stop.
     let shutdown = Box::pin(shutdown::signal());
@@ -76,7 +78,11 @@ where
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "{name} starting");
     announce(name, addr);
-    run(listener, shutdown).await.map_err(without_passwords)
+    let result = run(listener, shutdown).await.map_err(without_passwords);
+    if let Some(traces) = traces {
+        traces.shutdown().await; // the last spans, before the log's last line
+    }
+    result
 }
 
 /// The error `main` prints, with any URL password in it masked (a bad

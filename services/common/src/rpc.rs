@@ -215,11 +215,34 @@ where
             None
         };
         // The caller's W3C trace (the gateway sends one on every call).
-        let trace_id = request
+        let parent = request
             .headers()
             .get(crate::tracecontext::TRACEPARENT)
-            .and_then(|v| crate::tracecontext::TraceParent::parse(v.as_bytes()))
-            .map(|p| p.trace_id);
+            .and_then(|v| crate::tracecontext::TraceParent::parse(v.as_bytes()));
+        // With tracing on, the call's span, a child of the caller's attempt.
+        let span = crate::otel::enabled()
+            .then(|| rpc_span(uri.path(), parent, request_id.to_str().unwrap_or("-")))
+            .flatten();
+        let trace_id = match &span {
+            Some(span) => Some(span.ids().0),
+            None => parent.map(|p| p.trace_id),
+        };
+        // What a handler keeps to link later work (a queued task) to this call.
+        let call_trace = match &span {
+            Some(span) => {
+                let (trace_id, span_id, flags) = span.ids();
+                Some(crate::tracecontext::format_traceparent(trace_id, span_id, flags))
+            }
+            None => request
+                .headers()
+                .get(crate::tracecontext::TRACEPARENT)
+                .filter(|_| parent.is_some())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        };
+        if let Some(call_trace) = call_trace {
+            request.extensions_mut().insert(CallTrace(call_trace));
+        }
         let ids = telemetry::CallIds {
             request_id,
             trace_id,
@@ -251,6 +274,13 @@ where
                 Err(err) => (Code::Unknown, Some(err.to_string())),
             };
             metrics::handled(guard.labels, code, elapsed);
+            if let Some(mut span) = span {
+                span.set("rpc.grpc.status_code", code as i64);
+                if is_server_fault(code) {
+                    span.fail(format!("{code:?}"));
+                }
+                span.end();
+            }
             let method = method_name(&guard.uri);
             if telemetry::access_log_enabled() {
                 tracing::info!(
@@ -269,6 +299,46 @@ where
             result
         }))
     }
+}
+
+/// The W3C `traceparent` of the call being served (its span, or the
+/// caller's when this process records none), in the request's extensions.
+#[derive(Clone, Debug)]
+pub struct CallTrace(pub String);
+
+impl CallTrace {
+    /// The call's `traceparent`, if it has one.
+    pub fn of<T>(request: &tonic::Request<T>) -> Option<String> {
+        request.extensions().get::<CallTrace>().map(|t| t.0.clone())
+    }
+}
+
+/// The server span of a call to `path`, under the caller's span if it sent one.
+fn rpc_span(
+    path: &str,
+    parent: Option<crate::tracecontext::TraceParent>,
+    request_id: &str,
+) -> Option<crate::otel::Active> {
+    let parent = parent.map(|p| crate::otel::Parent {
+        trace_id: p.trace_id,
+        span_id: p.parent_id,
+        flags: p.flags,
+        remote: true,
+    });
+    // Named only by the contract's own methods: a path a client made up
+    // must not become a span name (a trace store's index grows with them).
+    let (service, method) =
+        mesh_proto::bindings::method(path).map_or(("unknown", "unknown"), |m| (m.service, m.method));
+    let mut span = crate::otel::start(
+        format!("{service}/{method}"),
+        crate::otel::Kind::Server,
+        parent,
+        request_id,
+    )?;
+    span.set("rpc.system", "grpc");
+    span.set("rpc.service", service);
+    span.set("rpc.method", method);
+    Some(span)
 }
 
 /// Codes that say the server failed, not the caller.

@@ -91,12 +91,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// The logging flag every binary takes (flattened into its config).
-#[derive(clap::Args, Clone, Copy, Debug, Default)]
+/// The logging and tracing flags every binary takes (flattened into its config).
+#[derive(clap::Args, Clone, Debug, Default)]
 pub struct LogArgs {
     /// How log lines are written: `text` or `json` (one object per line).
     #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    #[command(flatten)]
+    pub otel: crate::otel::OtelArgs,
 }
 
 /// The settings [`init`] reads from the environment.

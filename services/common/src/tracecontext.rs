@@ -94,6 +94,9 @@ pub struct Trace {
     pub flags: u8,
     /// The client's `tracestate`, forwarded unchanged.
     pub state: Option<Arc<str>>,
+    /// The gateway's own span for the request, when it records one
+    /// ([`crate::otel`]): the parent of its calls' spans.
+    pub span_id: Option<u64>,
 }
 
 impl Trace {
@@ -101,7 +104,12 @@ impl Trace {
     /// `traceparent` is valid (and its `tracestate` then, if not too long),
     /// else a new one, not sampled.
     pub fn continue_or_start(traceparent: Option<&HeaderValue>, tracestate: Option<&HeaderValue>) -> Trace {
-        match traceparent.and_then(|v| TraceParent::parse(v.as_bytes())) {
+        Trace::of(traceparent.and_then(|v| TraceParent::parse(v.as_bytes())), tracestate)
+    }
+
+    /// [`Trace::continue_or_start`] with the `traceparent` already parsed.
+    pub fn of(parent: Option<TraceParent>, tracestate: Option<&HeaderValue>) -> Trace {
+        match parent {
             Some(parent) => Trace {
                 trace_id: parent.trace_id,
                 flags: parent.flags & SAMPLED,
@@ -109,11 +117,13 @@ impl Trace {
                     .filter(|s| !s.is_empty() && s.len() <= MAX_TRACESTATE)
                     .and_then(|s| s.to_str().ok())
                     .map(Arc::from),
+                span_id: None,
             },
             None => Trace {
                 trace_id: new_trace_id(),
                 flags: 0,
                 state: None,
+                span_id: None,
             },
         }
     }
@@ -126,15 +136,25 @@ impl Trace {
 
     /// [`Trace::traceparent`] as bytes, made on the stack.
     pub fn traceparent_bytes(&self) -> [u8; 55] {
+        self.traceparent_for(new_span_id())
+    }
+
+    /// The `traceparent` of a call whose span is `span_id`.
+    pub fn traceparent_for(&self, span_id: u64) -> [u8; 55] {
         let mut buf = [0u8; 55];
         buf[..3].copy_from_slice(b"00-");
         write_hex(self.trace_id.0, &mut buf[3..35]);
         buf[35] = b'-';
-        write_hex(u128::from(new_span_id()), &mut buf[36..52]);
+        write_hex(u128::from(span_id), &mut buf[36..52]);
         buf[52] = b'-';
         write_hex(u128::from(self.flags), &mut buf[53..55]);
         buf
     }
+}
+
+/// A version-00 `traceparent` for these ids.
+pub fn format_traceparent(trace_id: TraceId, span_id: u64, flags: u8) -> String {
+    format!("00-{trace_id}-{span_id:016x}-{flags:02x}")
 }
 
 /// Writes the low `out.len()` hex digits of `n`, most significant first.

@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
     mesh_common::serve_main(
         "counter-service",
         config.listen,
-        config.serve.log.log_format,
+        config.serve.log.clone(),
         |listener, shutdown| mesh_counter::run(listener, config, shutdown),
     )
     .await

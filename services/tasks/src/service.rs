@@ -200,6 +200,7 @@ fn new_task(r: pb::SubmitTaskRequest, payload: serde_json::Value) -> Result<NewT
         queue: if r.queue.is_empty() { "default".into() } else { r.queue },
         idempotency_key: Some(r.idempotency_key).filter(|k| !k.is_empty()),
         fingerprint,
+        traceparent: None,
     })
 }
 
@@ -207,7 +208,9 @@ fn new_task(r: pb::SubmitTaskRequest, payload: serde_json::Value) -> Result<NewT
 impl TaskService for TasksApi {
     #[tracing::instrument(level = "debug", skip_all, fields(kind = %request.get_ref().kind, priority = request.get_ref().priority))]
     async fn submit_task(&self, request: Request<pb::SubmitTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        let new = self.new_task(request.into_inner())?;
+        let traceparent = mesh_common::rpc::CallTrace::of(&request);
+        let mut new = self.new_task(request.into_inner())?;
+        new.traceparent = traceparent;
         let (task, created) = self.store.submit(new).await?;
         if created {
             tracing::debug!(task = task.id, "task queued");
@@ -225,6 +228,7 @@ impl TaskService for TasksApi {
         &self,
         request: Request<pb::SubmitTasksRequest>,
     ) -> Result<Response<pb::SubmitTasksResponse>, Status> {
+        let traceparent = mesh_common::rpc::CallTrace::of(&request);
         let batch = request.into_inner().tasks;
         if batch.is_empty() {
             return Err(TaskError::invalid("tasks", "give at least one task").into());
@@ -243,8 +247,12 @@ impl TaskService for TasksApi {
         let batch = batch
             .into_iter()
             .enumerate()
-            .map(|(i, r)| self.new_task(r).map_err(|e| e.in_batch(i)))
-            .collect::<Result<Vec<_>, _>>()?;
+            .map(|(i, r)| {
+                let mut new = self.new_task(r).map_err(|e| e.in_batch(i))?;
+                new.traceparent = traceparent.clone();
+                Ok(new)
+            })
+            .collect::<Result<Vec<_>, TaskError>>()?;
         let done = self.store.submit_many(batch).await?;
         let created = done.iter().filter(|(_, created)| *created).count();
         tracing::debug!(created, repeated = done.len() - created, "batch queued");

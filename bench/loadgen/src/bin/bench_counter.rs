@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
     mesh_common::serve_main(
         "bench-counter",
         args.listen,
-        mesh_common::telemetry::LogFormat::Text,
+        mesh_common::telemetry::LogArgs::default(),
         |listener, shutdown| async move {
             // TCP_NODELAY, as the mesh's services set it.
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));

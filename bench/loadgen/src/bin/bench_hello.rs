@@ -26,7 +26,7 @@ async fn main() -> anyhow::Result<()> {
     mesh_common::serve_main(
         "bench-hello",
         args.listen,
-        mesh_common::telemetry::LogFormat::Text,
+        mesh_common::telemetry::LogArgs::default(),
         |listener, shutdown| async move {
             let app = Router::new().route("/test", get(test));
             axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;

@@ -52,7 +52,7 @@ async fn main() -> anyhow::Result<()> {
     mesh_common::serve_main(
         "bench-hop",
         args.listen,
-        mesh_common::telemetry::LogFormat::Text,
+        mesh_common::telemetry::LogArgs::default(),
         |listener, shutdown| async move {
             let app = Router::new().route("/increment", get(increment)).with_state(client);
             // TCP_NODELAY, as the gateway sets it.

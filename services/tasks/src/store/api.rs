@@ -35,6 +35,9 @@ pub struct NewTask {
     /// With a key: what the request asked for, so a reuse of the key with a
     /// different request can be told apart from a retry.
     pub fingerprint: Option<String>,
+    /// The W3C `traceparent` of the call that queued it (kept so that each
+    /// attempt's span links back to that request).
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug)]
@@ -140,6 +143,7 @@ impl TaskStore {
             timeout_ms: Option<i64>,
             ready_at: i64,
             queue: &'a str,
+            traceparent: Option<&'a str>,
         }
         let now = now_ms();
         let rows: Vec<Row> = tasks
@@ -161,6 +165,7 @@ impl TaskStore {
                     timeout_ms: p.timeout_ms,
                     ready_at: p.new.run_at_ms.max(created),
                     queue: &p.new.queue,
+                    traceparent: p.new.traceparent.as_deref(),
                 }
             })
             .collect();
@@ -169,7 +174,7 @@ impl TaskStore {
             mesh_sql::Backend::Postgres => {
                 "SELECT * FROM json_to_recordset(CAST($1 AS JSON)) AS r(ord INTEGER, kind TEXT, payload TEXT, \
                      priority INTEGER, created BIGINT, max_attempts INTEGER, timeout_ms BIGINT, ready_at BIGINT, \
-                     queue TEXT)"
+                     queue TEXT, traceparent TEXT)"
             }
             mesh_sql::Backend::Sqlite => {
                 "SELECT json_extract(value, '$.ord') AS ord, json_extract(value, '$.kind') AS kind, \
@@ -177,7 +182,8 @@ impl TaskStore {
                         json_extract(value, '$.created') AS created, \
                         json_extract(value, '$.max_attempts') AS max_attempts, \
                         json_extract(value, '$.timeout_ms') AS timeout_ms, \
-                        json_extract(value, '$.ready_at') AS ready_at, json_extract(value, '$.queue') AS queue \
+                        json_extract(value, '$.ready_at') AS ready_at, json_extract(value, '$.queue') AS queue, \
+                        json_extract(value, '$.traceparent') AS traceparent \
                  FROM json_each($1)"
             }
         };
@@ -185,9 +191,9 @@ impl TaskStore {
         // that order: the returned rows, sorted by id, match it.
         let sql = format!(
             "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms, max_attempts, \
-                 timeout_ms, run_at_ms, queued_ms, eff_priority, queue) \
+                 timeout_ms, run_at_ms, queued_ms, eff_priority, queue, traceparent) \
              SELECT kind, payload, priority, '{QUEUED}', 0, created, created, max_attempts, timeout_ms, \
-                 ready_at, ready_at, priority, queue FROM ({source}) AS r ORDER BY ord \
+                 ready_at, ready_at, priority, queue, traceparent FROM ({source}) AS r ORDER BY ord \
              RETURNING {COLUMNS}"
         );
         let rows = sqlx::query(&sql).bind(json).fetch_all(&mut *conn).await?;
@@ -473,8 +479,9 @@ async fn insert(conn: &mut sqlx::AnyConnection, p: Prepared) -> Result<(Task, bo
     let ready_at = new.run_at_ms.max(now);
     let sql = format!(
         "INSERT INTO tasks (kind, payload, priority, status, attempts, created_ms, updated_ms, max_attempts, \
-             timeout_ms, run_at_ms, queued_ms, eff_priority, queue, idempotency_key, request_fingerprint) \
-         VALUES ($1, $2, $3, '{QUEUED}', 0, $4, $4, $5, $6, $7, $7, $3, $8, $9, $10) \
+             timeout_ms, run_at_ms, queued_ms, eff_priority, queue, idempotency_key, request_fingerprint, \
+             traceparent) \
+         VALUES ($1, $2, $3, '{QUEUED}', 0, $4, $4, $5, $6, $7, $7, $3, $8, $9, $10, $11) \
          ON CONFLICT (idempotency_key) DO NOTHING RETURNING {COLUMNS}"
     );
     let row = sqlx::query(&sql)
@@ -488,6 +495,7 @@ async fn insert(conn: &mut sqlx::AnyConnection, p: Prepared) -> Result<(Task, bo
         .bind(&new.queue)
         .bind(new.idempotency_key.as_deref())
         .bind(new.fingerprint.as_deref())
+        .bind(new.traceparent.as_deref())
         .fetch_optional(&mut *conn)
         .await?;
     let Some(row) = row else {

@@ -123,6 +123,8 @@ pub struct Task {
     pub detail: String,
     /// Attempts whose worker died (lease expired); not counted against `max_attempts`.
     pub lost_attempts: u32,
+    /// The W3C `traceparent` of the call that queued it, if it came with one.
+    pub traceparent: Option<String>,
 }
 
 impl Task {

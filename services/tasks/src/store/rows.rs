@@ -13,7 +13,7 @@ use crate::error::TaskError;
 pub(super) const COLUMNS: &str = "id, kind, payload, priority, status, attempts, result, error, \
                        created_ms, started_ms, finished_ms, updated_ms, max_attempts, timeout_ms, run_at_ms, \
                        queue, idempotency_key, attempt_log, progress_percent, progress_message, \
-                       cancel_requested, detail, lost_attempts";
+                       cancel_requested, detail, lost_attempts, traceparent";
 
 pub(super) fn task_from_row(row: &AnyRow) -> Result<Task, TaskError> {
     let json = |col: &str, text: String| {
@@ -52,5 +52,6 @@ pub(super) fn task_from_row(row: &AnyRow) -> Result<Task, TaskError> {
         cancel_requested: cancel != 0,
         detail: row.try_get("detail")?,
         lost_attempts: u32::try_from(row.try_get::<i32, _>("lost_attempts")?).unwrap_or(0),
+        traceparent: row.try_get("traceparent")?,
     })
 }

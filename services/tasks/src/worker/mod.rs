@@ -230,6 +230,21 @@ impl Worker {
     #[tracing::instrument(skip_all, fields(worker = %self.name, task = task.id, kind = %task.kind, attempt = task.attempts))]
     async fn execute(&self, task: Task) {
         tracing::info!("task started");
+        // With tracing on, each attempt is the root of a trace of its own,
+        // linked to the call that queued the task (whichever replica took
+        // it, however long after).
+        let mut span = mesh_common::otel::start_linked(
+            format!("task {}", task.kind),
+            mesh_common::otel::Kind::Consumer,
+            task.traceparent
+                .as_deref()
+                .and_then(mesh_common::otel::Parent::of_traceparent),
+        );
+        if let Some(span) = &mut span {
+            span.set("mesh.task.id", task.id);
+            span.set("mesh.task.kind", task.kind.clone());
+            span.set("mesh.task.attempt", i64::from(task.attempts));
+        }
         let started = Instant::now();
         let started_ms = mesh_sql::now_ms();
         // Its lease is kept (see `held`) until its end is recorded.
@@ -259,6 +274,13 @@ impl Worker {
             Outcome::Failed { .. } => "failed",
             Outcome::Cancelled => "cancelled",
         };
+        if let Some(mut span) = span {
+            span.set("mesh.task.outcome", label);
+            if let Outcome::Failed { error, .. } = &outcome {
+                span.fail(error.clone());
+            }
+            span.end();
+        }
         let finished = match Finished::new(&task, outcome, self.config.backoff, started_ms, mesh_sql::now_ms()) {
             Ok(finished) => finished,
             Err(err) => {
