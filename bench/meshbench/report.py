@@ -11,7 +11,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from . import REPO, log
+from . import REPO, charts, log
 from .fleet import LOG_VARS, NO_CACHE_GATEWAY_RUST_LOG
 from .loads import GRPC_CONNECTIONS
 from .queue import GRAPHILE
@@ -277,6 +277,13 @@ TABLES = [
 ]
 
 
+CHARTS = ["## Charts", "",
+          "Drawn from bench/results.json by bench/meshbench/charts.py (also after every run):"
+          " the scenarios the seed's FastAPI app also serves, the mesh beside both references.", "",
+          "![Throughput per scenario: the mesh, FastAPI behind nginx, and bench-hello](bench/charts/throughput.svg)",
+          "",
+          "![Latency percentiles per scenario, log scale](bench/charts/latency.svg)"]
+
 def render_markdown(bench: Bench, facts: dict, found: list[dict]) -> str:
     subset = facts["groups"] != list(GROUPS)
     out = ["# Benchmarks", "",
@@ -299,6 +306,7 @@ def render_markdown(bench: Bench, facts: dict, found: list[dict]) -> str:
         out.append(f"- {key}: {', '.join(value) if isinstance(value, list) else value}")
     out += ["", "## Targets", ""]
     out += [f"- **{t['status']}** {t['target']}: {t['numbers']}" for t in found]
+    out += [""] + CHARTS
     for table, title, text in TABLES:
         rows = [r for r in bench.rows if r.table == table]
         if not rows:
@@ -463,8 +471,11 @@ def write_report(bench: Bench, facts: dict, out_dir: Path) -> None:
     if [g for g in facts["groups"] if g != "queue"]:
         found = targets(bench)
         (out_dir / "BENCHMARKS.md").write_text(render_markdown(bench, facts, found))
-        (out_dir / "bench" / "results.json").write_text(
-            json.dumps(results_json(bench, facts, found), indent=2, default=str) + "\n")
+        results = results_json(bench, facts, found)
+        (out_dir / "bench" / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+        # Through JSON, as a saved run would be read.
+        for path in charts.write(json.loads(json.dumps(results, default=str)), out_dir / "bench" / "charts"):
+            log(f"wrote {path}")
         for t in found:
             log(f"{t['status']}: {t['target']}: {t['numbers']}")
         log(f"wrote {out_dir / 'BENCHMARKS.md'} and {out_dir / 'bench' / 'results.json'}")
