@@ -51,11 +51,15 @@ What one run does, in order:
                   PostgreSQL's CPU), submit-to-start latency at low load;
                   needs PostgreSQL (MESH_BENCH_POSTGRES_URL, default
                   postgres://postgres@127.0.0.1:5432/test), psql and npm
+     tls          plaintext vs HTTPS vs HTTPS + mTLS meshes, alternating
+     observability  the default mesh vs --metrics false vs traces of a 10 %
+                  sample exported to bench-otlp-sink (an OTLP collector that
+                  only counts), /test and warm items, alternating
    A group that fails is noted in the report and the next one still runs;
    a missing bench-hello, bench-hop, bench-counter or grpc-load skips its
    rows with a note. --groups names: fastapi, hello, test, items-warm,
    items-cold, counters, tasks, grpc, hop, replicas (all three), scale (both),
-   queue.
+   queue, tls, observability.
 4. Writes BENCHMARKS.md and bench/results.json under --out-dir (the queue
    group: BENCHMARKS-queue.md and bench/results-queue.json), with a
    Targets section where every target is PASS or MISS with its numbers

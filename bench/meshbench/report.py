@@ -17,8 +17,8 @@ from .loads import GRPC_CONNECTIONS
 from .queue import GRAPHILE
 from .scenarios import (BENCH_COUNTER, BENCH_HOP, BURST_CLIENTS, CPU_SHOWN_SHARE, DEEP_PAGE,
                         DRAIN_TIMEOUT_S, FASTAPI, GROUPS, HELLO, HOP_CONNECTIONS, HOP_ROUNDS, MESH,
-                        PAGE_SIZE, SCALE_CONNECTIONS, SERVICE_KINDS, TASK_WORKERS, Bench, Row,
-                        cpu_text)
+                        PAGE_SIZE, SCALE_CONNECTIONS, SERVICE_KINDS, TASK_WORKERS, TRACE_SAMPLE, Bench,
+                        Row, cpu_text)
 
 MIB = 1024  # KiB per MiB: RSS figures are kept in KiB
 HOP_TARGET = 1.15  # the most CPU per request the gateway and counter-service may spend vs their floors
@@ -157,7 +157,8 @@ def targets(bench: Bench) -> list[dict]:
     # The groups that put 512 connections on their gateway (not scale's -c16, nor hop's
     # or tls's -c64).
     gw = {g: m for g, procs in memory.items() for n, m in procs.items()
-          if service_kind(n) == "gateway" and not g.startswith("scale") and g not in ("hop", "tls")}
+          if service_kind(n) == "gateway" and not g.startswith("scale")
+          and g not in ("hop", "tls", "observability")}
     if gw:
         worst = max(m["peak_kib"] for m in gw.values())
         found.append(check("Gateway peak RSS < 64 MiB with 512 connections", worst < 64 * MIB,
@@ -191,6 +192,27 @@ def targets(bench: Bench) -> list[dict]:
                                f"{f['rps']:,.0f} vs {tls[what]['plaintext']['rps']:,.0f} rps ="
                                f" {f['ratio']:.2f}x (median of rounds), {f['errors']} errors"))
 
+    obs = bench.facts.get("observability", {})
+    for what, label in (("test", "GET /test"), ("items", "warm GET /items/{id}")):
+        # Metrics cost: the default's throughput against the same mesh with them off.
+        name = f"{label} with metrics (the default) at least {METRICS_TARGET:.2f}x with metrics off"
+        on, off = obs.get(what, {}).get("default"), obs.get(what, {}).get("metrics off")
+        if on and off:
+            found.append(check(name, 1 / off["ratio"] >= METRICS_TARGET and not on["errors"] + off["errors"],
+                               f"{on['rps']:,.0f} vs {off['rps']:,.0f} rps = {1 / off['ratio']:.2f}x"
+                               f" (median of rounds), {on['errors'] + off['errors']} errors"))
+        else:
+            found.append(check(name, False, "not measured"))
+        kind = f"traces {TRACE_SAMPLE:.0%}"
+        name = f"{label} exporting {kind} at least {TRACES_TARGET:.2f}x the default"
+        traced = obs.get(what, {}).get(kind)
+        if traced and on:
+            found.append(check(name, traced["ratio"] >= TRACES_TARGET and not traced["errors"],
+                               f"{traced['rps']:,.0f} vs {on['rps']:,.0f} rps = {traced['ratio']:.2f}x"
+                               f" (median of rounds), {traced['errors']} errors"))
+        else:
+            found.append(check(name, False, "not measured"))
+
     hop = bench.facts.get("hop", {})
     found.append(floor_check(f"Gateway CPU per proxied GET /increment <= {HOP_TARGET}x {BENCH_HOP}",
                              hop.get("gateway"), "req"))
@@ -201,6 +223,8 @@ def targets(bench: Bench) -> list[dict]:
 
 # TLS may cost at most 15 % of the throughput (issue: security).
 TLS_TARGET = 0.85
+METRICS_TARGET = 0.95  # metrics on may cost at most 5 % of the throughput with them off
+TRACES_TARGET = 0.90  # traces of a 10 % sample may cost at most 10 % of the default
 
 
 def floor_check(name: str, fact: dict | None, unit: str) -> dict:
@@ -267,6 +291,13 @@ TABLES = [
      f" and every service (--tls-client-ca, --services-tls-*). wrk -c{HOP_CONNECTIONS} keeps its"
      f" connections (TLS handshakes only at the start), alternating meshes for {HOP_ROUNDS} rounds;"
      f" each ratio is the median of the rounds' throughput ratios to plaintext."),
+    ("observability", "What metrics and traces cost",
+     f"Three meshes on the same data: as users get them (metrics on, no traces), with --metrics"
+     f" false on every process, and with every process exporting traces of a"
+     f" {TRACE_SAMPLE:.0%} sample (--otlp-endpoint, --trace-sample-ratio {TRACE_SAMPLE}) to"
+     f" bench-otlp-sink, an OTLP collector that only counts spans. wrk -c{HOP_CONNECTIONS},"
+     f" alternating meshes for {HOP_ROUNDS} rounds; each ratio is the median of the rounds'"
+     f" throughput ratios to the default."),
     ("replicas", "Replicas behind the gateway",
      "Cache and counter replicas share Redis (127.0.0.1:6379, a prefix of this run), items"
      " replicas share one SQLite file. The items rows are cache-warm reads."),
@@ -366,6 +397,12 @@ def table_facts(bench: Bench, table: str) -> list[str]:
             for kind, f in bench.facts.get("tls", {}).get(what, {}).items():
                 if kind != "plaintext":
                     lines.append(f"{label}, {kind}: {f['rps']:,.0f} rps, {f['ratio']:.2f}x plaintext"
+                                 f" (median of rounds), {f['errors']} errors.")
+    if table == "observability":
+        for what, label in (("test", "GET /test"), ("items", "GET /items/{id} warm")):
+            for kind, f in bench.facts.get("observability", {}).get(what, {}).items():
+                if kind != "default":
+                    lines.append(f"{label}, {kind}: {f['rps']:,.0f} rps, {f['ratio']:.2f}x the default"
                                  f" (median of rounds), {f['errors']} errors.")
     if table in ("hop", "hop-floor"):
         fact = bench.facts.get("hop", {}).get("gateway" if table == "hop" else "counter")

@@ -39,6 +39,7 @@ REPLICAS = (1, 2, 3)
 DRAIN_TIMEOUT_S = 300
 HOP_ROUNDS = 3
 HOP_CONNECTIONS = 64
+TRACE_SAMPLE = 0.1  # the observability group's sampled share of traces
 FASTAPI = "FastAPI (2 uvicorn + nginx)"
 HELLO = "bench-hello"
 MESH = "mesh"
@@ -73,6 +74,7 @@ GROUPS: dict[str, Needs] = {
     "scale": Needs(data=(SMALL, BIG)),
     "queue": Needs(tools=("psql", "npm"), data=(SMALL,)),
     "tls": Needs(data=(SMALL,)),
+    "observability": Needs(data=(SMALL,)),
 }
 
 
@@ -155,11 +157,13 @@ class Bench:
 
     def start_mesh(self, tag: str, items_dir: Path, replicas: int = 1, redis: bool = False,
                    tasks_workers: int = TASK_WORKERS, cache: bool = True,
-                   certs: Path | None = None, inner_tls: bool = False) -> Mesh:
+                   certs: Path | None = None, inner_tls: bool = False,
+                   extra: tuple[str, ...] = ()) -> Mesh:
         """items, cache, counter (x replicas), tasks and a gateway over them.
         Without `cache` the gateway's cache endpoint is a closed port (x-cache: bypass).
         With `certs` (a `mesh certs` directory) the gateway serves HTTPS; with `inner_tls`
-        too, every service requires mutual TLS and the gateway calls them over it."""
+        too, every service requires mutual TLS and the gateway calls them over it. `extra`
+        goes to every process (flags they all take: --metrics, --otlp-endpoint, ...)."""
         procs: dict[str, list[Proc]] = {}
 
         def service_tls(kind: str) -> list[str]:
@@ -177,17 +181,19 @@ class Bench:
         for r in range(1, replicas + 1):
             suffix = f"{tag}-{r}" if replicas > 1 else tag
             procs.setdefault("items", []).append(self.fleet.rust(
-                f"items-{suffix}", "items-service", "--data-dir", str(items_dir), *service_tls("items")))
+                f"items-{suffix}", "items-service", "--data-dir", str(items_dir), *service_tls("items"),
+                *extra))
             if cache:
                 procs.setdefault("cache", []).append(self.fleet.rust(
-                    f"cache-{suffix}", "cache-service", *backend("cache"), *service_tls("cache")))
+                    f"cache-{suffix}", "cache-service", *backend("cache"), *service_tls("cache"), *extra))
             procs.setdefault("counter", []).append(self.fleet.rust(
-                f"counter-{suffix}", "counter-service", *backend("counter"), *service_tls("counter")))
+                f"counter-{suffix}", "counter-service", *backend("counter"), *service_tls("counter"),
+                *extra))
         tasks_dir = self.run_dir / "data" / f"tasks-{tag}"
         tasks_dir.mkdir(parents=True, exist_ok=True)
         procs["tasks"] = [self.fleet.rust(f"tasks-{tag}", "tasks-service", "--data-dir",
                                           str(tasks_dir), "--workers", str(tasks_workers),
-                                          *service_tls("tasks"))]
+                                          *service_tls("tasks"), *extra)]
         urls = {kind: ",".join(p.url for p in ps) for kind, ps in procs.items()}
         cache_urls = urls["cache"] if cache else f"http://{HOST}:{free_port()}"
         # A gateway without a cache logs a warning per request (the cache-outage
@@ -202,7 +208,7 @@ class Bench:
                           "--services-tls-key", str(certs / "gateway.key")]
         gateway = self.fleet.rust(
             f"gateway-{tag}", "gateway", "--items", urls["items"], "--cache", cache_urls,
-            "--tasks", urls["tasks"], "--counter", urls["counter"], *tls_flags,
+            "--tasks", urls["tasks"], "--counter", urls["counter"], *tls_flags, *extra,
             rust_log=None if cache else NO_CACHE_GATEWAY_RUST_LOG)
         if certs:
             gateway.scheme = "https"
@@ -544,6 +550,52 @@ class Bench:
 
         self.group("tls", plain.all() + edge.all() + mtls.all(), loads)
 
+    def run_observability(self) -> None:
+        """Three meshes on the same data: as users get them (metrics on, no traces), with
+        metrics off, and exporting traces of a 10 % sample to bench-otlp-sink (an OTLP
+        collector that only counts); /test and warm item reads, alternating."""
+        if not self.have("bench-otlp-sink"):
+            self.notes.append("bench-otlp-sink missing from the binary directory: the"
+                              " observability group is skipped.")
+            return
+        sink = self.fleet.rust("otlp-sink", "bench-otlp-sink")
+        meshes = {
+            "default": self.start_mesh("obs-default", self.items_small),
+            "metrics off": self.start_mesh("obs-nometrics", self.items_small,
+                                           extra=("--metrics", "false")),
+            f"traces {TRACE_SAMPLE:.0%}": self.start_mesh(
+                "obs-traced", self.items_small,
+                extra=("--otlp-endpoint", sink.url, "--trace-sample-ratio", str(TRACE_SAMPLE))),
+        }
+        c = HOP_CONNECTIONS
+
+        def warm_then_read(m: Mesh) -> Load:
+            self.warm_items(m.gateway)
+            return self.wrk.run(m.gateway.url, c, lua_random_ids("/items/", SEED_IDS))
+
+        def loads():
+            rounds: dict[str, dict[str, list[Load]]] = {"test": {}, "items": {}}
+            for r in range(1, HOP_ROUNDS + 1):
+                for what, run in (("test", lambda m: self.wrk.run(m.gateway.url + "/test", c)),
+                                  ("items", warm_then_read)):
+                    for kind, m in meshes.items():
+                        load = run(m)
+                        label = "GET /test" if what == "test" else "GET /items/{id} warm"
+                        self.record("observability", f"{label}, {kind}, round {r}", MESH, c, load,
+                                    "observability", note=hit_note(load) if what == "items" else "")
+                        rounds[what].setdefault(kind, []).append(load)
+            # Each ratio against the mesh as users get it: what turning metrics off saves,
+            # and what exporting traces costs.
+            self.facts["observability"] = {
+                what: {kind: {"rps": statistics.median(l.rps for l in loads),
+                              "errors": sum(l.errors for l in loads),
+                              "ratio": statistics.median(
+                                  l.rps / d.rps for l, d in zip(loads, by_kind["default"]))}
+                       for kind, loads in by_kind.items()}
+                for what, by_kind in rounds.items()}
+
+        self.group("observability", [sink] + [p for m in meshes.values() for p in m.all()], loads)
+
     def run_replicas(self, n: int) -> None:
         group = f"replicas-{n}"
         mesh = self.start_mesh(group, self.items_small, replicas=n, redis=True)
@@ -605,7 +657,7 @@ class Bench:
                  "items-warm": self.run_items_warm, "items-cold": self.run_items_cold,
                  "counters": self.run_counters, "tasks": self.run_tasks, "grpc": self.run_grpc,
                  "hop": self.run_hop, "queue": lambda: QueueGroup(self).run(),
-                 "tls": self.run_tls}[group]]
+                 "tls": self.run_tls, "observability": self.run_observability}[group]]
 
     def attempt(self, run_group) -> None:
         """Runs one group; a failure is noted in the report and the next group still runs."""

@@ -81,6 +81,9 @@ static HTTP: LazyLock<Http> = LazyLock::new(|| Http {
 
 /// A call of `flight` led a run or joined one (`outcome`).
 pub fn singleflight(flight: &'static str, outcome: &'static str) {
+    if !mesh_common::metrics::enabled() {
+        return;
+    }
     HTTP.singleflight.with_label_values(&[flight, outcome]).inc();
 }
 
@@ -102,6 +105,9 @@ pub fn rate_limited(group: &'static str) {
 
 /// `GET /items/{id}` was served with `x-cache: outcome`.
 pub fn cache_lookup(outcome: &'static str) {
+    if !mesh_common::metrics::enabled() {
+        return;
+    }
     HTTP.cache.with_label_values(&[outcome]).inc();
 }
 
@@ -123,6 +129,9 @@ fn method_label(method: &Method) -> &'static str {
 
 /// Counts a request to a matched route (a `route_layer`).
 pub async fn track(request: Request, next: Next) -> Response {
+    if !mesh_common::metrics::enabled() {
+        return named(request, next).await;
+    }
     let http = &*HTTP;
     let method = method_label(request.method());
     let route = request.extensions().get::<MatchedPath>().cloned();
@@ -136,6 +145,20 @@ pub async fn track(request: Request, next: Next) -> Response {
         .observe(started.elapsed().as_secs_f64());
     // The edge names the request's span after its route.
     if let Some(route) = route.filter(|_| mesh_common::otel::enabled()) {
+        response.extensions_mut().insert(Route(route));
+    }
+    response
+}
+
+/// Without metrics: only the route's name for the request's span.
+async fn named(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .filter(|_| mesh_common::otel::enabled())
+        .cloned();
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
         response.extensions_mut().insert(Route(route));
     }
     response

@@ -259,6 +259,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 cmd.arg(service.name).arg("--listen").arg(listen.to_string());
                 cmd.arg("--log-format").arg(log_format);
                 traced(&mut cmd, &args.log.otel);
+                metered(&mut cmd, args.log.metrics);
                 cmd.arg("--admin-listen")
                     .arg(admin_listen(args.ephemeral_ports, admin_port));
                 if let Some(dir) = &certs {
@@ -304,6 +305,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         cmd.arg("gateway").arg("--listen").arg(gateway_listen.to_string());
         cmd.arg("--log-format").arg(log_format);
         traced(&mut cmd, &args.log.otel);
+        metered(&mut cmd, args.log.metrics);
         cmd.arg("--admin-listen")
             .arg(admin_listen(args.ephemeral_ports, GATEWAY_ADMIN_PORT));
         for (service, list) in &endpoints {
@@ -384,6 +386,11 @@ fn traced(cmd: &mut Command, otel: &mesh_common::otel::OtelArgs) {
         cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
     }
     cmd.env("MESH_TRACE_SAMPLE_RATIO", otel.trace_sample_ratio.to_string());
+}
+
+/// Every child records metrics, or none does.
+fn metered(cmd: &mut Command, on: bool) {
+    cmd.env("MESH_METRICS", if on { "true" } else { "false" });
 }
 
 /// A child's log line as the launcher writes it: `NAME | line`, or in JSON

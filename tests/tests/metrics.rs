@@ -370,3 +370,17 @@ async fn the_database_pool_is_shown_per_service() {
     );
     promtool_accepts(&text);
 }
+
+#[tokio::test]
+async fn with_metrics_off_calls_are_not_recorded_and_the_scrape_still_answers() {
+    let counter = Server::start("counter-service", &args(&["--metrics", "false"])).await;
+    counter.wait_serving().await;
+    let mut client = CounterServiceClient::new(counter.channel());
+    for _ in 0..5 {
+        client.increment(increment("off")).await.unwrap();
+    }
+    let text = scrape(&counter).await;
+    let handled = format!("grpc_server_handled_total{{grpc_code=\"OK\",grpc_method=\"Increment\",{SERVICE}}}");
+    assert_eq!(value(&text, &handled), 0.0, "{text}");
+    promtool_accepts(&text);
+}

@@ -68,6 +68,7 @@ where
 {
     use anyhow::Context;
     let _log = telemetry::init(log.log_format); // flushes the log when serve_main returns
+    metrics::set_enabled(log.metrics);
     let traces = otel::init(&log.otel, name)?;
     // Before anything slow (binding, connecting to a database): from here on
     // SIGTERM means a graceful stop.

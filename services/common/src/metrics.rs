@@ -8,13 +8,31 @@
 //! by `grpc_type`, `grpc_service` and `grpc_method`. Labels stay bounded:
 //! a path that is not a mesh RPC (see `mesh_proto::bindings`) is counted
 //! under `unknown`, and no label ever holds an id, key or URL.
+//!
+//! `--metrics false` (`MESH_METRICS=0`) stops recording per call (the
+//! series stay at zero; gauges read at scrape time still answer): what the
+//! benchmark compares, to show what metrics cost.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mesh_proto::bindings;
 use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tonic::Code;
+
+static ON: AtomicBool = AtomicBool::new(true);
+
+/// Whether per-call metrics are recorded (`--metrics`, on by default).
+#[inline]
+pub fn enabled() -> bool {
+    ON.load(Ordering::Relaxed)
+}
+
+/// Turns per-call recording on or off (at start-up).
+pub fn set_enabled(on: bool) {
+    ON.store(on, Ordering::Relaxed);
+}
 
 /// The process's registry (the prometheus crate's default one): every
 /// metric of the process is registered here.
@@ -76,12 +94,18 @@ impl Calls {
     }
 
     fn started(&self, path: &str) -> [&'static str; 3] {
+        if !enabled() {
+            return ["", "", ""];
+        }
         let labels = call_labels(path);
         self.started.with_label_values(&labels).inc();
         labels
     }
 
     fn handled(&self, labels: [&'static str; 3], code: Code, took: Duration) {
+        if !enabled() {
+            return;
+        }
         let [kind, service, method] = labels;
         self.handled
             .with_label_values(&[kind, service, method, code_name(code)])

@@ -35,7 +35,7 @@ use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, 
 use crate::tracecontext::TraceId;
 
 /// The tracing flags every binary takes (flattened into its config).
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct OtelArgs {
     /// Export traces over OTLP/gRPC to this collector (e.g.
     /// `http://otel-collector:4317`). Without it nothing is recorded.
@@ -47,6 +47,15 @@ pub struct OtelArgs {
     #[arg(long, env = "MESH_TRACE_SAMPLE_RATIO", default_value_t = 1.0,
         value_parser = parse_ratio)]
     pub trace_sample_ratio: f64,
+}
+
+impl Default for OtelArgs {
+    fn default() -> Self {
+        OtelArgs {
+            otlp_endpoint: None,
+            trace_sample_ratio: 1.0,
+        }
+    }
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {

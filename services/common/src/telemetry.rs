@@ -92,7 +92,7 @@ pub enum LogFormat {
 }
 
 /// The logging and tracing flags every binary takes (flattened into its config).
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct LogArgs {
     /// How log lines are written: `text` or `json` (one object per line).
     #[arg(long, env = "MESH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
@@ -100,6 +100,23 @@ pub struct LogArgs {
 
     #[command(flatten)]
     pub otel: crate::otel::OtelArgs,
+
+    /// Record per-call metrics (served at /metrics on the admin listener);
+    /// `false` leaves their series at zero.
+    #[arg(long, env = "MESH_METRICS", default_value_t = true, action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new())]
+    pub metrics: bool,
+}
+
+impl Default for LogArgs {
+    /// What a binary gets with no flags: text logs, no traces, metrics on.
+    fn default() -> Self {
+        LogArgs {
+            log_format: LogFormat::Text,
+            otel: crate::otel::OtelArgs::default(),
+            metrics: true,
+        }
+    }
 }
 
 /// The settings [`init`] reads from the environment.

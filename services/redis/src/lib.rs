@@ -85,6 +85,9 @@ where
             "redis command timed out",
         ))),
     };
+    if !mesh_common::metrics::enabled() {
+        return result;
+    }
     let metrics = &*METRICS;
     metrics
         .duration
