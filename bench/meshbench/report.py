@@ -404,6 +404,10 @@ def table_facts(bench: Bench, table: str) -> list[str]:
                 if kind != "default":
                     lines.append(f"{label}, {kind}: {f['rps']:,.0f} rps, {f['ratio']:.2f}x the default"
                                  f" (median of rounds), {f['errors']} errors.")
+        spans = bench.facts.get("observability", {}).get("spans_received")
+        if "observability" in bench.facts:
+            lines.append(f"bench-otlp-sink received {spans:,} spans from the traced mesh." if spans is not None
+                         else "bench-otlp-sink's span count was not found in its log.")
     if table in ("hop", "hop-floor"):
         fact = bench.facts.get("hop", {}).get("gateway" if table == "hop" else "counter")
         if fact and fact["ratio"] is not None:

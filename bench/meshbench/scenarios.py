@@ -12,6 +12,7 @@ runs. GROUPS names the groups a run can select, and what each needs first.
 
 import json
 import os
+import re
 import statistics
 import subprocess
 import time
@@ -595,6 +596,10 @@ class Bench:
                 for what, by_kind in rounds.items()}
 
         self.group("observability", [sink] + [p for m in meshes.values() for p in m.all()], loads)
+        # Evidence that traces were exported: what the sink counted (it logs it at stop).
+        found = re.search(r"spans received spans=(\d+)", sink.log_path.read_text(errors="replace"))
+        if "observability" in self.facts:
+            self.facts["observability"]["spans_received"] = int(found.group(1)) if found else None
 
     def run_replicas(self, n: int) -> None:
         group = f"replicas-{n}"

@@ -1,8 +1,8 @@
 //! `bench-otlp-sink`: an OTLP/gRPC trace collector that only counts what it
 //! receives, so the benchmark can measure what exporting traces costs the
 //! mesh without a real collector's own work on the same cores. It answers
-//! every export at once, keeps nothing, and prints how many spans it
-//! received when it stops.
+//! every export at once, keeps nothing, and logs how many spans it
+//! received when it stops (`spans received spans=N`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,7 +58,8 @@ async fn main() -> anyhow::Result<()> {
                 .add_service(TraceServiceServer::new(sink))
                 .serve_with_incoming_shutdown(incoming, shutdown)
                 .await?;
-            println!("spans received: {}", sink.spans.load(Ordering::Relaxed));
+            // stderr (the log): stdout is closed once the address is read.
+            eprintln!("spans received spans={}", sink.spans.load(Ordering::Relaxed));
             Ok(())
         },
     )
