@@ -123,6 +123,17 @@ async fn the_task_queue_reports_its_depth_and_its_attempts() {
     assert_eq!(value(&text, "tasks_queued{priority=\"3\"}"), 5.0, "{text}");
     assert_eq!(value(&text, "tasks_queued{priority=\"7\"}"), 1.0, "{text}");
     assert_eq!(value(&text, "tasks_queued{priority=\"0\"}"), 0.0, "{text}");
+    // Per queue too (every task here is in the default queue).
+    assert_eq!(
+        value(&text, "tasks_queued_by_queue{priority=\"3\",queue=\"default\"}"),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, "tasks_queued_by_queue{priority=\"7\",queue=\"default\"}"),
+        1.0,
+        "{text}"
+    );
     // Six tasks wait: the oldest one's age is exported (its value is a time).
     assert!(
         text.lines().any(|l| l.starts_with("tasks_oldest_ready_age_seconds ")),
@@ -148,6 +159,10 @@ async fn the_task_queue_reports_its_depth_and_its_attempts() {
     })
     .await;
     assert_eq!(value(&text, "tasks_queued{priority=\"3\"}"), 0.0, "{text}");
+    assert!(
+        !text.contains("tasks_queued_by_queue{"),
+        "nothing waits in any queue:\n{text}"
+    );
     assert_eq!(value(&text, "tasks_running"), 0.0, "{text}");
     assert_eq!(value(&text, "tasks_ended{status=\"succeeded\"}"), 6.0, "{text}");
     assert_eq!(

@@ -210,6 +210,10 @@ pub async fn run(
                     Ok(stats) => metrics::queue(&stats, mesh_sql::now_ms()),
                     Err(err) => tracing::warn!(error = %err, "cannot read the queue's depth for /metrics"),
                 }
+                match store.ready_by_queue().await {
+                    Ok(rows) => metrics::queues(&rows),
+                    Err(err) => tracing::warn!(error = %err, "cannot read each queue's depth for /metrics"),
+                }
             }
         })
         .with_probe(move || {

@@ -9,7 +9,10 @@
 //! - read from the database at each scrape, for every queue together:
 //!   `tasks_queued{priority}` (ready now), `tasks_scheduled` (ready later),
 //!   `tasks_running`, `tasks_ended{status}` (kept until their retention),
-//!   and `tasks_oldest_ready_age_seconds`.
+//!   and `tasks_oldest_ready_age_seconds`; and per queue
+//!   `tasks_queued_by_queue{queue,priority}`, for the [`QUEUES_SHOWN`]
+//!   deepest queues, the rest summed under `queue="(other)"` (queue names
+//!   are the callers': the label stays bounded whatever they send).
 //!
 //! `kind` is one of the registered kinds (a stored task of any other kind is
 //! `unknown`), so every label stays bounded.
@@ -31,7 +34,14 @@ struct Metrics {
     running: IntGauge,
     ended: IntGaugeVec,
     oldest_ready_age: prometheus::Gauge,
+    by_queue: IntGaugeVec,
 }
+
+/// Queues shown by name in `tasks_queued_by_queue`; the others are summed.
+pub const QUEUES_SHOWN: usize = 20;
+
+/// The `queue` label of the queues not shown by name (not a valid queue name).
+pub const OTHER_QUEUES: &str = "(other)";
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     attempts: register(
@@ -88,7 +98,73 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         )
         .expect("valid metric"),
     ),
+    by_queue: register(
+        IntGaugeVec::new(
+            Opts::new(
+                "tasks_queued_by_queue",
+                "Tasks ready to run, by queue (the deepest 20; the rest as (other)) and priority.",
+            ),
+            &["queue", "priority"],
+        )
+        .expect("valid metric"),
+    ),
 });
+
+/// Sets `tasks_queued_by_queue` from (queue, priority, ready tasks) rows.
+pub fn queues(rows: &[(String, i32, u64)]) {
+    let m = &*METRICS;
+    m.by_queue.reset();
+    for (queue, priority, n) in shown_queues(rows) {
+        let priority = usize::try_from(priority).ok().and_then(|p| PRIORITIES.get(p)).copied();
+        m.by_queue
+            .with_label_values(&[queue.as_str(), priority.unwrap_or("unknown")])
+            .set(n as i64);
+    }
+}
+
+/// The rows by queue, the deepest [`QUEUES_SHOWN`] queues by name (ties by
+/// name) and the rest summed per priority under [`OTHER_QUEUES`].
+fn shown_queues(rows: &[(String, i32, u64)]) -> Vec<(String, i32, u64)> {
+    let mut totals: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for (queue, _, n) in rows {
+        *totals.entry(queue).or_default() += n;
+    }
+    let mut deepest: Vec<(&str, u64)> = totals.into_iter().collect();
+    deepest.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let shown: std::collections::BTreeSet<&str> = deepest.iter().take(QUEUES_SHOWN).map(|(q, _)| *q).collect();
+    let mut out: std::collections::BTreeMap<(String, i32), u64> = std::collections::BTreeMap::new();
+    for (queue, priority, n) in rows {
+        let name = if shown.contains(queue.as_str()) {
+            queue.clone()
+        } else {
+            OTHER_QUEUES.to_string()
+        };
+        *out.entry((name, *priority)).or_default() += n;
+    }
+    out.into_iter().map(|((q, p), n)| (q, p, n)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deepest_queues_are_shown_and_the_rest_summed() {
+        let mut rows: Vec<(String, i32, u64)> = (0..25).map(|i| (format!("q{i:02}"), 1, 1)).collect();
+        rows.push(("mail".into(), 3, 5));
+        rows.push(("mail".into(), 7, 2));
+        let shown = shown_queues(&rows);
+        let names: std::collections::BTreeSet<&str> = shown.iter().map(|(q, _, _)| q.as_str()).collect();
+        assert_eq!(names.len(), QUEUES_SHOWN + 1, "{names:?}");
+        assert!(names.contains("mail") && names.contains(OTHER_QUEUES));
+        // mail (7) and q00..q18 by name are shown; q19..q24 are summed.
+        assert!(names.contains("q18") && !names.contains("q19"));
+        assert!(shown.contains(&(OTHER_QUEUES.into(), 1, 6)));
+        assert!(shown.contains(&("mail".into(), 7, 2)));
+        assert_eq!(shown.iter().map(|r| r.2).sum::<u64>(), 32);
+        assert!(shown_queues(&[]).is_empty());
+    }
+}
 
 /// An attempt of `kind` (a registered kind's name, or `unknown`) ended with
 /// `outcome` after `took`, and its end was recorded.

@@ -310,6 +310,23 @@ impl TaskStore {
     /// ended: the live counts read the `tasks_live` partial index only, and
     /// the ended counts the `task_ends` table that triggers keep (migration
     /// 0005), however many ended rows the retention keeps.
+    /// Tasks ready to run now, per queue and priority (for the metrics).
+    pub async fn ready_by_queue(&self) -> Result<Vec<(String, i32, u64)>, TaskError> {
+        let rows = sqlx::query(&format!(
+            "SELECT queue, priority, COUNT(*) AS n FROM tasks \
+             WHERE status = '{QUEUED}' AND run_at_ms <= $1 GROUP BY queue, priority"
+        ))
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.try_get("n")?;
+                Ok((row.try_get("queue")?, row.try_get("priority")?, n.max(0) as u64))
+            })
+            .collect()
+    }
+
     pub async fn stats(&self, queue: Option<&str>) -> Result<QueueStats, TaskError> {
         let now = now_ms();
         // Both reads in one snapshot, so the live and the ended counts agree
