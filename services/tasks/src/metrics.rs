@@ -144,28 +144,6 @@ fn shown_queues(rows: &[(String, i32, u64)]) -> Vec<(String, i32, u64)> {
     out.into_iter().map(|((q, p), n)| (q, p, n)).collect()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_deepest_queues_are_shown_and_the_rest_summed() {
-        let mut rows: Vec<(String, i32, u64)> = (0..25).map(|i| (format!("q{i:02}"), 1, 1)).collect();
-        rows.push(("mail".into(), 3, 5));
-        rows.push(("mail".into(), 7, 2));
-        let shown = shown_queues(&rows);
-        let names: std::collections::BTreeSet<&str> = shown.iter().map(|(q, _, _)| q.as_str()).collect();
-        assert_eq!(names.len(), QUEUES_SHOWN + 1, "{names:?}");
-        assert!(names.contains("mail") && names.contains(OTHER_QUEUES));
-        // mail (7) and q00..q18 by name are shown; q19..q24 are summed.
-        assert!(names.contains("q18") && !names.contains("q19"));
-        assert!(shown.contains(&(OTHER_QUEUES.into(), 1, 6)));
-        assert!(shown.contains(&("mail".into(), 7, 2)));
-        assert_eq!(shown.iter().map(|r| r.2).sum::<u64>(), 32);
-        assert!(shown_queues(&[]).is_empty());
-    }
-}
-
 /// An attempt of `kind` (a registered kind's name, or `unknown`) ended with
 /// `outcome` after `took`, and its end was recorded.
 pub fn attempt(kind: &'static str, outcome: &'static str, took: Duration) {
@@ -204,4 +182,26 @@ const PRIORITIES: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"
 /// shows them from the start.
 pub fn init() {
     LazyLock::force(&METRICS);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_deepest_queues_are_shown_and_the_rest_summed() {
+        let mut rows: Vec<(String, i32, u64)> = (0..25).map(|i| (format!("q{i:02}"), 1, 1)).collect();
+        rows.push(("mail".into(), 3, 5));
+        rows.push(("mail".into(), 7, 2));
+        let shown = shown_queues(&rows);
+        let names: std::collections::BTreeSet<&str> = shown.iter().map(|(q, _, _)| q.as_str()).collect();
+        assert_eq!(names.len(), QUEUES_SHOWN + 1, "{names:?}");
+        assert!(names.contains("mail") && names.contains(OTHER_QUEUES));
+        // mail (7) and q00..q18 by name are shown; q19..q24 are summed.
+        assert!(names.contains("q18") && !names.contains("q19"));
+        assert!(shown.contains(&(OTHER_QUEUES.into(), 1, 6)));
+        assert!(shown.contains(&("mail".into(), 7, 2)));
+        assert_eq!(shown.iter().map(|r| r.2).sum::<u64>(), 32);
+        assert!(shown_queues(&[]).is_empty());
+    }
 }
