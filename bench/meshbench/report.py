@@ -296,8 +296,8 @@ TABLES = [
      f" false on every process, and with every process exporting traces of a"
      f" {TRACE_SAMPLE:.0%} sample (--otlp-endpoint, --trace-sample-ratio {TRACE_SAMPLE}) to"
      f" bench-otlp-sink, an OTLP collector that only counts spans. wrk -c{HOP_CONNECTIONS},"
-     f" alternating meshes for {HOP_ROUNDS} rounds; each ratio is the median of the rounds'"
-     f" throughput ratios to the default."),
+     f" alternating meshes for {HOP_ROUNDS} rounds, each round starting with the next mesh;"
+     f" each ratio is the median of the rounds' throughput ratios to the default."),
     ("replicas", "Replicas behind the gateway",
      "Cache and counter replicas share Redis (127.0.0.1:6379, a prefix of this run), items"
      " replicas share one SQLite file. The items rows are cache-warm reads."),

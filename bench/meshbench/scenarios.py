@@ -576,10 +576,15 @@ class Bench:
 
         def loads():
             rounds: dict[str, dict[str, list[Load]]] = {"test": {}, "items": {}}
+            kinds = list(meshes)
             for r in range(1, HOP_ROUNDS + 1):
+                # Each round starts with another mesh, so no one always runs
+                # first (or right after a warm-up).
+                order = kinds[(r - 1) % len(kinds):] + kinds[:(r - 1) % len(kinds)]
                 for what, run in (("test", lambda m: self.wrk.run(m.gateway.url + "/test", c)),
                                   ("items", warm_then_read)):
-                    for kind, m in meshes.items():
+                    for kind in order:
+                        m = meshes[kind]
                         load = run(m)
                         label = "GET /test" if what == "test" else "GET /items/{id} warm"
                         self.record("observability", f"{label}, {kind}, round {r}", MESH, c, load,

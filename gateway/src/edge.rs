@@ -31,7 +31,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mesh_common::otel;
 use mesh_common::telemetry::{self, Millis};
-use mesh_common::tracecontext::{TRACEPARENT, TRACESTATE, Trace, TraceParent};
+use mesh_common::tracecontext::{SAMPLED, TRACEPARENT, TRACESTATE, Trace, TraceParent};
 
 use crate::error::AppError;
 use crate::request_id::RequestIds;
@@ -128,21 +128,30 @@ where
         // or one the sampler starts) is the one passed on.
         let span = otel::enabled()
             .then(|| {
+                // A client's "sampled" is kept only if the ratio keeps its
+                // trace too: clients may ask for less tracing, not more.
                 let parent = parent.map(|p| otel::Parent {
                     trace_id: p.trace_id,
                     span_id: p.parent_id,
-                    flags: p.flags,
+                    flags: if otel::keeps(p.trace_id) {
+                        p.flags
+                    } else {
+                        p.flags & !SAMPLED
+                    },
                     remote: true,
                 });
                 let request_id = id.to_str().unwrap_or("-");
-                otel::start(request.method().to_string(), otel::Kind::Server, parent, request_id)
+                // The standard methods by name, any other as `_OTHER`: a
+                // client's made-up method must not become a span name.
+                let method = crate::metrics::method_label(request.method());
+                otel::start(method.to_string(), otel::Kind::Server, parent, request_id)
             })
             .flatten();
         if let Some(span) = &span {
             let (trace_id, span_id, flags) = span.ids();
             trace.trace_id = trace_id;
             trace.span_id = Some(span_id);
-            trace.flags = flags & mesh_common::tracecontext::SAMPLED;
+            trace.flags = flags & SAMPLED;
         }
         let ids = telemetry::CallIds {
             request_id: id.clone(),
@@ -175,11 +184,12 @@ where
                     .extensions()
                     .get::<crate::metrics::Route>()
                     .map(|r| r.0.as_str().to_string());
+                let method = crate::metrics::method_label(&method);
                 span.rename(match &route {
                     Some(route) => format!("{method} {route}"),
                     None => method.to_string(),
                 });
-                span.set("http.request.method", method.to_string());
+                span.set("http.request.method", method);
                 span.set("http.response.status_code", i64::from(status.as_u16()));
                 if let Some(route) = route {
                     span.set("http.route", route);

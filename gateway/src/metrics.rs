@@ -112,7 +112,7 @@ pub fn cache_lookup(outcome: &'static str) {
 }
 
 /// The method as OpenTelemetry names it: the standard ones, else `_OTHER`.
-fn method_label(method: &Method) -> &'static str {
+pub fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::POST => "POST",

@@ -88,10 +88,12 @@ struct Window {
 }
 
 async fn snapshot(state: &AppState, last: &Window) -> (Value, Window) {
-    let call = Call(mesh_upstream::CallContext::new(
-        Some("ui".into()),
-        state.route_timeout.min(PERIOD),
-    ));
+    // The page's own calls are not traced: an unsampled trace, so no
+    // service records a root span a second for every open page.
+    let untraced = mesh_common::tracecontext::Trace::of(None, None);
+    let call = Call(
+        mesh_upstream::CallContext::new(Some("ui".into()), state.route_timeout.min(PERIOD)).with_trace(Some(untraced)),
+    );
     let overview = crate::routes::ops::overview_of(state.clone(), call, true).await.0;
     let now = Window {
         at: Instant::now(),

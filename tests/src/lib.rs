@@ -534,7 +534,6 @@ impl Mesh {
     }
 }
 
-/// Whether backend-dependent tests must fail rather than skip (CI sets `CI=true`).
 /// Debian's `chromium` (or `chromium-browser`) on `PATH`. Without it: `None`
 /// after printing `SKIPPED`, except under CI (which installs it), where
 /// it panics.
@@ -584,6 +583,7 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 ];
 
+/// Whether backend-dependent tests must fail rather than skip (CI sets `CI=true`).
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

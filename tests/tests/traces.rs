@@ -164,13 +164,25 @@ async fn a_cold_item_read_is_one_trace_across_gateway_cache_and_items() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "miss");
 
-    // Until the gateway's request span and the cache fill's server span are in.
+    // Until every hop is in: each process exports on its own schedule, and
+    // the cache fill may end after the response (and its span).
     let spans = eventually("the trace's spans at the collector", WAIT, async || {
         let spans = collector.of_trace(TRACE);
         let has = |name: &str, kind: SpanKind| spans.iter().any(|s| s.name == name && s.kind == kind as i32);
+        let calls = [
+            "mesh.cache.v1.CacheService/Get",
+            "mesh.items.v1.ItemService/GetItem",
+            "mesh.cache.v1.CacheService/Set",
+        ];
         let complete = has("GET /items/{id}", SpanKind::Server)
-            && has("mesh.items.v1.ItemService/GetItem", SpanKind::Server)
-            && has("mesh.cache.v1.CacheService/Set", SpanKind::Server);
+            && calls
+                .iter()
+                .all(|c| has(c, SpanKind::Client) && has(c, SpanKind::Server))
+            // Every attempt's own server span (a second cache lookup's too).
+            && spans
+                .iter()
+                .filter(|c| c.kind == SpanKind::Client as i32)
+                .all(|c| spans.iter().any(|s| s.parent == c.span_id));
         complete.then_some(spans)
     })
     .await;
@@ -279,14 +291,16 @@ async fn a_task_run_by_another_replica_links_back_to_the_request_that_queued_it(
 
     let (run, submit, request) = eventually("the task's span, the submit's and the request's", WAIT, async || {
         let all = collector.all();
-        let find = |trace: Option<&str>, name: &str| {
+        // The gateway's attempt and the tasks service's call share a name:
+        // each span is told by its kind too.
+        let find = |trace: Option<&str>, name: &str, kind: SpanKind| {
             all.iter()
-                .find(|s| trace.is_none_or(|t| s.trace_id == t) && s.name == name)
+                .find(|s| trace.is_none_or(|t| s.trace_id == t) && s.name == name && s.kind == kind as i32)
                 .cloned()
         };
-        let run = find(None, "task echo")?;
-        let submit = find(Some(queued), "mesh.tasks.v1.TaskService/SubmitTask")?;
-        let request = find(Some(queued), "POST /tasks")?;
+        let run = find(None, "task echo", SpanKind::Consumer)?;
+        let submit = find(Some(queued), "mesh.tasks.v1.TaskService/SubmitTask", SpanKind::Server)?;
+        let request = find(Some(queued), "POST /tasks", SpanKind::Server)?;
         Some((run, submit, request))
     })
     .await;
@@ -307,10 +321,15 @@ async fn a_task_run_by_another_replica_links_back_to_the_request_that_queued_it(
     assert!(run.attributes["mesh.task.outcome"].contains("succeeded"), "{all}");
     // The submit itself is in the client's trace, under the gateway's span.
     assert_eq!(request.parent, CLIENT_SPAN, "{all}");
-    assert!(
-        collector.of_trace(queued).iter().any(|s| s.span_id == submit.parent),
-        "{all}"
-    );
+    assert!(submit.service.contains("tasks-service"), "{all}");
+    // Under the gateway's attempt, which is under the request's span.
+    let attempt = collector
+        .of_trace(queued)
+        .into_iter()
+        .find(|s| s.span_id == submit.parent)
+        .unwrap_or_else(|| panic!("no parent for the submit's span:\n{all}"));
+    assert_eq!(attempt.kind, SpanKind::Client as i32, "{all}");
+    assert_eq!(attempt.parent, request.span_id, "{all}");
     // And the replica behind the gateway ran nothing.
     assert!(!api.logs().contains("task started"), "{}", api.logs());
     assert!(worker.logs().contains("task started"), "{}", worker.logs());

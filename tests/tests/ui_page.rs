@@ -19,14 +19,22 @@ use mesh_tests::{CHROMIUM_FLAGS, ProcessGroupGuard, Server, args, chromium, gate
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
+/// Node with its own WebSocket (20.10 and later, behind a flag before 22).
 fn node() -> bool {
     let found = std::process::Command::new("node")
-        .arg("--version")
+        .args([
+            "--experimental-websocket",
+            "-e",
+            "process.exit(typeof WebSocket === 'function' ? 0 : 1)",
+        ])
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        assert!(!in_ci(), "node is not installed, and CI must run this test");
-        eprintln!("SKIPPED: node is not installed");
+        assert!(
+            !in_ci(),
+            "node (20.10 or later) is not installed, and CI must run this test"
+        );
+        eprintln!("SKIPPED: no node with a WebSocket (20.10 or later)");
     }
     found
 }

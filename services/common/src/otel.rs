@@ -16,7 +16,7 @@
 //! a trace the gateway starts is sampled with `--trace-sample-ratio`
 //! (default 1). Spans are batched and exported by the SDK's batch
 //! processor (its `OTEL_BSP_*` variables apply) on the process's own tokio
-//! runtime. Every span carries the request id (`mesh.request_id`).
+//! runtime. Every span of a request carries its id (`mesh.request_id`).
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +66,8 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 }
 
 static ON: AtomicBool = AtomicBool::new(false);
+/// `--trace-sample-ratio` as a threshold on a trace id's low 64 bits.
+static KEEP_BELOW: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
 static TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
 /// Whether spans are being recorded in this process.
@@ -91,12 +93,14 @@ impl OtelGuard {
 }
 
 impl Drop for OtelGuard {
+    /// Only when [`OtelGuard::shutdown`] was not reached (start-up failed
+    /// after tracing began): the last spans are sent from a thread of their
+    /// own, not waited for, since waiting here could hold the very runtime
+    /// worker the export needs.
     fn drop(&mut self) {
         if let Some(provider) = self.0.take() {
             ON.store(false, Ordering::Relaxed);
-            // Outside the runtime's worker threads: shutting down waits for
-            // an export that runs on the runtime.
-            let _ = std::thread::spawn(move || provider.shutdown()).join();
+            std::thread::spawn(move || provider.shutdown());
         }
     }
 }
@@ -133,6 +137,7 @@ pub fn init(args: &OtelArgs, service: &str) -> anyhow::Result<Option<OtelGuard>>
     if TRACER.set(provider.tracer("mesh")).is_err() {
         anyhow::bail!("tracing was already started in this process");
     }
+    KEEP_BELOW.store(threshold(args.trace_sample_ratio), Ordering::Relaxed);
     ON.store(true, Ordering::Relaxed);
     tracing::info!(endpoint, ratio = args.trace_sample_ratio, "exporting traces over OTLP");
     Ok(Some(OtelGuard(Some(provider))))
@@ -159,6 +164,23 @@ impl SpanExporter for OnRuntime {
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
         self.inner.shutdown_with_timeout(timeout)
     }
+}
+
+/// The low-64-bit threshold under which a trace is kept at `ratio`.
+fn threshold(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        u64::MAX
+    } else {
+        (ratio.max(0.0) * u64::MAX as f64) as u64
+    }
+}
+
+/// Whether `--trace-sample-ratio` keeps this trace (by its id, so every
+/// process that asks agrees).
+pub fn keeps(trace_id: TraceId) -> bool {
+    let low = trace_id.0 as u64;
+    let below = KEEP_BELOW.load(Ordering::Relaxed);
+    below == u64::MAX || low < below
 }
 
 /// A span being recorded. Ends when [`Active::end`] is called or when dropped.
@@ -281,5 +303,10 @@ mod tests {
         assert!(start("x".into(), SpanKind::Server, Some(parent), "r").is_none());
         assert_eq!(parse_ratio("0.1"), Ok(0.1));
         assert!(parse_ratio("1.5").is_err() && parse_ratio("x").is_err());
+        assert_eq!(threshold(1.0), u64::MAX);
+        assert_eq!(threshold(0.0), 0);
+        assert_eq!(threshold(0.5), u64::MAX / 2 + 1);
+        // Off, every trace is kept (nothing is recorded anyway).
+        assert!(keeps(TraceId(0)) && keeps(TraceId(u128::MAX)));
     }
 }

@@ -233,12 +233,9 @@ where
                 let (trace_id, span_id, flags) = span.ids();
                 Some(crate::tracecontext::format_traceparent(trace_id, span_id, flags))
             }
-            None => request
-                .headers()
-                .get(crate::tracecontext::TRACEPARENT)
-                .filter(|_| parent.is_some())
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
+            // The caller's, rewritten from what was parsed: a later
+            // version's extra fields (of any length) are not kept.
+            None => parent.map(|p| crate::tracecontext::format_traceparent(p.trace_id, p.parent_id, p.flags)),
         };
         if let Some(call_trace) = call_trace {
             request.extensions_mut().insert(CallTrace(call_trace));

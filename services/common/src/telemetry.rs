@@ -63,6 +63,7 @@ pub use crate::tracecontext::TraceId;
 use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::FormattedFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::layer::SubscriberExt;
@@ -262,6 +263,7 @@ where
     let json = (settings.format == LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
+            .fmt_fields(JsonSpanFields)
             .event_format(JsonEvents)
             .with_writer(writer)
     });
@@ -447,8 +449,23 @@ where
         line.insert("target".into(), meta.target().into());
         event.record(&mut JsonFields(&mut line));
         if let Some(scope) = ctx.event_scope() {
-            let spans: Vec<serde_json::Value> = scope.from_root().map(|span| span.name().into()).collect();
-            line.insert("spans".into(), spans.into());
+            // The enclosing spans' fields too (a task's id and kind on the
+            // worker's lines), the event's own and the innermost span's first.
+            let mut names = Vec::new();
+            for span in scope {
+                names.push(serde_json::Value::from(span.name()));
+                let extensions = span.extensions();
+                let Some(fields) = extensions.get::<FormattedFields<N>>() else {
+                    continue;
+                };
+                if let Ok(serde_json::Value::Object(fields)) = serde_json::from_str(&fields.fields) {
+                    for (key, value) in fields {
+                        line.entry(key).or_insert(value);
+                    }
+                }
+            }
+            names.reverse();
+            line.insert("spans".into(), names.into());
         }
         if let Some(ids) = call_ids(event) {
             if let Some(trace_id) = ids.trace_id {
@@ -460,6 +477,28 @@ where
             }
         }
         writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
+}
+
+/// The JSON format's span fields: one JSON object, kept in the span's
+/// extensions and merged into each line written inside it.
+struct JsonSpanFields;
+
+impl<'w> FormatFields<'w> for JsonSpanFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut map = serde_json::Map::new();
+        fields.record(&mut JsonFields(&mut map));
+        write!(writer, "{}", serde_json::Value::Object(map))
+    }
+
+    fn add_fields(&self, current: &'w mut FormattedFields<Self>, fields: &tracing::span::Record<'_>) -> fmt::Result {
+        let mut map = match serde_json::from_str(&current.fields) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        fields.record(&mut JsonFields(&mut map));
+        current.fields = serde_json::Value::Object(map).to_string();
+        Ok(())
     }
 }
 
@@ -633,7 +672,7 @@ mod tests {
             trace_id: Some(trace),
             principal: Some(HeaderValue::from_static("alice")),
         };
-        let span = tracing::info_span!("route");
+        let span = tracing::info_span!("route", task = 12u64, kind = "echo");
         scope_with(ids, async {
             let _entered = span.enter();
             tracing::warn!(status = 503u64, ok = false, latency = 1.5, path = %"/items\n", "request failed");
@@ -659,6 +698,10 @@ mod tests {
         assert_eq!(call["request_id"], "r\"1 x=2");
         assert_eq!(call["principal"], "alice");
         assert_eq!(call["spans"], serde_json::json!(["route"]));
+        assert_eq!(
+            (call["task"].clone(), call["kind"].clone()),
+            (serde_json::json!(12), serde_json::json!("echo"))
+        );
         assert!(call["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{call}");
     }
 

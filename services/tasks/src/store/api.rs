@@ -305,11 +305,6 @@ impl TaskStore {
         )))
     }
 
-    /// Counts per status (and per priority for ready tasks).
-    /// The queue's counts. Costs what is queued and running, not what
-    /// ended: the live counts read the `tasks_live` partial index only, and
-    /// the ended counts the `task_ends` table that triggers keep (migration
-    /// 0005), however many ended rows the retention keeps.
     /// Tasks ready to run now, per queue and priority (for the metrics).
     pub async fn ready_by_queue(&self) -> Result<Vec<(String, i32, u64)>, TaskError> {
         let rows = sqlx::query(&format!(
@@ -327,6 +322,11 @@ impl TaskStore {
             .collect()
     }
 
+    /// Counts per status (and per priority for ready tasks).
+    /// The queue's counts. Costs what is queued and running, not what
+    /// ended: the live counts read the `tasks_live` partial index only, and
+    /// the ended counts the `task_ends` table that triggers keep (migration
+    /// 0005), however many ended rows the retention keeps.
     pub async fn stats(&self, queue: Option<&str>) -> Result<QueueStats, TaskError> {
         let now = now_ms();
         // Both reads in one snapshot, so the live and the ended counts agree
