@@ -519,35 +519,8 @@ class Bench:
         mtls = self.start_mesh("tls-mtls", self.items_small, certs=certs, inner_tls=True)
         meshes = {"plaintext": plain, "HTTPS": edge, "HTTPS + mTLS": mtls}
 
-        c = HOP_CONNECTIONS
-
-        def warm_then_read(m: Mesh) -> Load:
-            # Right before each load: the cache keeps an item --item-ttl-secs (60 s), less
-            # than a round lasts, and a read that misses is not the warm read measured here.
-            self.warm_items(m.gateway)
-            return self.wrk.run(m.gateway.url, c, lua_random_ids("/items/", SEED_IDS))
-
         def loads():
-            rounds: dict[str, dict[str, list[Load]]] = {"test": {}, "items": {}}
-            for r in range(1, HOP_ROUNDS + 1):
-                for what, kinds, run in (
-                    ("test", ("plaintext", "HTTPS"),
-                     lambda m: self.wrk.run(m.gateway.url + "/test", c)),
-                    ("items", tuple(meshes), warm_then_read),
-                ):
-                    for kind in kinds:
-                        load = run(meshes[kind])
-                        label = "GET /test" if what == "test" else "GET /items/{id} warm"
-                        self.record("tls", f"{label}, {kind}, round {r}", MESH, c, load, "tls",
-                                    note=hit_note(load) if what == "items" else "")
-                        rounds[what].setdefault(kind, []).append(load)
-            self.facts["tls"] = {
-                what: {kind: {"rps": statistics.median(l.rps for l in loads),
-                              "errors": sum(l.errors for l in loads),
-                              "ratio": statistics.median(
-                                  l.rps / p.rps for l, p in zip(loads, by_kind["plaintext"]))}
-                       for kind, loads in by_kind.items()}
-                for what, by_kind in rounds.items()}
+            self.facts["tls"] = self.mesh_rounds("tls", meshes, "plaintext", test_kinds=("plaintext", "HTTPS"))
 
         self.group("tls", plain.all() + edge.all() + mtls.all(), loads)
 
@@ -568,43 +541,55 @@ class Bench:
                 "obs-traced", self.items_small,
                 extra=("--otlp-endpoint", sink.url, "--trace-sample-ratio", str(TRACE_SAMPLE))),
         }
-        c = HOP_CONNECTIONS
-
-        def warm_then_read(m: Mesh) -> Load:
-            self.warm_items(m.gateway)
-            return self.wrk.run(m.gateway.url, c, lua_random_ids("/items/", SEED_IDS))
 
         def loads():
-            rounds: dict[str, dict[str, list[Load]]] = {"test": {}, "items": {}}
-            kinds = list(meshes)
-            for r in range(1, HOP_ROUNDS + 1):
-                # Each round starts with another mesh, so no one always runs
-                # first (or right after a warm-up).
-                order = kinds[(r - 1) % len(kinds):] + kinds[:(r - 1) % len(kinds)]
-                for what, run in (("test", lambda m: self.wrk.run(m.gateway.url + "/test", c)),
-                                  ("items", warm_then_read)):
-                    for kind in order:
-                        m = meshes[kind]
-                        load = run(m)
-                        label = "GET /test" if what == "test" else "GET /items/{id} warm"
-                        self.record("observability", f"{label}, {kind}, round {r}", MESH, c, load,
-                                    "observability", note=hit_note(load) if what == "items" else "")
-                        rounds[what].setdefault(kind, []).append(load)
             # Each ratio against the mesh as users get it: what turning metrics off saves,
             # and what exporting traces costs.
-            self.facts["observability"] = {
-                what: {kind: {"rps": statistics.median(l.rps for l in loads),
-                              "errors": sum(l.errors for l in loads),
-                              "ratio": statistics.median(
-                                  l.rps / d.rps for l, d in zip(loads, by_kind["default"]))}
-                       for kind, loads in by_kind.items()}
-                for what, by_kind in rounds.items()}
+            self.facts["observability"] = self.mesh_rounds("observability", meshes, "default", rotate=True)
 
         self.group("observability", [sink] + [p for m in meshes.values() for p in m.all()], loads)
         # Evidence that traces were exported: what the sink counted (it logs it at stop).
         found = re.search(r"spans received spans=(\d+)", sink.log_path.read_text(errors="replace"))
         if "observability" in self.facts:
             self.facts["observability"]["spans_received"] = int(found.group(1)) if found else None
+
+    def mesh_rounds(self, table: str, meshes: dict[str, Mesh], base: str,
+                    test_kinds: tuple[str, ...] | None = None, rotate: bool = False) -> dict:
+        """HOP_ROUNDS rounds of wrk -cHOP_CONNECTIONS on each mesh in turn: GET /test (on
+        `test_kinds`, default every mesh), then warm item reads; each load a row of `table`
+        (also its group). With `rotate` each round starts with the next mesh, so none always
+        runs first. Returns, per what and kind, the median rps, the errors, and the median of
+        the rounds' throughput ratios to the `base` mesh."""
+        c = HOP_CONNECTIONS
+
+        def warm_then_read(m: Mesh) -> Load:
+            # Right before each load: the cache keeps an item --item-ttl-secs (60 s), less
+            # than a round lasts, and a read that misses is not the warm read measured here.
+            self.warm_items(m.gateway)
+            return self.wrk.run(m.gateway.url, c, lua_random_ids("/items/", SEED_IDS))
+
+        kinds = list(meshes)
+        rounds: dict[str, dict[str, list[Load]]] = {"test": {}, "items": {}}
+        for r in range(1, HOP_ROUNDS + 1):
+            shift = (r - 1) % len(kinds) if rotate else 0
+            order = kinds[shift:] + kinds[:shift]
+            for what, run, only in (("test", lambda m: self.wrk.run(m.gateway.url + "/test", c), test_kinds),
+                                    ("items", warm_then_read, None)):
+                for kind in order:
+                    if only is not None and kind not in only:
+                        continue
+                    load = run(meshes[kind])
+                    label = "GET /test" if what == "test" else "GET /items/{id} warm"
+                    self.record(table, f"{label}, {kind}, round {r}", MESH, c, load, table,
+                                note=hit_note(load) if what == "items" else "")
+                    rounds[what].setdefault(kind, []).append(load)
+        return {
+            what: {kind: {"rps": statistics.median(l.rps for l in loads),
+                          "errors": sum(l.errors for l in loads),
+                          "ratio": statistics.median(
+                              l.rps / b.rps for l, b in zip(loads, by_kind[base]))}
+                   for kind, loads in by_kind.items()}
+            for what, by_kind in rounds.items()}
 
     def run_replicas(self, n: int) -> None:
         group = f"replicas-{n}"

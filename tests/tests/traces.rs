@@ -111,6 +111,15 @@ impl Collector {
     }
 }
 
+/// The environment that makes a server export its spans to `endpoint`,
+/// every 100 ms rather than every 5 s.
+fn exporting_to(endpoint: &str) -> [(&'static str, Option<&str>); 2] {
+    [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(endpoint)),
+        ("OTEL_BSP_SCHEDULE_DELAY", Some("100")),
+    ]
+}
+
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 
@@ -118,11 +127,7 @@ const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 async fn a_cold_item_read_is_one_trace_across_gateway_cache_and_items() {
     let collector = Collector::default();
     let endpoint = collector.start().await;
-    let env: &[(&str, Option<&str>)] = &[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(&endpoint)),
-        // Export every 100 ms rather than every 5 s.
-        ("OTEL_BSP_SCHEDULE_DELAY", Some("100")),
-    ];
+    let env = &exporting_to(&endpoint);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().display().to_string();
     let items = Server::start_with_env("items-service", &args(&["--data-dir", &dir]), "127.0.0.1:0", env).await;
@@ -250,10 +255,7 @@ async fn a_cold_item_read_is_one_trace_across_gateway_cache_and_items() {
 async fn a_task_run_by_another_replica_links_back_to_the_request_that_queued_it() {
     let collector = Collector::default();
     let endpoint = collector.start().await;
-    let env: &[(&str, Option<&str>)] = &[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", Some(&endpoint)),
-        ("OTEL_BSP_SCHEDULE_DELAY", Some("100")),
-    ];
+    let env = &exporting_to(&endpoint);
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().display().to_string();
     // The replica behind the gateway only takes submits; the other, on the

@@ -100,14 +100,9 @@ pub struct Trace {
 }
 
 impl Trace {
-    /// The trace of a request with these headers: the client's when its
-    /// `traceparent` is valid (and its `tracestate` then, if not too long),
-    /// else a new one, not sampled.
-    pub fn continue_or_start(traceparent: Option<&HeaderValue>, tracestate: Option<&HeaderValue>) -> Trace {
-        Trace::of(traceparent.and_then(|v| TraceParent::parse(v.as_bytes())), tracestate)
-    }
-
-    /// [`Trace::continue_or_start`] with the `traceparent` already parsed.
+    /// The trace of a request: the client's when its `traceparent` parsed
+    /// (and its `tracestate` then, if not too long), else a new one, not
+    /// sampled.
     pub fn of(parent: Option<TraceParent>, tracestate: Option<&HeaderValue>) -> Trace {
         match parent {
             Some(parent) => Trace {
@@ -257,7 +252,7 @@ mod tests {
     fn a_valid_parent_is_continued_with_its_sampled_bit_and_state() {
         let parent = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03");
         let state = HeaderValue::from_static("congo=t61rcWkgMzE");
-        let trace = Trace::continue_or_start(Some(&parent), Some(&state));
+        let trace = Trace::of(TraceParent::parse(parent.as_bytes()), Some(&state));
         assert_eq!(trace.trace_id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(trace.flags, SAMPLED, "only the flag version 00 defines");
         assert_eq!(trace.state.as_deref(), Some("congo=t61rcWkgMzE"));
@@ -277,12 +272,15 @@ mod tests {
     fn an_invalid_parent_starts_a_new_trace_and_drops_the_state() {
         let bad = HeaderValue::from_static("00-00000000000000000000000000000000-00f067aa0ba902b7-01");
         let state = HeaderValue::from_static("congo=t61rcWkgMzE");
-        let trace = Trace::continue_or_start(Some(&bad), Some(&state));
+        let trace = Trace::of(TraceParent::parse(bad.as_bytes()), Some(&state));
         assert_ne!(trace.trace_id.0, 0);
         assert_eq!((trace.flags, trace.state), (0, None));
         let long = HeaderValue::from_str(&"a".repeat(MAX_TRACESTATE + 1)).unwrap();
         let parent = HeaderValue::from_static(VALID);
-        assert_eq!(Trace::continue_or_start(Some(&parent), Some(&long)).state, None);
+        assert_eq!(
+            Trace::of(TraceParent::parse(parent.as_bytes()), Some(&long)).state,
+            None
+        );
     }
 
     #[test]
