@@ -765,8 +765,11 @@ async fn a_priority_9_task_overtakes_10000_queued_ones_except_those_already_clai
     // before its replica began the claim that took it: they had been claimed
     // before the freeze (the bound is strict: timestamps are milliseconds).
     // claimed_after: those whose claim began at or after its claim's: every
-    // one still queued beside it, except at most what the other replica's
-    // first claim after the freeze took while its own held the urgent task.
+    // one still queued beside it, except what claims timestamped before its
+    // claim but run after it took. How many such claims there are depends on
+    // how the machine schedules the two replicas as they thaw (a busy one
+    // let the other replica's two worker slots each claim a batch first), so
+    // the bound is the doc's: what the replicas' local queues can hold.
     let row = sqlx::query(
         "SELECT count(*) FILTER (WHERE started_ms > $1 AND started_ms < $3), \
                 count(*) FILTER (WHERE CAST(CAST(attempt_log AS JSON)->0->>'claimed_ms' AS BIGINT) >= $3), \
@@ -795,7 +798,7 @@ async fn a_priority_9_task_overtakes_10000_queued_ones_except_those_already_clai
         "{ahead} queued tasks started between its insert and its claim; at most {claimed_bound} were claimed"
     );
     assert!(
-        claimed_after >= still_queued - CLAIM_BATCH * WORKERS * (REPLICAS - 1),
+        claimed_after >= still_queued - claimed_bound,
         "only {claimed_after} of the {still_queued} tasks queued beside it were claimed after it"
     );
     assert_eq!(repeated, 0, "every task succeeded on its one attempt");
