@@ -92,7 +92,19 @@ impl Server {
     /// on (`MESH_ACCESS_LOG=1`: tests count calls by their `rpc done` lines)
     /// unless the test run's own environment sets them.
     pub async fn start_with_env(name: &str, args: &[String], listen: &str, env: &[(&str, Option<&str>)]) -> Server {
-        let mut cmd = Command::new(bin(name));
+        Self::start_program(&bin(name), name, args, listen, env).await
+    }
+
+    /// Like [`Server::start_with_env`], for an executable outside this build
+    /// (another release's binary, in the rolling-upgrade test).
+    pub async fn start_program(
+        program: &std::path::Path,
+        name: &str,
+        args: &[String],
+        listen: &str,
+        env: &[(&str, Option<&str>)],
+    ) -> Server {
+        let mut cmd = Command::new(program);
         cmd.args(args).arg("--listen").arg(listen);
         if !args.iter().any(|a| a.starts_with("--admin-listen")) {
             // Never the fixed default admin ports: tests run side by side.

@@ -20,7 +20,7 @@ use mesh_proto::items::v1::item_service_server::ItemServiceServer;
 use tokio::net::TcpListener;
 
 use crate::service::ItemsApi;
-use crate::store::{ItemStore, POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS};
+use crate::store::{ItemStore, postgres_migrations, sqlite_migrations};
 
 /// items-service: the mesh's catalogue of items, over SQLite or PostgreSQL.
 #[derive(clap::Parser, Clone, Debug)]
@@ -52,8 +52,8 @@ pub async fn run(
         &config.sql,
         &config.data_dir,
         "items",
-        &SQLITE_MIGRATIONS,
-        &POSTGRES_MIGRATIONS,
+        sqlite_migrations(),
+        postgres_migrations(),
     )
     .await?;
     let _metrics = mesh_sql::metrics::watch_pool("items", &pool);

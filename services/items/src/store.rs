@@ -23,8 +23,15 @@ pub struct Page {
     pub next_token: Option<String>,
 }
 
-pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// The SQLite migrations, embedded.
+pub fn sqlite_migrations() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations/sqlite")
+}
+
+/// The PostgreSQL migrations, embedded.
+pub fn postgres_migrations() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations/postgres")
+}
 
 const COLUMNS: &str = "id, name, description, price_cents, tags, created_ms, updated_ms, version";
 

@@ -92,7 +92,8 @@ pub enum ConnectError {
     Migrate(#[source] sqlx::migrate::MigrateError),
 }
 
-/// Opens the pool and applies the backend's migrations.
+/// Opens the pool and applies the backend's migrations (tolerating newer
+/// ones a later release applied: see the comment on `set_ignore_missing`).
 ///
 /// `service` names the SQLite file (`<service>.db` in `data_dir`) when no URL
 /// is given, and the PostgreSQL schema (after the prefix) when one is.
@@ -100,8 +101,8 @@ pub async fn connect(
     config: &SqlConfig,
     data_dir: &Path,
     service: &str,
-    sqlite_migrations: &Migrator,
-    postgres_migrations: &Migrator,
+    sqlite_migrations: Migrator,
+    postgres_migrations: Migrator,
 ) -> Result<(AnyPool, Backend), ConnectError> {
     sqlx::any::install_default_drivers();
     let url = match &config.database_url {
@@ -156,10 +157,17 @@ pub async fn connect(
         .connect_with(options)
         .await
         .map_err(ConnectError::Connect)?;
-    let migrator = match backend {
+    let mut migrator = match backend {
         Backend::Sqlite => sqlite_migrations,
         Backend::Postgres => postgres_migrations,
     };
+    // Rolling upgrades: the first replica of a new release applies its
+    // migrations while replicas of the previous release keep serving, and a
+    // rollback starts old replicas on the migrated schema. Migrations only
+    // expand (new tables, indexes, nullable or defaulted columns) until no
+    // older binary runs, so a migration this binary does not know is
+    // expected, not an error. Known ones are still checked by checksum.
+    migrator.set_ignore_missing(true);
     // PostgreSQL serialises replicas' migrations with an advisory lock (sqlx
     // takes it); SQLite has none, so replicas sharing a file take a file lock.
     let _guard = match backend {

@@ -34,7 +34,7 @@ use tokio::sync::watch;
 
 use crate::kinds::{Limits, Registry};
 use crate::service::TasksApi;
-use crate::store::{POSTGRES_MIGRATIONS, SQLITE_MIGRATIONS, TaskStore};
+use crate::store::{TaskStore, postgres_migrations, sqlite_migrations};
 use crate::worker::{Pool, WorkerConfig};
 
 /// tasks-service: a durable background queue with priorities, run by in-process workers.
@@ -152,8 +152,8 @@ pub async fn run(
         &config.sql,
         &config.data_dir,
         "tasks",
-        &SQLITE_MIGRATIONS,
-        &POSTGRES_MIGRATIONS,
+        sqlite_migrations(),
+        postgres_migrations(),
     )
     .await?;
     let _metrics = mesh_sql::metrics::watch_pool("tasks", &pool);

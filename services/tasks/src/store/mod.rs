@@ -40,8 +40,15 @@ pub const MIN_PRIORITY: i32 = 0;
 const CANCEL_NOTES: usize = 1024;
 pub const MAX_PRIORITY: i32 = 9;
 
-pub static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-pub static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+/// The SQLite migrations, embedded.
+pub fn sqlite_migrations() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations/sqlite")
+}
+
+/// The PostgreSQL migrations, embedded.
+pub fn postgres_migrations() -> sqlx::migrate::Migrator {
+    sqlx::migrate!("./migrations/postgres")
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
