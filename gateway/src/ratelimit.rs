@@ -9,9 +9,11 @@
 //! client's /64, which one host can rotate through at will).
 //!
 //! Behind a proxy every client arrives from the proxy's address:
-//! `--trusted-proxies` lists the proxies whose `Forwarded` (or, without it,
-//! `X-Forwarded-For`) header is believed; the client is the nearest address
-//! in it that is not itself a trusted proxy. Anyone else's header is ignored.
+//! `--trusted-proxies` lists the proxies whose forwarding header is
+//! believed, and `--forwarded-header` names the one header they set
+//! (`x-forwarded-for` or `forwarded`; the other is ignored, since a client
+//! could have sent it). The client is the nearest address in it that is not
+//! itself a trusted proxy. Anyone else's header is ignored.
 //!
 //! With `--redis-url` every gateway replica shares each limit through one
 //! Lua script on Redis's clock. When Redis does not answer (within 250 ms),
@@ -178,7 +180,7 @@ struct Limit {
 
 /// The shared store, when there is one.
 struct Shared {
-    conn: mesh_redis::redis::aio::ConnectionManager,
+    conn: mesh_redis::Conn,
     prefix: String,
     script: mesh_redis::redis::Script,
     /// Until when (ms since `epoch`) Redis is taken as down.
@@ -361,12 +363,17 @@ impl Limiter {
     async fn decide_shared(&self, shared: &Shared, limit: &Limit, key: &str) -> Result<Verdict, String> {
         let interval = limit.spec.interval.as_micros().max(1) as u64;
         let capacity = interval * u64::from(limit.spec.burst.get());
-        let mut conn = shared.conn.clone();
+        let mut conn = shared.conn.manager();
         let redis_key = format!("{}{}:{key}", shared.prefix, limit.spec.group.name());
         let mut invocation = shared.script.key(redis_key);
         invocation.arg(interval).arg(capacity);
         let call = invocation.invoke_async::<(i64, i64)>(&mut conn);
-        match tokio::time::timeout(SHARED_TIMEOUT, call).await {
+        let answer = tokio::time::timeout(SHARED_TIMEOUT, call).await;
+        match &answer {
+            Err(_) => shared.conn.silent(),
+            Ok(result) => shared.conn.note(result),
+        }
+        match answer {
             Err(_) => Err(format!("no answer within {} ms", SHARED_TIMEOUT.as_millis())),
             Ok(Err(err)) if mesh_redis::is_unavailable(&err) => Err(err.to_string()),
             Ok(Err(err)) => {

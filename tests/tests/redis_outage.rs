@@ -182,3 +182,126 @@ async fn services_fail_fast_while_redis_is_down_and_recover_without_restart() {
         .into_inner();
     assert!(stats.entries >= 2, "{stats:?}");
 }
+
+/// A Redis connection that stays open but never answers (a proxy that lost
+/// its other half, a path that swallows packets) is replaced: the manager
+/// of the `redis` crate reconnects only when a connection breaks, so the
+/// service counts commands in a row without an answer and opens a new one.
+/// The first connection through this proxy works, then goes silent (held
+/// open, nothing forwarded); later ones reach the real Redis.
+#[tokio::test]
+async fn a_redis_connection_that_goes_silent_is_replaced_without_a_restart() {
+    use mesh_tests::backends::{KeysGuard, redis, unique};
+    use mesh_tests::proto::counter::v1::counter_service_client::CounterServiceClient;
+    use mesh_tests::proto::counter::v1::{GetRequest, IncrementRequest};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let Some(url) = redis("silent_redis_connection").await else {
+        return;
+    };
+    let target = {
+        let parsed = reqwest::Url::parse(&url).unwrap();
+        let host = parsed.host_str().unwrap_or("127.0.0.1").to_string();
+        tokio::net::lookup_host((host.as_str(), parsed.port().unwrap_or(6379)))
+            .await
+            .unwrap()
+            .next()
+            .expect("redis address")
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let silence = Arc::new(tokio::sync::Notify::new());
+    let proxying = tokio::spawn({
+        let (accepted, silence) = (accepted.clone(), silence.clone());
+        async move {
+            let mut connections = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let n = accepted.fetch_add(1, Ordering::SeqCst);
+                let silence = silence.clone();
+                connections.spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    if n > 0 {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                    // The first connection works until told to go silent;
+                    // from then on it reads and drops everything, answers
+                    // nothing and never closes.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        () = silence.notified() => {}
+                    }
+                    let _ = tokio::io::copy(&mut inbound, &mut tokio::io::sink()).await;
+                    std::future::pending::<()>().await;
+                });
+            }
+        }
+    });
+    let prefix = format!("{}:", unique("silent"));
+    let _keys = KeysGuard::new(&url, &prefix);
+    let counter = Server::start(
+        "counter-service",
+        &args(&["--redis-url", &format!("redis://{proxy}"), "--redis-prefix", &prefix]),
+    )
+    .await;
+    let mut client = CounterServiceClient::new(counter.channel());
+    let increment = |client: &mut CounterServiceClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        async move {
+            client
+                .increment(IncrementRequest {
+                    name: "silent".into(),
+                    delta: None,
+                    idempotency_key: String::new(),
+                })
+                .await
+        }
+    };
+    increment(&mut client).await.expect("answered on the first connection");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection so far");
+    silence.notify_one();
+    // Calls fail (UNAVAILABLE) while the first connection swallows them,
+    // then succeed on a new one.
+    let mut refused = 0;
+    eventually(
+        "an increment succeeds on a new connection",
+        mesh_tests::WAIT,
+        async || match increment(&mut client).await {
+            Ok(_) => Ok(()),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                refused += 1;
+                Err(format!("{status:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(refused > 0, "the first connection swallowed calls");
+    assert!(accepted.load(Ordering::SeqCst) >= 2, "a second connection was opened");
+    assert!(
+        counter
+            .logs()
+            .contains("the Redis connection stopped answering; opened a new one"),
+        "{}",
+        counter.logs()
+    );
+    // From here every call is answered, and only answered ones counted.
+    for _ in 0..5 {
+        increment(&mut client).await.expect("answered on the new connection");
+    }
+    let value = client
+        .get(GetRequest { name: "silent".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .value;
+    assert_eq!(
+        value, 7,
+        "one before the silence, the first after it and five more; the swallowed calls never reached Redis"
+    );
+    proxying.abort();
+}

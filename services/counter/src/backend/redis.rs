@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use mesh_redis::redis::{AsyncCommands, Script, aio::ConnectionManager};
-use mesh_redis::timed;
+use mesh_redis::redis::{AsyncCommands, Script};
 
 use super::CounterBackend;
 use crate::error::{CounterError, IDEMPOTENCY_KEY_REUSED};
@@ -54,7 +53,7 @@ return old
 ";
 
 pub struct RedisBackend {
-    conn: ConnectionManager,
+    conn: mesh_redis::Conn,
     prefix: String,
     window: Duration,
     increment: Script,
@@ -62,7 +61,7 @@ pub struct RedisBackend {
 }
 
 impl RedisBackend {
-    pub fn new(conn: ConnectionManager, prefix: String, window: Duration) -> Self {
+    pub fn new(conn: mesh_redis::Conn, prefix: String, window: Duration) -> Self {
         Self {
             conn,
             prefix,
@@ -88,7 +87,7 @@ impl RedisBackend {
 #[async_trait::async_trait]
 impl CounterBackend for RedisBackend {
     async fn increment(&self, name: &str, delta: i64, idempotency_key: Option<&str>) -> Result<i64, CounterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.manager();
         let mut invocation = self.increment.key(self.counter_key(name));
         invocation.key(self.generation_key(name));
         if let Some(k) = idempotency_key {
@@ -96,7 +95,11 @@ impl CounterBackend for RedisBackend {
             invocation.key(format!("{}i:{}:{name}:{k}", self.prefix, name.len()));
         }
         invocation.arg(delta).arg(self.window_ms());
-        match timed("script:increment", invocation.invoke_async::<i64>(&mut conn)).await {
+        match self
+            .conn
+            .timed("script:increment", invocation.invoke_async::<i64>(&mut conn))
+            .await
+        {
             Ok(v) => Ok(v),
             Err(err) if err.code() == Some(IDEMPOTENCY_KEY_REUSED) => Err(CounterError::IdempotencyKeyReused {
                 first_delta: err
@@ -118,16 +121,19 @@ impl CounterBackend for RedisBackend {
     }
 
     async fn get(&self, name: &str) -> Result<i64, CounterError> {
-        let mut conn = self.conn.clone();
-        let v: Option<i64> = timed("GET", conn.get(self.counter_key(name))).await?;
+        let mut conn = self.conn.manager();
+        let v: Option<i64> = self.conn.timed("GET", conn.get(self.counter_key(name))).await?;
         Ok(v.unwrap_or(0))
     }
 
     async fn reset(&self, name: &str) -> Result<i64, CounterError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.manager();
         let mut invocation = self.reset.key(self.counter_key(name));
         invocation.key(self.generation_key(name)).arg(self.window_ms());
-        Ok(timed("script:reset", invocation.invoke_async::<i64>(&mut conn)).await?)
+        Ok(self
+            .conn
+            .timed("script:reset", invocation.invoke_async::<i64>(&mut conn))
+            .await?)
     }
 
     async fn ping(&self) -> bool {
