@@ -178,15 +178,24 @@ def wait_until(what: str, seconds: float, probe) -> object:
     raise RuntimeError(f"{what}: not within {seconds} s (last error: {last})")
 
 
-def wait_serving(gw: "Gateway", seconds: float = 120) -> None:
-    """Until every service answers through the gateway: /readyz can say ready
-    while a service's replicas are still being health-checked into rotation."""
-    probes = ("/items?page_size=1", "/tasks?page_size=1", "/counters/ready-probe", "/cache/ready-probe")
+def wait_serving(gw: "Gateway", seconds: float = 180, rounds: int = 6) -> None:
+    """Until /readyz is 200 and every service answers through the gateway,
+    `rounds` polls in a row (half a second apart): /readyz can say ready while
+    a service's replicas are still being health-checked into rotation, and a
+    container's first seconds on a fresh bridge can lose packets (seen here:
+    a replica whose first backend connections hang until TCP retries, which
+    health then takes out of rotation and back). Readiness that holds is
+    what a rollout waits for too."""
+    probes = ("/readyz", "/items?page_size=1", "/tasks?page_size=1", "/counters/ready-probe", "/cache/ready-probe")
+    streak = [0]
 
-    def all_answer() -> bool:
-        return all(gw.call("GET", path)[0] in (200, 404) for path in probes)
+    def steady() -> bool:
+        answers = [gw.call("GET", path)[0] for path in probes]
+        ok = answers[0] == 200 and all(status in (200, 404) for status in answers[1:])
+        streak[0] = streak[0] + 1 if ok else 0
+        return streak[0] >= rounds
 
-    wait_until("every service answers through the gateway", seconds, all_answer)
+    wait_until(f"every service answers through the gateway {rounds} times in a row", seconds, steady)
 
 
 def expect(what: str, got: tuple[int, object], status: int = 200) -> object:
@@ -358,10 +367,13 @@ def main() -> int:
         rc = 0
     except Exception as e:  # noqa: BLE001  (reported, then everything is taken down)
         log(f"FAILED: {e}")
+        log("--- containers ---\n" + run("podman", "ps", "-a", "--format", "{{.Names}} {{.Status}}", check=False))
         for service in ("gateway", "items-1", "items-2", "cache-1", "counter-1", "tasks-1", "tasks-2"):
             try:
-                log(f"--- last lines of {service} ---\n" + run("podman", "logs", "--tail", "30",
-                                                               container(service), check=False))
+                # The logs are on the containers' stderr; the addresses on stdout.
+                logs = subprocess.run(["podman", "logs", "--tail", "40", container(service)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+                log(f"--- last lines of {service} ---\n{logs.stdout}")
             except Exception:  # noqa: BLE001
                 pass
     finally:
