@@ -128,7 +128,7 @@ pub fn spec_for(auth: Option<&crate::auth::Auth>, limits: bool) -> utoipa::opena
 }
 
 /// Adds what `--rate-limit` answers: 429 on every operation, and the
-/// `RateLimit` and `RateLimit-Policy` headers.
+/// `RateLimit` and `RateLimit-Policy` headers on every answer.
 fn rate_limited(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     let components = openapi.components.get_or_insert_with(Default::default);
     for (name, description) in [
@@ -159,8 +159,19 @@ fn rate_limited(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenA
         response.headers.insert(header.into(), header_ref(header));
     }
     components.responses.insert(name.into(), RefOr::T(response));
+    // Every other answer in a limited group carries both headers too: the
+    // shared error responses and each operation's own.
+    let limit_headers = |response: &mut RefOr<utoipa::openapi::response::Response>| {
+        if let RefOr::T(response) = response {
+            for header in ["RateLimit-Policy", "RateLimit"] {
+                response.headers.insert(header.into(), header_ref(header));
+            }
+        }
+    };
+    components.responses.values_mut().for_each(limit_headers);
     for (_, item) in openapi.paths.paths.iter_mut() {
         for (_, operation) in operations(item) {
+            operation.responses.responses.values_mut().for_each(limit_headers);
             operation.responses.responses.insert(
                 "429".into(),
                 RefOr::Ref(Ref::new(format!("#/components/responses/{name}"))),

@@ -240,3 +240,81 @@ async fn the_gateway_finishes_in_flight_requests_on_sigterm() {
     let (status, mesh) = gateway_exit.await.unwrap();
     assert!(status.success(), "gateway exited {status}:\n{}", mesh.gateway.logs());
 }
+
+/// The README's grpcurl over mutual TLS, with the gateway's certificate as
+/// an operator uses it: reflection lists and a call counts; a plaintext
+/// client is refused; with `--reflection false` reflection is gone while the
+/// service still serves.
+#[tokio::test]
+async fn grpcurl_over_mutual_tls_and_reflection_turned_off() {
+    let Some(grpcurl) = grpcurl() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    mesh_common::tls::write_dev_certs(d, &["counter", "gateway"], &["gateway"], &[]).unwrap();
+    let p = |f: &str| d.join(f).display().to_string();
+    let tls = args(&[
+        "--tls-cert",
+        &p("counter.pem"),
+        "--tls-key",
+        &p("counter.key"),
+        "--tls-client-ca",
+        &p("ca.pem"),
+    ]);
+    let (ca, cert, key) = (p("ca.pem"), p("gateway.pem"), p("gateway.key"));
+    let creds = [
+        "-cacert",
+        ca.as_str(),
+        "-cert",
+        cert.as_str(),
+        "-key",
+        key.as_str(),
+        "-servername",
+        "counter",
+    ];
+
+    let counter = Server::start("counter-service", &tls).await;
+    let addr = counter.addr.to_string();
+    let listed = run(grpcurl, &[&creds[..], &[&addr, "list"]].concat());
+    assert!(listed.contains("mesh.counter.v1.CounterService"), "{listed}");
+    let called = run(
+        grpcurl,
+        &[
+            &creds[..],
+            &[
+                "-d",
+                r#"{"name": "over-mtls"}"#,
+                &addr,
+                "mesh.counter.v1.CounterService/Increment",
+            ],
+        ]
+        .concat(),
+    );
+    assert!(called.contains(r#""value": "1""#), "{called}");
+    let plain = Command::new(grpcurl)
+        .args(["-plaintext", &addr, "list"])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "a plaintext client is refused");
+
+    let mut quiet = Server::start("counter-service", &[tls, args(&["--reflection", "false"])].concat()).await;
+    let quiet_addr = quiet.addr.to_string();
+    let refused = Command::new(grpcurl)
+        .args(creds)
+        .args([quiet_addr.as_str(), "list"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr).into_owned();
+    assert!(!refused.status.success(), "reflection is off: {said}");
+    assert!(
+        said.contains("reflection"),
+        "grpcurl says reflection is missing: {said}"
+    );
+    // The service itself still serves, over the same mutual TLS.
+    quiet.tls = Some(mesh_tests::ClientTls {
+        ca: std::fs::read_to_string(&ca).unwrap(),
+        cert: std::fs::read_to_string(&cert).unwrap(),
+        key: std::fs::read_to_string(&key).unwrap(),
+        server_name: "counter".into(),
+    });
+    quiet.wait_serving().await;
+}

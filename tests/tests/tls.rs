@@ -362,6 +362,166 @@ async fn replaced_certificates_are_served_without_a_restart() {
     assert!(!items.logs().contains("panicked"));
 }
 
+/// SIGHUP swaps the certificates at once (the timer is an hour here), while
+/// calls keep going: over a connection opened before the swap, over fresh
+/// connections to the service, and over fresh HTTPS connections to the
+/// gateway. Not one of them fails, and calls after the swap see the new
+/// serial, from the same processes.
+#[tokio::test]
+async fn a_sighup_swaps_certificates_under_load_without_a_failed_call() {
+    let dir = certs();
+    let d = dir.path();
+    let hour = "3600000";
+    let mut items_args: Vec<String> = service_tls_args(d, "items")
+        .into_iter()
+        .map(|a| if a == "100" { hour.into() } else { a })
+        .collect();
+    items_args.extend(args(&["--data-dir", d.to_str().unwrap()]));
+    let items = Server::start("items-service", &items_args).await;
+    let p = |f: &str| d.join(f).display().to_string();
+    let mut gw = gateway_flags_with(|_| "http://127.0.0.1:9".into());
+    gw.extend(args(&[
+        "--tls-cert",
+        &p("gateway.pem"),
+        "--tls-key",
+        &p("gateway.key"),
+        "--tls-reload-ms",
+        hour,
+    ]));
+    let gateway = Server::start("gateway", &gw).await;
+    let ca = d.join("ca.pem");
+    let ca_pem = read(d.join("ca.pem"));
+    let client = (read(d.join("gateway.pem")), read(d.join("gateway.key")));
+    let open = channel(&items, "items", &ca_pem, Some(client.clone()));
+    healthy(open.clone()).await.unwrap();
+    let (_, _, items_before) = {
+        let (cert, key) = (d.join("gateway.pem"), d.join("gateway.key"));
+        handshake(items.addr, &ca, Some((&cert, &key)), "items", &[b"h2"])
+            .await
+            .unwrap()
+    };
+    let (_, _, edge_before) = handshake(gateway.addr, &ca, None, "localhost", &[b"http/1.1"])
+        .await
+        .unwrap();
+
+    // The load: three kinds of call, one after another, until told to stop.
+    // The client identity is copied first: the files are about to change.
+    let client_dir = tempfile::tempdir().unwrap();
+    let (client_cert, client_key) = (client_dir.path().join("c.pem"), client_dir.path().join("c.key"));
+    std::fs::write(&client_cert, &client.0).unwrap();
+    std::fs::write(&client_key, &client.1).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rounds = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let load = tokio::spawn({
+        let (stop, rounds) = (stop.clone(), rounds.clone());
+        let (open, ca, ca_pem) = (open.clone(), ca.clone(), ca_pem.clone());
+        let (items_addr, edge_addr) = (items.addr, gateway.addr);
+        let items_server_addr = items.addr;
+        async move {
+            let mut calls = 0usize;
+            let mut failures = Vec::new();
+            let mut serials = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Err(e) = healthy(open.clone()).await {
+                    failures.push(format!("open connection: {e}"));
+                }
+                let fresh = Endpoint::from_shared(format!("https://{items_server_addr}"))
+                    .unwrap()
+                    .tls_config(
+                        ClientTlsConfig::new()
+                            .ca_certificate(Certificate::from_pem(&ca_pem))
+                            .identity(Identity::from_pem(&client.0, &client.1))
+                            .domain_name("items"),
+                    )
+                    .unwrap()
+                    .connect_timeout(Duration::from_secs(5))
+                    .connect_lazy();
+                if let Err(e) = healthy(fresh).await {
+                    failures.push(format!("fresh connection: {e}"));
+                }
+                match handshake(items_addr, &ca, Some((&client_cert, &client_key)), "items", &[b"h2"]).await {
+                    Ok((_, _, serial)) => {
+                        serials.insert(serial);
+                    }
+                    Err(e) => failures.push(format!("service handshake: {e}")),
+                }
+                match handshake(edge_addr, &ca, None, "localhost", &[b"http/1.1"]).await {
+                    Ok((stream, _, _)) => {
+                        let answer = https_get(stream, "GET", "/test", "").await;
+                        if !answer.starts_with("HTTP/1.1 200") {
+                            failures.push(format!("edge: {answer}"));
+                        }
+                    }
+                    Err(e) => failures.push(format!("edge handshake: {e}")),
+                }
+                calls += 4;
+                rounds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            (calls, failures, serials)
+        }
+    });
+
+    // Some rounds before the swap, some after it.
+    let rounds_past = async |n: usize| {
+        let from = rounds.load(std::sync::atomic::Ordering::Relaxed);
+        eventually(&format!("{n} more rounds of calls"), WAIT, async || {
+            rounds.load(std::sync::atomic::Ordering::Relaxed) >= from + n
+        })
+        .await;
+    };
+    rounds_past(2).await;
+
+    // New certificates for the same names, written in place, then SIGHUP.
+    let ca_key = read(d.join("ca.key"));
+    for name in ["items", "gateway"] {
+        let (cert, key) = tls::issue_leaf(&ca_pem, &ca_key, name, 30, -1).unwrap();
+        std::fs::write(d.join(format!("{name}.key")), key).unwrap();
+        std::fs::write(d.join(format!("{name}.pem")), cert).unwrap();
+    }
+    items.signal(nix::sys::signal::Signal::SIGHUP);
+    gateway.signal(nix::sys::signal::Signal::SIGHUP);
+    let (cert, key) = (client_dir.path().join("c.pem"), client_dir.path().join("c.key"));
+    eventually("the service's next handshake shows the new serial", WAIT, async || {
+        let (_, _, serial) = handshake(items.addr, &ca, Some((&cert, &key)), "items", &[b"h2"])
+            .await
+            .ok()?;
+        (serial != items_before).then_some(())
+    })
+    .await;
+    eventually("the gateway's next handshake shows the new serial", WAIT, async || {
+        let (_, _, serial) = handshake(gateway.addr, &ca, None, "localhost", &[b"http/1.1"])
+            .await
+            .ok()?;
+        (serial != edge_before).then_some(())
+    })
+    .await;
+    rounds_past(2).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, failures, serials) = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {failures:#?}",
+        failures.len()
+    );
+    eprintln!("SIGHUP under load: {calls} calls, none failed; serials {serials:?}");
+    assert!(
+        serials.contains(&items_before) && serials.len() == 2,
+        "the load met the old certificate, then the new one: {serials:?}"
+    );
+    for server in [&items, &gateway] {
+        let logs = server.logs();
+        assert!(
+            logs.lines()
+                .any(|l| l.contains("reloaded TLS certificate") && l.contains("SIGHUP")),
+            "{} reloaded on the SIGHUP:\n{logs}",
+            server.name
+        );
+    }
+    healthy(open)
+        .await
+        .expect("the connection from before the swap still works");
+}
+
 /// What a binary says when it refuses to start.
 async fn refusal(binary: &str, a: &[&str]) -> String {
     let out = tokio::time::timeout(

@@ -98,7 +98,7 @@ pub struct ServeArgs {
     #[arg(long, env = "MESH_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
 
-    /// The name (DNS SAN or common name) of the gateway's client
+    /// The DNS name (a subject alternative name) of the gateway's client
     /// certificate. Under mutual TLS only a client with it may pass an
     /// end user's identity (`x-mesh-principal`) or use the gateway-only
     /// parts of a contract (e.g. cache namespaces).
