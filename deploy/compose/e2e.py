@@ -190,7 +190,11 @@ def wait_serving(gw: "Gateway", seconds: float = 180, rounds: int = 6) -> None:
     streak = [0]
 
     def steady() -> bool:
-        answers = [gw.call("GET", path)[0] for path in probes]
+        try:
+            answers = [gw.call("GET", path)[0] for path in probes]
+        except (OSError, http.client.HTTPException):
+            streak[0] = 0
+            raise
         ok = answers[0] == 200 and all(status in (200, 404) for status in answers[1:])
         streak[0] = streak[0] + 1 if ok else 0
         return streak[0] >= rounds

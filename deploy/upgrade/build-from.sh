@@ -21,13 +21,25 @@ git cat-file -e "$commit^{commit}" 2>/dev/null || {
 src=$(mktemp -d)
 trap 'rm -rf "$src"' EXIT
 git archive "$commit" | tar -x -C "$src"
+# Its own crates get another version, so that cargo never takes one tree's
+# compiled crate for the other's (path packages are named by their path in
+# the workspace, the same in both trees); the lock file follows (no
+# --locked), every dependency stays as locked.
+sed -i '0,/^version = "[^"]*"/s//version = "0.0.0-upgrade-from"/' "$src/Cargo.toml"
+grep -q '^version = "0.0.0-upgrade-from"' "$src/Cargo.toml" || {
+  echo "cannot set the old tree's version in its Cargo.toml" >&2
+  exit 1
+}
 # The old tree's binaries land in target/debug under the same names as this
-# tree's; they are copied out at once, and the next build of this tree
-# links its own there again.
+# tree's: copied out, then removed, and the next build of this tree links
+# its own there again.
+marker=$src/.started
+touch "$marker"
 started=$SECONDS
-CARGO_TARGET_DIR=$root/target cargo build --locked --manifest-path "$src/Cargo.toml" --workspace --bins
+CARGO_TARGET_DIR=$root/target cargo build --manifest-path "$src/Cargo.toml" --workspace --bins
 mkdir -p "$out"
 for bin in "${bins[@]}"; do
   cp "$root/target/debug/$bin" "$out/$bin"
 done
+find "$root/target/debug" -maxdepth 1 -type f -perm -u+x -newer "$marker" -delete
 echo "binaries of $commit built into $out in $((SECONDS - started)) s"

@@ -159,8 +159,10 @@ fn rate_limited(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenA
         response.headers.insert(header.into(), header_ref(header));
     }
     components.responses.insert(name.into(), RefOr::T(response));
-    // Every other answer in a limited group carries both headers too: the
-    // shared error responses and each operation's own.
+    // Every answer the limiter lets through carries both headers too: the
+    // shared error responses and each operation's own. Not the ones given
+    // before the limiter runs: a refused credential (401, 403; the
+    // authentication layer is outside it) and the edge's own 408, 414, 431.
     let limit_headers = |response: &mut RefOr<utoipa::openapi::response::Response>| {
         if let RefOr::T(response) = response {
             for header in ["RateLimit-Policy", "RateLimit"] {
@@ -168,7 +170,15 @@ fn rate_limited(mut openapi: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenA
             }
         }
     };
-    components.responses.values_mut().for_each(limit_headers);
+    let before_the_limiter: Vec<&str> = [401, 403, 408, 414, 431]
+        .into_iter()
+        .map(|status| error_response(status).0)
+        .collect();
+    components
+        .responses
+        .iter_mut()
+        .filter(|(name, _)| !before_the_limiter.contains(&name.as_str()))
+        .for_each(|(_, response)| limit_headers(response));
     for (_, item) in openapi.paths.paths.iter_mut() {
         for (_, operation) in operations(item) {
             operation.responses.responses.values_mut().for_each(limit_headers);

@@ -90,9 +90,16 @@ fn missing(release: &Path) -> Option<String> {
 
 /// Runs one step in a process group of its own; past `limit` the group gets
 /// SIGTERM (the scripts clean up on it), then SIGKILL.
+/// A line on the real stderr: libtest captures `println!` and `eprintln!`,
+/// and the steps' progress and seconds belong in CI's log as they happen.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 fn step(name: &str, argv: &[&str], limit: Duration) -> Result<(), String> {
     use std::os::unix::process::CommandExt;
-    println!("=== deploy step: {name}: {}", argv.join(" "));
+    say(&format!("=== deploy step: {name}: {}", argv.join(" ")));
     let started = Instant::now();
     let mut command = Command::new(argv[0]);
     command.args(&argv[1..]).current_dir(root()).process_group(0);
@@ -121,7 +128,10 @@ fn step(name: &str, argv: &[&str], limit: Duration) -> Result<(), String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    println!("=== deploy step: {name}: {status} in {} s", started.elapsed().as_secs());
+    say(&format!(
+        "=== deploy step: {name}: {status} in {} s",
+        started.elapsed().as_secs()
+    ));
     if status.success() {
         Ok(())
     } else {
@@ -136,7 +146,7 @@ fn the_deployment_builds_runs_and_survives_on_podman_compose_kube_play_and_netwo
         .unwrap_or_else(|| root().join("target/release"));
     if let Some(why) = missing(&release) {
         assert!(!in_ci(), "the deployment test cannot run: {why}; CI must run it");
-        eprintln!("SKIPPED deployment: {why}");
+        say(&format!("SKIPPED deployment: {why}"));
         return;
     }
     let bins = release.display().to_string();

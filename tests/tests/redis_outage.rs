@@ -249,49 +249,61 @@ async fn a_redis_connection_that_goes_silent_is_replaced_without_a_restart() {
     )
     .await;
     let mut client = CounterServiceClient::new(counter.channel());
-    let increment = |client: &mut CounterServiceClient<tonic::transport::Channel>| {
+    // Every increment has a key of its own, and a refused one is sent again
+    // under its key until answered: whether a refused call reached Redis or
+    // not, each key counts once.
+    let increment = |client: &mut CounterServiceClient<tonic::transport::Channel>, key: usize| {
         let mut client = client.clone();
         async move {
             client
                 .increment(IncrementRequest {
                     name: "silent".into(),
                     delta: None,
-                    idempotency_key: String::new(),
+                    idempotency_key: format!("k{key}"),
                 })
                 .await
         }
     };
-    increment(&mut client).await.expect("answered on the first connection");
+    increment(&mut client, 0)
+        .await
+        .expect("answered on the first connection");
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection so far");
     silence.notify_one();
     // Calls fail (UNAVAILABLE) while the first connection swallows them,
     // then succeed on a new one.
-    let mut refused = 0;
+    let mut refused = Vec::new();
+    let mut next = 1;
     eventually(
         "an increment succeeds on a new connection",
         mesh_tests::WAIT,
-        async || match increment(&mut client).await {
-            Ok(_) => Ok(()),
-            Err(status) => {
-                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-                refused += 1;
-                Err(format!("{status:?}"))
+        async || {
+            let key = next;
+            next += 1;
+            match increment(&mut client, key).await {
+                Ok(_) => Ok(()),
+                Err(status) => {
+                    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                    refused.push(key);
+                    Err(format!("{status:?}"))
+                }
             }
         },
     )
     .await;
-    assert!(refused > 0, "the first connection swallowed calls");
+    assert!(!refused.is_empty(), "the first connection swallowed calls");
     assert!(accepted.load(Ordering::SeqCst) >= 2, "a second connection was opened");
-    assert!(
+    eventually("the service logs the replacement", mesh_tests::WAIT, async || {
         counter
             .logs()
-            .contains("the Redis connection stopped answering; opened a new one"),
-        "{}",
-        counter.logs()
-    );
-    // From here every call is answered, and only answered ones counted.
-    for _ in 0..5 {
-        increment(&mut client).await.expect("answered on the new connection");
+            .contains("the Redis connection stopped answering; opened a new one")
+    })
+    .await;
+    // The refused keys again, and five more: each answered now.
+    let keys: Vec<usize> = refused.iter().copied().chain(next..next + 5).collect();
+    for key in &keys {
+        increment(&mut client, *key)
+            .await
+            .expect("answered on the new connection");
     }
     let value = client
         .get(GetRequest { name: "silent".into() })
@@ -299,9 +311,7 @@ async fn a_redis_connection_that_goes_silent_is_replaced_without_a_restart() {
         .unwrap()
         .into_inner()
         .value;
-    assert_eq!(
-        value, 7,
-        "one before the silence, the first after it and five more; the swallowed calls never reached Redis"
-    );
+    let distinct = 1 + (next - 1) + 5; // k0, k1..k(next-1), and five more
+    assert_eq!(value, distinct as i64, "each key counted once");
     proxying.abort();
 }

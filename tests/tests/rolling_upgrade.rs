@@ -399,3 +399,52 @@ async fn a_replica_starts_on_a_schema_a_newer_release_migrated() {
     let ready = http.get(format!("{}/readyz", again.admin_url())).send().await.unwrap();
     assert_eq!(ready.status(), StatusCode::OK, "{}", again.logs());
 }
+
+/// An applied migration this build does not know, but older than its newest
+/// (a renamed or deleted migration file): the replica refuses to start and
+/// says why, rather than tolerating it as a newer release's.
+#[tokio::test]
+async fn an_unknown_older_migration_is_refused() {
+    let test = "unknown_older_migration";
+    let Some(url) = postgres(test).await else {
+        return;
+    };
+    let prefix = format!("{}_", unique("older"));
+    let schema = format!("{prefix}tasks");
+    let _schemas = SchemaGuard::new(&url, [schema.clone()]);
+    let flags = args(&["--database-url", &url, "--db-schema-prefix", &prefix, "--workers", "0"]);
+    let mut first = Server::start("tasks-service", &flags).await;
+    first.wait_serving().await;
+    assert!(first.terminate().await.success());
+    {
+        use sqlx::{Connection, Executor};
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        conn.execute(
+            format!(
+                "INSERT INTO \"{schema}\"._sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (0, 'renamed away', true, '\\x00'::bytea, 0)"
+            )
+            .as_str(),
+        )
+        .await
+        .unwrap();
+    }
+    let out = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(mesh_tests::bin("tasks-service"))
+            .args(&flags)
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+            .env("MESH_LOG_ANSI", "0")
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the replica exits")
+    .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it refuses to start: {said}");
+    assert!(
+        said.contains("has migration 0 applied, which this binary does not know"),
+        "it says why: {said}"
+    );
+}

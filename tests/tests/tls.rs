@@ -509,13 +509,18 @@ async fn a_sighup_swaps_certificates_under_load_without_a_failed_call() {
         "the load met the old certificate, then the new one: {serials:?}"
     );
     for server in [&items, &gateway] {
-        let logs = server.logs();
-        assert!(
-            logs.lines()
-                .any(|l| l.contains("reloaded TLS certificate") && l.contains("SIGHUP")),
-            "{} reloaded on the SIGHUP:\n{logs}",
-            server.name
-        );
+        eventually(
+            &format!("{} logs the reload on SIGHUP", server.name),
+            WAIT,
+            async || {
+                let logs = server.logs();
+                logs.lines()
+                    .any(|l| l.contains("reloaded TLS certificate") && l.contains("SIGHUP"))
+                    .then_some(())
+                    .ok_or(logs)
+            },
+        )
+        .await;
     }
     healthy(open)
         .await

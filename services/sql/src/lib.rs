@@ -90,6 +90,11 @@ pub enum ConnectError {
     MigrationLock(#[source] std::io::Error),
     #[error("cannot apply migrations: {0}")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+    #[error(
+        "the database has migration {version} applied, which this binary does not know although it knows \
+         migrations up to {newest}: a renamed or deleted migration file, or another program's schema"
+    )]
+    UnknownMigration { version: i64, newest: i64 },
 }
 
 /// Opens the pool and applies the backend's migrations (tolerating newer
@@ -174,9 +179,34 @@ pub async fn connect(
         Backend::Sqlite => Some(lock_file(&data_dir.join(format!("{service}.db.migrate-lock"))).await?),
         Backend::Postgres => None,
     };
+    refuse_unknown_older(&pool, &migrator).await?;
     migrator.run(&pool).await.map_err(ConnectError::Migrate)?;
     tracing::info!(?backend, schema = schema.as_deref().unwrap_or("-"), "database ready");
     Ok((pool, backend))
+}
+
+/// An applied migration this binary does not know is tolerated only when it
+/// is newer than every one it knows (a later release's). One at or below
+/// its newest means a migration file was renamed or deleted, or the schema
+/// belongs to something else: refused, where sqlx with `ignore_missing`
+/// would carry on.
+async fn refuse_unknown_older(pool: &AnyPool, migrator: &Migrator) -> Result<(), ConnectError> {
+    let known: std::collections::HashSet<i64> = migrator.iter().map(|m| m.version).collect();
+    let Some(newest) = known.iter().max().copied() else {
+        return Ok(());
+    };
+    // No table yet is a fresh schema; any other failure shows again, and is
+    // reported, when the migrations run.
+    let Ok(applied) = sqlx::query_scalar::<_, i64>("SELECT version FROM _sqlx_migrations")
+        .fetch_all(pool)
+        .await
+    else {
+        return Ok(());
+    };
+    match applied.into_iter().find(|v| *v <= newest && !known.contains(v)) {
+        Some(version) => Err(ConnectError::UnknownMigration { version, newest }),
+        None => Ok(()),
+    }
 }
 
 /// The PostgreSQL schema `service` keeps its tables in.
