@@ -359,40 +359,49 @@ async fn old_and_new_replicas_serve_side_by_side_on_one_migrated_schema_without_
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(10), "{listed}");
 }
 
-/// A replica of this build starts on a schema that a newer release already
-/// migrated further (a rollback, or an old replica restarting mid-rollout):
-/// the unknown migration is tolerated, the known ones are still checked.
-#[tokio::test]
-async fn a_replica_starts_on_a_schema_a_newer_release_migrated() {
-    let test = "starts_on_a_newer_schema";
-    let Some(url) = postgres(test).await else {
-        return;
-    };
-    let prefix = format!("{}_", unique("newer"));
+/// A tasks schema this build migrated (a replica started, then stopped):
+/// its guard, its name and the flags that reach it.
+async fn a_migrated_tasks_schema(url: &str, tag: &str) -> (SchemaGuard, String, Vec<String>) {
+    let prefix = format!("{}_", unique(tag));
     let schema = format!("{prefix}tasks");
-    let _schemas = SchemaGuard::new(&url, [schema.clone()]);
-    let flags = args(&["--database-url", &url, "--db-schema-prefix", &prefix, "--workers", "0"]);
+    let guard = SchemaGuard::new(url, [schema.clone()]);
+    let flags = args(&["--database-url", url, "--db-schema-prefix", &prefix, "--workers", "0"]);
     let mut first = Server::start("tasks-service", &flags).await;
     first.wait_serving().await;
     assert!(first.terminate().await.success());
-    // What a newer release's migration leaves behind: a column this build
-    // does not know, and its row in sqlx's table.
-    {
-        use sqlx::{Connection, Executor};
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        conn.execute(format!("ALTER TABLE \"{schema}\".tasks ADD COLUMN from_the_future TEXT").as_str())
-            .await
-            .unwrap();
-        conn.execute(
-            format!(
-                "INSERT INTO \"{schema}\"._sqlx_migrations (version, description, success, checksum, execution_time) \
-                 VALUES (99990101000000, 'from the future', true, '\\x00'::bytea, 0)"
-            )
-            .as_str(),
-        )
-        .await
-        .unwrap();
+    (guard, schema, flags)
+}
+
+/// Records migration `version` as applied in sqlx's table, after running
+/// `before` (what that migration would have done), as another binary would.
+async fn record_migration(url: &str, schema: &str, version: i64, before: &[String]) {
+    use sqlx::{Connection, Executor};
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    for statement in before {
+        conn.execute(statement.as_str()).await.unwrap();
     }
+    conn.execute(
+        format!(
+            "INSERT INTO \"{schema}\"._sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES ({version}, 'not this build''s', true, '\\x00'::bytea, 0)"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap();
+}
+
+/// A replica of this build starts on a schema that a newer release already
+/// migrated further (a rollback, or an old replica restarting mid-rollout):
+/// the newer migration, and the column it added, are tolerated.
+#[tokio::test]
+async fn a_replica_starts_on_a_schema_a_newer_release_migrated() {
+    let Some(url) = postgres("starts_on_a_newer_schema").await else {
+        return;
+    };
+    let (_schemas, schema, flags) = a_migrated_tasks_schema(&url, "newer").await;
+    let column = format!("ALTER TABLE \"{schema}\".tasks ADD COLUMN from_the_future TEXT");
+    record_migration(&url, &schema, 99990101000000, &[column]).await;
     let again = Server::start("tasks-service", &flags).await;
     again.wait_serving().await;
     let http = reqwest::Client::new();
@@ -405,30 +414,11 @@ async fn a_replica_starts_on_a_schema_a_newer_release_migrated() {
 /// says why, rather than tolerating it as a newer release's.
 #[tokio::test]
 async fn an_unknown_older_migration_is_refused() {
-    let test = "unknown_older_migration";
-    let Some(url) = postgres(test).await else {
+    let Some(url) = postgres("unknown_older_migration").await else {
         return;
     };
-    let prefix = format!("{}_", unique("older"));
-    let schema = format!("{prefix}tasks");
-    let _schemas = SchemaGuard::new(&url, [schema.clone()]);
-    let flags = args(&["--database-url", &url, "--db-schema-prefix", &prefix, "--workers", "0"]);
-    let mut first = Server::start("tasks-service", &flags).await;
-    first.wait_serving().await;
-    assert!(first.terminate().await.success());
-    {
-        use sqlx::{Connection, Executor};
-        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-        conn.execute(
-            format!(
-                "INSERT INTO \"{schema}\"._sqlx_migrations (version, description, success, checksum, execution_time) \
-                 VALUES (0, 'renamed away', true, '\\x00'::bytea, 0)"
-            )
-            .as_str(),
-        )
-        .await
-        .unwrap();
-    }
+    let (_schemas, schema, flags) = a_migrated_tasks_schema(&url, "older").await;
+    record_migration(&url, &schema, 0, &[]).await;
     let out = tokio::time::timeout(
         WAIT,
         tokio::process::Command::new(mesh_tests::bin("tasks-service"))
